@@ -1,0 +1,59 @@
+# tinysparse: every command runs inside a local virtual environment (.venv), created on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEVICE ?= cpu
+ARGS   ?=
+
+LESSONS := $(sort $(notdir $(wildcard lessons/[0-9][0-9]_*)))
+
+.PHONY: help install test train sample bench lessons clean
+
+help:  ## list every target and every chapter
+	@echo "tinysparse: a course and library for sparse-activation models"
+	@echo ""
+	@echo "  make train      train the tiny model on the built-in corpus, then sample (DEVICE=cpu|cuda)"
+	@echo "  make sample     print text from the last training run"
+	@echo "  make test       run the test suite"
+	@echo "  make bench      time a training step against PyTorch, side by side"
+	@echo "  make install    create .venv and install tinysparse with its dev extra"
+	@echo "  make lessons    run every chapter's script in quick mode"
+	@echo "  make lesson-NN  run chapter NN's script in full (ARGS=--quick for a fast run)"
+	@echo "  make clean      remove the venv, caches and run folders"
+	@echo ""
+	@echo "Chapters:"
+	@for d in $(LESSONS); do echo "  lesson-$${d%%_*}  $$d"; done
+
+# Re-install only when the project's metadata changed: quick and idempotent when done.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,plot]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+train: $(STAMP)
+	$(PY) -m tinysparse train --device $(DEVICE) $(ARGS)
+
+sample: $(STAMP)
+	$(PY) -m tinysparse sample $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m tinysparse bench $(ARGS)
+
+lessons: $(STAMP)
+	@for d in $(LESSONS); do echo "== $$d"; $(PY) lessons/$$d/run.py --quick || exit 1; done
+
+lesson-%: $(STAMP)
+	@d=$$(ls -d lessons/$*_* 2>/dev/null | head -n 1); \
+	if [ -z "$$d" ]; then echo "no chapter $* yet: see 'make help'"; exit 2; fi; \
+	$(PY) $$d/run.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info out
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,161 @@
+"""Optimizers, learning-rate schedules and gradient clipping.
+
+Updates are written in place on the parameters' arrays (an optimizer step allocates nothing
+large). Gradients are left as backward produced them: clipping builds new arrays, so a gradient
+a user is holding on to never changes under them.
+"""
+import math
+
+import numpy as np
+
+from . import backend
+
+
+class Optimizer:
+    def __init__(self, params, lr):
+        self.params = [p for p in params]
+        if not self.params:
+            raise ValueError("optimizer got an empty parameter list")
+        if lr <= 0:
+            raise ValueError(f"learning rate must be positive, got {lr}")
+        self.lr = lr
+        self.step_count = 0
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def _slots(self):
+        """Names of per-parameter state arrays (one list each); saved in state_dict."""
+        return ()
+
+    def state_dict(self):
+        state = {"step_count": self.step_count, "lr": self.lr}
+        for slot in self._slots():
+            state[slot] = [np.array(backend.to_numpy(a)) for a in getattr(self, slot)]
+        return state
+
+    def load_state_dict(self, state):
+        self.step_count, self.lr = state["step_count"], state["lr"]
+        for slot in self._slots():
+            arrays = state[slot]
+            if len(arrays) != len(self.params) or any(
+                    a.shape != p.shape for a, p in zip(arrays, self.params)):
+                raise ValueError(f"optimizer state {slot!r} does not match the parameters; "
+                                 f"was it saved for another model?")
+            xp_arrays = [backend.array_module(p.data).asarray(a, dtype=p.dtype).copy()
+                         for a, p in zip(arrays, self.params)]
+            setattr(self, slot, xp_arrays)
+
+
+class SGD(Optimizer):
+    """p -= lr * v,  v = momentum * v + (g + weight_decay * p)   (PyTorch's form)."""
+
+    def __init__(self, params, lr=0.01, momentum=0.0, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.velocity = [backend.array_module(p.data).zeros_like(p.data) for p in self.params]
+
+    def _slots(self):
+        return ("velocity",)
+
+    def step(self):
+        self.step_count += 1
+        for p, v in zip(self.params, self.velocity):
+            if p.grad is None:
+                continue
+            g = p.grad + self.weight_decay * p.data if self.weight_decay else p.grad
+            if self.momentum:
+                v *= self.momentum
+                v += g
+                g = v
+            p.data -= self.lr * g
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019, Algorithm 2):
+
+        m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
+        p = p - lr * wd * p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+    Parameters with fewer than two dimensions (biases, layer-norm gains) are not decayed unless
+    decay_1d=True, as in nanoGPT: shrinking a gain toward 0 is not a useful prior.
+    """
+
+    def __init__(self, params, lr=3e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
+                 decay_1d=False):
+        super().__init__(params, lr)
+        self.beta1, self.beta2 = betas
+        self.eps, self.weight_decay, self.decay_1d = eps, weight_decay, decay_1d
+        self.m = [backend.array_module(p.data).zeros_like(p.data) for p in self.params]
+        self.v = [backend.array_module(p.data).zeros_like(p.data) for p in self.params]
+
+    def _slots(self):
+        return ("m", "v")
+
+    def step(self):
+        self.step_count += 1
+        t = self.step_count
+        b1, b2 = self.beta1, self.beta2
+        # fold the bias corrections into the step size and epsilon (same numbers, fewer ops)
+        step_size = self.lr / (1 - b1 ** t)
+        sqrt_bc2 = math.sqrt(1 - b2 ** t)
+        for p, m, v in zip(self.params, self.m, self.v):
+            g = p.grad
+            if g is None:
+                continue
+            if self.weight_decay and (self.decay_1d or p.ndim >= 2):
+                p.data *= 1 - self.lr * self.weight_decay
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * (g * g)
+            denom = backend.array_module(v).sqrt(v)
+            denom /= sqrt_bc2
+            denom += self.eps
+            p.data -= step_size * (m / denom)
+
+
+def cosine_lr(step, max_lr, warmup_steps, max_steps, min_lr=0.0):
+    """Linear warm-up to max_lr over warmup_steps, then cosine decay to min_lr at max_steps."""
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    if step >= max_steps:
+        return min_lr
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class CosineSchedule:
+    """Sets optimizer.lr from cosine_lr each time step() is called (call it before optimizer.step)."""
+
+    def __init__(self, optimizer, max_lr, warmup_steps, max_steps, min_lr=0.0):
+        self.optimizer, self.max_lr, self.min_lr = optimizer, max_lr, min_lr
+        self.warmup_steps, self.max_steps = warmup_steps, max_steps
+        self.step_count = 0
+
+    def step(self):
+        self.optimizer.lr = cosine_lr(self.step_count, self.max_lr, self.warmup_steps,
+                                      self.max_steps, self.min_lr)
+        self.step_count += 1
+        return self.optimizer.lr
+
+    def state_dict(self):
+        return {"step_count": self.step_count}
+
+    def load_state_dict(self, state):
+        self.step_count = state["step_count"]
+
+
+def clip_grad_norm(params, max_norm):
+    """Scale all gradients together so their global L2 norm is at most max_norm; return the norm
+    before clipping (useful to log). Gradients are replaced, not modified in place."""
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return 0.0
+    total = math.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum()) for p in params))
+    if total > max_norm:
+        scale = max_norm / (total + 1e-6)
+        for p in params:
+            p.grad = p.grad * p.grad.dtype.type(scale)
+    return total
