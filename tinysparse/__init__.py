@@ -3,7 +3,11 @@
     import tinysparse as ts
     from tinysparse import nn, optim, functional as F
 """
-from . import backend, ops
+from ._malloc import tune_malloc
+
+tune_malloc()  # see _malloc.py: a 2-6x faster step on glibc, measured
+
+from . import backend, ops  # noqa: E402
 from .backend import cuda_available
 from .gradcheck import GradcheckError, gradcheck
 from .ops import (broadcast_to, cat, concatenate, exp, log, masked_fill, matmul, permute, relu,

@@ -202,3 +202,57 @@ def dropout(x, p=0.1, training=True):
     keep = ts_random.uniform(data.shape, device=x.device if isinstance(x, Tensor) else "cpu") >= p
     scaled_mask = keep.astype(data.dtype) * (1.0 / (1.0 - p))  # a Python float keeps the dtype
     return _ScaleByMask.apply(x, scaled_mask)
+
+
+# ---- causal self-attention -----------------------------------------------------------------------
+
+_causal_masks = {}
+
+
+def _future_mask(T, xp):
+    """(T, T) booleans, True above the diagonal: the positions a token must not attend to."""
+    key = (T, xp.__name__)
+    if key not in _causal_masks:
+        _causal_masks[key] = xp.triu(xp.ones((T, T), dtype=bool), k=1)
+    return _causal_masks[key]
+
+
+class Attention(Function):
+    # Vaswani et al. 2017, "Attention Is All You Need", eq. (1):
+    #   S = Q K^T / sqrt(d),  P = softmax(S + causal mask),  Y = P V
+    # Backward, with G = dL/dY:
+    #   dV = P^T G,  dP = G V^T,  dS = P * (dP - rowsum(dP * P)),  dQ = dS K / sqrt(d),  dK = dS^T Q / sqrt(d)
+    # One Function instead of five: the (T, T) score matrix is built, masked and normalised in
+    # place, and only P is kept for the backward.
+    @staticmethod
+    def forward(ctx, q, k, v, causal=True):
+        xp = array_module(q)
+        T, hd = q.shape[-2], q.shape[-1]
+        scale = 1.0 / math.sqrt(hd)
+        p = q @ k.swapaxes(-1, -2)                     # (..., T, T) scores
+        p *= scale
+        if causal:
+            p[..., _future_mask(T, xp)] = -xp.inf     # the diagonal is never masked: no empty rows
+        p -= p.max(axis=-1, keepdims=True)
+        xp.exp(p, out=p)
+        p /= p.sum(axis=-1, keepdims=True)             # P, softmax over keys
+        ctx.save_for_backward(q, k, v, p)
+        ctx.scale = scale
+        return p @ v                                   # (..., T, hd)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, p = ctx.saved
+        dv = p.swapaxes(-1, -2) @ grad
+        ds = grad @ v.swapaxes(-1, -2)                 # dP
+        ds -= (ds * p).sum(axis=-1, keepdims=True)
+        ds *= p                                        # dS (masked entries have P = 0, so dS = 0)
+        ds *= ctx.scale
+        dq = ds @ k
+        dk = ds.swapaxes(-1, -2) @ q
+        return dq, dk, dv
+
+
+def attention(q, k, v, causal=True):
+    """Scaled dot-product attention over the last two axes: q, k, v (..., T, head_dim)."""
+    return Attention.apply(q, k, v, causal=causal)

@@ -1,0 +1,167 @@
+"""A GPT in the shape of nanoGPT: token + position embeddings, pre-norm blocks, a tied LM head.
+
+Radford et al. 2019 (GPT-2) with the pre-norm residual stream:
+    x = x + attn(ln_1(x));  x = x + ffn(ln_2(x))
+The feed-forward slot of each Block is built by `make_ffn(config)`, so a Mixture-of-Experts layer
+can take the dense MLP's place without touching the rest of the model.
+"""
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import functional as F
+from . import nn
+from . import random as ts_random
+from .backend import array_module, to_numpy
+from .tensor import Tensor, no_grad
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 256     # tokens in the vocabulary (256 for the byte tokenizer)
+    n_layer: int = 4          # transformer blocks
+    n_head: int = 4           # attention heads per block; n_embd must divide evenly
+    n_embd: int = 128         # width of the residual stream (C)
+    block_size: int = 64      # longest context the model sees (T at most this)
+    dropout: float = 0.0      # dropout on embeddings, attention output and MLP output
+    bias: bool = True         # biases in Linear layers and LayerNorms
+
+    def __post_init__(self):
+        for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GPTConfig.{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by "
+                             f"n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        nh, hd = self.n_head, C // self.n_head
+        qkv = self.c_attn(x)                                      # (B, T, 3C)
+        qkv = qkv.reshape(B, T, 3, nh, hd).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hd)
+        q, k, v = qkv[0], qkv[1], qkv[2]                          # each (B, nh, T, hd)
+        y = F.attention(q, k, v, causal=True)                     # (B, nh, T, hd)
+        y = y.permute(0, 2, 1, 3).reshape(B, T, C)                # (B, T, C): heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """The dense feed-forward network: C -> 4C -> C with GELU."""
+
+    def __init__(self, config):
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+def make_ffn(config):
+    """The feed-forward slot of a Block: a dense MLP (later chapters put a MoE here)."""
+    return MLP(config)
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = make_ffn(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)   # token embeddings, tied to the head
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)   # learned positions
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self._init_weights()
+
+    def _init_weights(self):
+        # GPT-2 init: N(0, 0.02) everywhere, biases 0, and the projections that write into the
+        # residual stream scaled by 1/sqrt(2 * n_layer) so the stream's variance stays put with depth.
+        rng = ts_random.generator()
+        for name, p in self.named_parameters():
+            if name.endswith("bias") or name.split(".")[-2].startswith("ln"):
+                continue  # LayerNorm gains stay 1, biases 0
+            std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj.weight") else 0.02
+            p.data = rng.normal(0.0, std, size=p.shape).astype(p.dtype)
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                p.data = np.zeros(p.shape, dtype=p.dtype)
+
+    def num_parameters(self, non_embedding=True):
+        """Parameter count; by default without the position embeddings (as nanoGPT reports)."""
+        n = sum(p.size for p in self.parameters())
+        return n - self.wpe.weight.size if non_embedding else n
+
+    def flops_per_token(self, T=None):
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L T C."""
+        c = self.config
+        T = T or c.block_size
+        return 6 * self.num_parameters() + 12 * c.n_layer * T * c.n_embd
+
+    def forward(self, idx, targets=None):
+        idx = idx.data if isinstance(idx, Tensor) else idx
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        xp = array_module(self.wte.weight.data)
+        idx = xp.asarray(idx)
+        tok = self.wte(idx)                                       # (B, T, C)
+        pos = self.wpe(xp.arange(T))                              # (T, C), broadcast over B
+        x = self.drop(tok + pos)
+        for block in self.h:
+            x = block(x)
+        x = self.ln_f(x)
+        logits = x @ self.wte.weight.T                            # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            targets = targets.data if isinstance(targets, Tensor) else targets
+            loss = F.cross_entropy(logits, xp.asarray(targets))
+        return logits, loss
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """Extend idx (B, T) by max_new_tokens sampled tokens; returns a NumPy int64 array."""
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        idx = np.asarray(to_numpy(idx.data if isinstance(idx, Tensor) else idx), dtype=np.int64)
+        rng = ts_random.generator()
+        was_training = self.training
+        self.eval()
+        with no_grad():
+            for _ in range(max_new_tokens):
+                context = idx[:, -self.config.block_size:]         # crop to what the model can see
+                logits, _ = self(context)
+                last = to_numpy(logits.data[:, -1, :]).astype(np.float64) / temperature  # (B, V)
+                if top_k is not None:
+                    kth = np.sort(last, axis=-1)[:, -min(top_k, last.shape[-1])][:, None]
+                    last = np.where(last < kth, -np.inf, last)
+                probs = np.exp(last - last.max(axis=-1, keepdims=True))
+                probs /= probs.sum(axis=-1, keepdims=True)
+                nxt = np.array([rng.choice(len(p), p=p) for p in probs])[:, None]
+                idx = np.concatenate([idx, nxt], axis=1)
+        self.train(was_training)
+        return idx
