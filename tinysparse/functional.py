@@ -256,3 +256,35 @@ class Attention(Function):
 def attention(q, k, v, causal=True):
     """Scaled dot-product attention over the last two axes: q, k, v (..., T, head_dim)."""
     return Attention.apply(q, k, v, causal=causal)
+
+
+class PackedCausalAttention(Function):
+    """Multi-head causal attention straight from the packed projection qkv (B, T, 3C) to (B, T, C).
+
+    The same maths as Attention; packing saves the graph nodes and copies of splitting q, k, v
+    and moving heads around: the head views are strided windows into qkv, and the backward
+    writes dq, dk, dv straight into one (B, T, 3C) gradient.
+    """
+    @staticmethod
+    def forward(ctx, qkv, n_head):
+        B, T, C3 = qkv.shape
+        C = C3 // 3
+        q, k, v = qkv.reshape(B, T, 3, n_head, C // n_head).transpose(2, 0, 3, 1, 4)  # (B, nh, T, hd) each
+        y = Attention.forward(ctx, q, k, v, causal=True)                              # (B, nh, T, hd)
+        ctx.n_head = n_head
+        return y.transpose(0, 2, 1, 3).reshape(B, T, C)                               # (B, T, C)
+
+    @staticmethod
+    def backward(ctx, grad):
+        B, T, C = grad.shape
+        nh = ctx.n_head
+        g = grad.reshape(B, T, nh, C // nh).transpose(0, 2, 1, 3)                     # (B, nh, T, hd)
+        dq, dk, dv = Attention.backward(ctx, g)
+        dqkv = array_module(grad).empty((3, B, nh, T, C // nh), dtype=grad.dtype)
+        dqkv[0], dqkv[1], dqkv[2] = dq, dk, dv
+        return dqkv.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * C)                    # (B, T, 3C)
+
+
+def causal_self_attention(qkv, n_head):
+    """Causal multi-head attention from packed q, k, v projections (B, T, 3C) -> (B, T, C)."""
+    return PackedCausalAttention.apply(qkv, n_head=n_head)

@@ -14,6 +14,7 @@ from . import functional as F
 from . import nn
 from . import random as ts_random
 from .backend import array_module, to_numpy
+from .moe import MoE
 from .tensor import Tensor, no_grad
 
 
@@ -26,6 +27,19 @@ class GPTConfig:
     block_size: int = 64      # longest context the model sees (T at most this)
     dropout: float = 0.0      # dropout on embeddings, attention output and MLP output
     bias: bool = True         # biases in Linear layers and LayerNorms
+    # Mixture of Experts (chapter 05; tinysparse/moe). n_expert = 0 keeps the dense MLP.
+    n_expert: int = 0         # routed experts per MoE layer; 0 = dense MLP in every block
+    top_k: int = 2            # experts each token visits (token choice; the average for expert choice)
+    d_expert: int = 0         # hidden width of one expert; 0 = 4*n_embd // (top_k + n_shared), so a
+                              # token's active FFN compute equals the dense MLP's (DeepSeekMoE's rule)
+    n_shared: int = 0         # shared experts every token passes through (DeepSeekMoE)
+    router: str = "topk"      # 'topk' (token choice) or 'expert_choice' (Zhou et al. 2022; not causal)
+    score: str = "softmax"    # router affinity: 'softmax' or 'sigmoid' (DeepSeek-V3)
+    capacity_factor: float | None = None  # C = ceil(factor * T*k / E) slots per expert; None = dropless
+    balance: str = "aux"      # 'aux' (Switch loss), 'bias' (DeepSeek-V3, aux-loss-free) or 'none'
+    aux_coef: float = 0.01    # weight of the Switch load-balance loss (Fedus et al. 2021: 0.01)
+    z_coef: float = 0.001     # weight of the ST-MoE router z-loss (Zoph et al. 2022: 0.001); 0 = off
+    dispatch_backend: str = "auto"  # sparse dispatch implementation: 'auto' or 'numpy'
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size"):
@@ -36,6 +50,9 @@ class GPTConfig:
                              f"n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("n_expert", "d_expert"):  # 0 has a meaning for both; the MoE checks the rest
+            if getattr(self, name) < 0:
+                raise ValueError(f"GPTConfig.{name} must be at least 0, got {getattr(self, name)}")
 
     def to_dict(self):
         return asdict(self)
@@ -49,13 +66,10 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        B, T, C = x.shape
-        nh, hd = self.n_head, C // self.n_head
         qkv = self.c_attn(x)                                      # (B, T, 3C)
-        qkv = qkv.reshape(B, T, 3, nh, hd).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hd)
-        q, k, v = qkv[0], qkv[1], qkv[2]                          # each (B, nh, T, hd)
-        y = F.attention(q, k, v, causal=True)                     # (B, nh, T, hd)
-        y = y.permute(0, 2, 1, 3).reshape(B, T, C)                # (B, T, C): heads side by side
+        # split into heads, softmax(q k^T / sqrt(hd)) v per head, heads side by side again:
+        # one fused Function (functional.PackedCausalAttention; chapter 03 builds it step by step)
+        y = F.causal_self_attention(qkv, self.n_head)             # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -72,8 +86,14 @@ class MLP(nn.Module):
 
 
 def make_ffn(config):
-    """The feed-forward slot of a Block: a dense MLP (later chapters put a MoE here)."""
-    return MLP(config)
+    """The feed-forward slot of a Block: a dense MLP, or a Mixture of Experts when n_expert > 0."""
+    if config.n_expert == 0:
+        return MLP(config)
+    return MoE(config.n_embd, config.n_expert, config.top_k, config.d_expert or None,
+               n_shared=config.n_shared, router=config.router, score=config.score,
+               capacity_factor=config.capacity_factor, balance=config.balance,
+               aux_coef=config.aux_coef, z_coef=config.z_coef,
+               dispatch_backend=config.dispatch_backend, bias=config.bias, dropout=config.dropout)
 
 
 class Block(nn.Module):
@@ -97,19 +117,25 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.last_aux_loss = 0.0  # the MoE auxiliary loss of the last forward with targets, for logs
         self._init_weights()
 
     def _init_weights(self):
         # GPT-2 init: N(0, 0.02) everywhere, biases 0, and the projections that write into the
         # residual stream scaled by 1/sqrt(2 * n_layer) so the stream's variance stays put with depth.
         rng = ts_random.generator()
+
+        def is_bias(name):  # a MoE's stacked experts (moe/experts.py) call their biases b1, b2
+            return name.endswith(("bias", "experts.b1", "experts.b2"))
+
         for name, p in self.named_parameters():
-            if name.endswith("bias") or name.split(".")[-2].startswith("ln"):
+            if is_bias(name) or name.split(".")[-2].startswith("ln"):
                 continue  # LayerNorm gains stay 1, biases 0
-            std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj.weight") else 0.02
+            residual = name.endswith(("c_proj.weight", "experts.w2"))  # w2: the experts' c_proj
+            std = 0.02 / math.sqrt(2 * self.config.n_layer) if residual else 0.02
             p.data = rng.normal(0.0, std, size=p.shape).astype(p.dtype)
         for name, p in self.named_parameters():
-            if name.endswith("bias"):
+            if is_bias(name):
                 p.data = np.zeros(p.shape, dtype=p.dtype)
 
     def num_parameters(self, non_embedding=True):
@@ -117,11 +143,29 @@ class GPT(nn.Module):
         n = sum(p.size for p in self.parameters())
         return n - self.wpe.weight.size if non_embedding else n
 
+    def moe_layers(self):
+        """The MoE layers of the model, first block first (empty for a dense model)."""
+        return [m for m in self.modules() if isinstance(m, MoE)]
+
+    def update_router_bias(self):
+        """DeepSeek-V3's auxiliary-loss-free balancing step: call after each optimizer step.
+        A no-op unless config.balance == 'bias'."""
+        for layer in self.moe_layers():
+            layer.update_bias()
+
+    def num_active_parameters(self, non_embedding=True):
+        """Parameters one token actually uses: a MoE layer counts its router, the top_k experts a
+        token visits and the shared experts, not all n_expert experts. Equals num_parameters()
+        for a dense model."""
+        n = self.num_parameters(non_embedding)
+        return n - sum(m.num_parameters() - m.active_parameters() for m in self.moe_layers())
+
     def flops_per_token(self, T=None):
-        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L T C."""
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L T C,
+        with N the ACTIVE parameters: the experts a token skips cost it nothing."""
         c = self.config
         T = T or c.block_size
-        return 6 * self.num_parameters() + 12 * c.n_layer * T * c.n_embd
+        return 6 * self.num_active_parameters() + 12 * c.n_layer * T * c.n_embd
 
     def forward(self, idx, targets=None):
         idx = idx.data if isinstance(idx, Tensor) else idx
@@ -141,6 +185,13 @@ class GPT(nn.Module):
         if targets is not None:
             targets = targets.data if isinstance(targets, Tensor) else targets
             loss = F.cross_entropy(logits, xp.asarray(targets))
+            aux = [m.aux_loss for m in self.moe_layers() if m.aux_loss is not None]
+            if aux:  # load balance + router z-loss of every MoE layer join the training loss
+                total = aux[0]
+                for a in aux[1:]:
+                    total = total + a
+                loss = loss + total
+                self.last_aux_loss = float(to_numpy(total.data))
         return logits, loss
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):

@@ -66,7 +66,7 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0):
                 numeric = (plus - minus) / (2 * eps)
                 a = analytic[i].reshape(-1)[j]
                 if not abs(a - numeric) <= atol + rtol * abs(numeric):
-                    where = np.unravel_index(j, data.shape)
+                    where = tuple(int(k) for k in np.unravel_index(j, data.shape))  # (2, 3), not np.int64s
                     raise GradcheckError(
                         f"gradient mismatch for input {i} (shape {data.shape}) at element {where}: "
                         f"analytic {a:.8g}, numeric {numeric:.8g}, difference {abs(a - numeric):.3g}")

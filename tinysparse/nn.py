@@ -114,13 +114,15 @@ class Module:
         if missing or unexpected:
             raise KeyError(f"state dict does not match the model: missing {missing or 'none'}, "
                            f"unexpected {unexpected or 'none'}; was it saved from another config?")
+        # Check every shape before copying anything: a failed load must leave the model unchanged.
         for name, tensor in own.items():
             value = state[name]
             if tuple(value.shape) != tuple(tensor.shape):
                 raise ValueError(f"state dict entry {name!r} has shape {tuple(value.shape)} but the "
                                  f"model expects {tuple(tensor.shape)}; was it saved from another config?")
+        for name, tensor in own.items():
             xp = backend.array_module(tensor.data)
-            tensor.data = xp.asarray(value, dtype=tensor.dtype).copy()
+            tensor.data = xp.asarray(state[name], dtype=tensor.dtype).copy()
 
 
 class ModuleList(Module):

@@ -69,7 +69,12 @@ class Function:
         ctx = Context(needs if record else None)
         arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
         out = Tensor.__new__(Tensor)
-        out.data = cls.forward(ctx, *arrays, **options)
+        data = cls.forward(ctx, *arrays, **options)
+        if isinstance(data, np.generic):
+            # NumPy reductions and x[i, j] return scalars, not 0-d arrays; a scalar would lose its
+            # dtype in Tensor(...) (detach, comparisons) and cannot be updated in place.
+            data = np.asarray(data)
+        out.data = data
         out.grad = None
         out.requires_grad = record
         out._ctx = (cls, ctx, inputs) if record else None
@@ -236,8 +241,8 @@ class Tensor:
             if node._ctx is None:  # a leaf: keep its own copy, in its own dtype
                 if node.grad is None:
                     node.grad = grad.astype(node.dtype, copy=True)
-                else:
-                    node.grad = node.grad + grad
+                else:  # cast first: a float64 gradient must not promote a float32 leaf's grad
+                    node.grad = node.grad + grad.astype(node.dtype, copy=False)
                 continue
             fn, ctx, inputs = node._ctx
             input_grads = fn.backward(ctx, grad)
@@ -292,22 +297,22 @@ class Tensor:
 
     # Comparisons are not differentiable: they return boolean tensors outside the graph.
     def __lt__(self, other):
-        return Tensor(self.data < _raw(other))
+        return _bool_tensor(self.data < _raw(other))
 
     def __le__(self, other):
-        return Tensor(self.data <= _raw(other))
+        return _bool_tensor(self.data <= _raw(other))
 
     def __gt__(self, other):
-        return Tensor(self.data > _raw(other))
+        return _bool_tensor(self.data > _raw(other))
 
     def __ge__(self, other):
-        return Tensor(self.data >= _raw(other))
+        return _bool_tensor(self.data >= _raw(other))
 
     def __eq__(self, other):
-        return Tensor(self.data == _raw(other))
+        return _bool_tensor(self.data == _raw(other))
 
     def __ne__(self, other):
-        return Tensor(self.data != _raw(other))
+        return _bool_tensor(self.data != _raw(other))
 
     # ---- methods that mirror NumPy / PyTorch -------------------------------------------------
     def sum(self, axis=None, keepdims=False):
@@ -366,6 +371,12 @@ class Tensor:
 
 def _raw(x):
     return x.data if isinstance(x, Tensor) else x
+
+
+def _bool_tensor(result):
+    """A comparison's result as a boolean Tensor. Comparing 0-d arrays gives a NumPy bool scalar,
+    which Tensor() would turn into float32 like any scalar: make it a 0-d array first."""
+    return Tensor(backend.array_module(result).asarray(result))
 
 
 from . import ops  # noqa: E402  (ops builds on Function and Tensor defined above)

@@ -1,0 +1,490 @@
+"""Chapter 03: attention and the transformer. Fused attention, its backward, the GPT, a learned lookup.
+
+    python lessons/03_transformer/run.py            # the whole chapter, well under a minute
+    python lessons/03_transformer/run.py --quick    # fewer training steps (the tests use it)
+    python lessons/03_transformer/run.py --out-dir somewhere/   # where attention.png goes
+
+Read lessons/03_transformer/README.md alongside; it explains tinysparse/functional.py (Attention,
+PackedCausalAttention, LayerNorm, GELU) and tinysparse/gpt.py. Every claim the script prints is
+checked, and it exits with status 1 if any check fails.
+"""
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+import tinysparse as ts
+from tinysparse import functional as F
+from tinysparse import optim
+from tinysparse.gpt import GPT, GPTConfig
+from tinysparse.tensor import Tensor, _topological_order
+
+FAILURES = []
+
+
+def check(ok, what):
+    """Print a check's outcome and remember failures (the exit status reports them)."""
+    print(f"  [{'ok' if ok else 'FAIL'}] {what}")
+    if not ok:
+        FAILURES.append(what)
+
+
+def section(title):
+    print(f"\n== {title} " + "=" * max(0, 74 - len(title)))
+
+
+def max_diff(a, b):
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+def try_gradcheck(what, fn, *inputs):
+    """ts.gradcheck, reported as a check instead of an exception."""
+    try:
+        ok, detail = ts.gradcheck(fn, *inputs), ""
+    except ts.GradcheckError as e:
+        ok, detail = False, f": {e}"
+    n = sum(x.size for x in inputs if isinstance(x, Tensor) and x.requires_grad)
+    check(ok, f"gradcheck {what} ({n} elements){detail}")
+
+
+# ---- 1. Attention from primitive ops, against the fused Function -------------------------------
+
+def attention_from_primitives(q, k, v, causal=True):
+    """softmax(q k^T / sqrt(hd) + mask) v, one library op at a time: each line is a graph node."""
+    T, hd = q.shape[-2], q.shape[-1]
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))        # (..., T, T)
+    if causal:
+        future = np.triu(np.ones((T, T), dtype=bool), k=1)             # True above the diagonal
+        scores = scores.masked_fill(future, -np.inf)                   # a where(): no grad to -inf
+    # softmax by hand. Subtracting the row max (a constant: softmax ignores shifts) keeps exp
+    # from overflowing; the diagonal is never masked, so every row max is finite.
+    scores = scores - Tensor(scores.data.max(axis=-1, keepdims=True))
+    e = scores.exp()                                                   # exp(-inf) = 0
+    p = e / e.sum(axis=-1, keepdims=True)                              # (..., T, T) rows sum to 1
+    return p @ v                                                       # (..., T, hd)
+
+
+def graph_facts(y):
+    """(Function nodes, bytes held by the graph, how many of those buffers are (..., T, T)):
+    every intermediate's data and every saved array, each buffer counted once (a view counts as
+    the array it views)."""
+    buffers, nodes = {}, 0
+    for t in _topological_order(y):
+        if t._ctx is None:
+            continue
+        nodes += 1
+        arrays = [t.data] + [a for a in t._ctx[1].saved if isinstance(a, np.ndarray)]
+        for a in arrays:
+            while a.base is not None:
+                a = a.base
+            buffers[id(a)] = a
+    T = y.shape[-2]
+    n_tt = sum(1 for a in buffers.values() if a.ndim >= 2 and a.shape[-2:] == (T, T) and a.dtype != bool)
+    return nodes, sum(a.nbytes for a in buffers.values()), n_tt
+
+
+def part_primitives(args):
+    section("1. Attention from primitive ops vs the fused F.attention")
+    rng = np.random.default_rng(1)
+    B, nh, T, hd = 2, 3, 7, 5
+    q, k, v = (Tensor(rng.standard_normal((B, nh, T, hd)), requires_grad=True) for _ in range(3))
+    g = rng.standard_normal((B, nh, T, hd))          # some upstream gradient dL/dY
+    results = {}
+    for name, fn in (("primitives", attention_from_primitives), ("fused", F.attention)):
+        for t in (q, k, v):
+            t.grad = None
+        y = fn(q, k, v)
+        y.backward(g)
+        results[name] = (y.data, [t.grad.copy() for t in (q, k, v)])
+    (y0, g0), (y1, g1) = results["primitives"], results["fused"]
+    print(f"  q, k, v: (B, nh, T, hd) = {(B, nh, T, hd)}, float64")
+    print(f"  max |Y_primitives - Y_fused|          = {max_diff(y0, y1):.2e}")
+    for name, a, b in zip("qkv", g0, g1):
+        print(f"  max |d{name}_primitives - d{name}_fused|        = {max_diff(a, b):.2e}")
+    check(max_diff(y0, y1) < 1e-12, "the fused forward equals the primitive one")
+    check(all(max_diff(a, b) < 1e-10 for a, b in zip(g0, g1)),
+          "the hand-derived backward (dQ, dK, dV) equals the chain rule through 9 primitive ops")
+
+    # What fusing buys: one graph node instead of many, one (T, T) array kept instead of several.
+    print("\n  float32, primitives vs fused:")
+    print("  (B, nh, T, hd)   graph nodes  (T, T) arrays  held for backward    "
+          "forward+backward, best of n")
+    for shape, reps in (((1, 2, 16, 8), 20), ((8, 4, 128, 32), 3 if args.quick else 6)):
+        q, k, v = (Tensor(rng.standard_normal(shape).astype(np.float32), requires_grad=True)
+                   for _ in range(3))
+        g = rng.standard_normal(shape).astype(np.float32)
+        stats = {}
+        for name, fn in (("primitives", attention_from_primitives), ("fused", F.attention)):
+            best = float("inf")
+            for _ in range(reps):
+                start = time.perf_counter()
+                fn(q, k, v).backward(g)
+                best = min(best, time.perf_counter() - start)
+            stats[name] = graph_facts(fn(q, k, v)) + (best,)
+        (n0, b0, t0, s0), (n1, b1, t1, s1) = stats["primitives"], stats["fused"]
+        print(f"  {str(shape):<17}{n0:>4} vs {n1:<5}{t0:>4} vs {t1:<5}{b0 / 2**20:7.2f} vs "
+              f"{b1 / 2**20:5.2f} MiB  {s0 * 1e3:7.3f} vs {s1 * 1e3:6.3f} ms ({s0 / s1:.1f}x)")
+    check(stats["fused"][0] == 1, "fused attention is one graph node")
+    check(stats["fused"][2] == 1 and stats["primitives"][2] > 1 and b1 < b0 / 2,
+          "fused attention keeps one (T, T) array (P) for its backward, under half the memory")
+
+
+# ---- 2. Heads, the packed Function, and gradcheck ------------------------------------------------
+
+def split_heads_by_hand(qkv, n_head):
+    """What PackedCausalAttention does, in separate steps: the reference for the fused version."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    hd = C // n_head
+    x = qkv.reshape(B, T, 3, n_head, hd)                 # (B, T, 3, nh, hd)
+    x = x.permute(2, 0, 3, 1, 4)                         # (3, B, nh, T, hd)
+    q, k, v = x[0], x[1], x[2]                           # (B, nh, T, hd) each
+    y = F.attention(q, k, v, causal=True)                # (B, nh, T, hd): heads run in parallel
+    return y.permute(0, 2, 1, 3).reshape(B, T, C)        # (B, T, nh, hd) -> (B, T, C)
+
+
+def part_heads_and_gradcheck(args):
+    section("2. Multiple heads, the packed Function, gradcheck in float64")
+    rng = np.random.default_rng(2)
+    B, nh, T, hd = 2, 3, 5, 4                            # small and odd on purpose: no symmetry
+    C = nh * hd
+    qkv = Tensor(rng.standard_normal((B, T, 3 * C)), requires_grad=True)
+    g = rng.standard_normal((B, T, C))
+    y_hand = split_heads_by_hand(qkv, nh)
+    y_hand.backward(g)
+    grad_hand, qkv.grad = qkv.grad.copy(), None
+    y_packed = F.causal_self_attention(qkv, nh)
+    y_packed.backward(g)
+    print(f"  qkv (B, T, 3C) = {qkv.shape} -> heads (B, nh, T, hd) = {(B, nh, T, hd)} -> y (B, T, C) "
+          f"= {y_packed.shape}")
+    print(f"  graph nodes: split by hand {graph_facts(y_hand)[0]}, packed {graph_facts(y_packed)[0]}")
+    check(max_diff(y_hand.data, y_packed.data) < 1e-12 and max_diff(grad_hand, qkv.grad) < 1e-12,
+          "causal_self_attention(qkv) equals reshape/permute/attention/permute, forward and backward")
+
+    q, k, v = (Tensor(rng.standard_normal((B, nh, T, hd)), requires_grad=True) for _ in range(3))
+    try_gradcheck("F.attention, causal, q k v of shape (2, 3, 5, 4)",
+                  lambda q, k, v: F.attention(q, k, v, causal=True), q, k, v)
+    try_gradcheck("F.attention, not causal", lambda q, k, v: F.attention(q, k, v, causal=False), q, k, v)
+    qkv = Tensor(rng.standard_normal((B, T, 3 * C)), requires_grad=True)
+    try_gradcheck("F.causal_self_attention, qkv of shape (2, 5, 36), 3 heads",
+                  lambda x: F.causal_self_attention(x, nh), qkv)
+    if not args.quick:
+        q, k, v = (Tensor(rng.standard_normal((1, 2, 9, 3)), requires_grad=True) for _ in range(3))
+        try_gradcheck("the primitive-op attention, (1, 2, 9, 3)", attention_from_primitives, q, k, v)
+
+
+# ---- 3. The causal mask, numerically -------------------------------------------------------------
+
+def part_causality(args):
+    section("3. Causality: the future cannot change the past")
+    rng = np.random.default_rng(3)
+    B, nh, T, hd = 1, 2, 8, 4
+    C = nh * hd
+    qkv = rng.standard_normal((B, T, 3 * C))
+    with ts.no_grad():
+        base = F.causal_self_attention(Tensor(qkv), nh).data
+    print("  perturb position t+1 of qkv (its query, key and value) and measure how the output moves")
+    print("     t   max change at positions <= t   at position t+1")
+    past_ok = True
+    for t in range(T - 1):
+        bumped = qkv.copy()
+        bumped[:, t + 1] += rng.standard_normal((B, 3 * C))
+        with ts.no_grad():
+            y = F.causal_self_attention(Tensor(bumped), nh).data
+        past, now = max_diff(y[:, :t + 1], base[:, :t + 1]), max_diff(y[:, t + 1], base[:, t + 1])
+        past_ok &= past == 0.0 and now > 0
+        print(f"  {t:4d}   {past:28.1e}   {now:14.3f}")
+    check(past_ok, "outputs at positions <= t are bit-identical; the one at t+1 moves")
+
+    # Without the mask, every output sees every position.
+    q, k, v = (Tensor(a) for a in qkv.reshape(B, T, 3, nh, hd).transpose(2, 0, 3, 1, 4))
+    bumped_k = Tensor(k.data.copy())
+    bumped_k.data[:, :, T - 1] += 1.0                    # change only the LAST key
+    with ts.no_grad():
+        moved = max_diff(F.attention(q, bumped_k, v, causal=False).data[:, :, 0],
+                         F.attention(q, k, v, causal=False).data[:, :, 0])
+    print(f"  causal=False: changing the last key moves the FIRST output by {moved:.3f}")
+    check(moved > 0, "without the mask the first position sees the last one")
+
+    # The gradient view: dY_t / d(anything after t) is exactly zero, with no special code:
+    # masked entries have P = 0, and dS = P * (...) is zero wherever P is.
+    t = 3
+    x = Tensor(qkv.copy(), requires_grad=True)
+    F.causal_self_attention(x, nh)[:, t].sum().backward()
+    grad_norm = np.abs(x.grad[0]).sum(axis=-1)           # (T,): how much each position matters
+    print(f"  |dL/dqkv| per position for L = sum(y[:, {t}]): "
+          + " ".join(f"{n:.2f}" for n in grad_norm))
+    check(np.all(grad_norm[t + 1:] == 0) and np.all(grad_norm[:t + 1] > 0),
+          f"the gradient of output {t} is exactly zero at positions > {t}")
+
+    # The same for the whole GPT: change the token at t+1, the logits up to t do not move.
+    ts.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, n_layer=2, n_head=2, n_embd=16, block_size=8))
+    idx = rng.integers(0, 11, size=(2, 8))
+    with ts.no_grad():
+        logits, _ = model(idx)
+        idx2 = idx.copy()
+        idx2[:, 5] = (idx2[:, 5] + 1) % 11
+        logits2, _ = model(idx2)
+    past = max_diff(logits2.data[:, :5], logits.data[:, :5])
+    now = max_diff(logits2.data[:, 5:], logits.data[:, 5:])
+    print(f"  a 2-layer GPT, token 5 changed: logits at 0..4 move by {past:.1e}, at 5..7 by {now:.3f}")
+    check(past == 0.0 and now > 0, "in the GPT, a later token never changes earlier logits")
+
+
+# ---- 4. The GPT: parameter count, init, the residual stream, gradcheck ---------------------------
+
+def gpt_parameter_formula(c):
+    """Exact count for tinysparse.gpt.GPT with biases. Per block: ln_1 2C, c_attn 3C^2 + 3C,
+    attn c_proj C^2 + C, ln_2 2C, c_fc 4C^2 + 4C, mlp c_proj 4C^2 + C = 12C^2 + 13C."""
+    V, T, C, L = c.vocab_size, c.block_size, c.n_embd, c.n_layer
+    return L * (12 * C * C + 13 * C) + V * C + T * C + 2 * C   # + ln_f; the head is tied: + 0
+
+
+def part_gpt(args):
+    section("4. The GPT: parameter count, GPT-2 init, the residual stream, gradcheck")
+    cfg = GPTConfig()                                    # the library's default tiny GPT
+    ts.manual_seed(0)
+    model = GPT(cfg)
+    V, T, C, L = cfg.vocab_size, cfg.block_size, cfg.n_embd, cfg.n_layer
+    n_all = model.num_parameters(non_embedding=False)
+    approx = 12 * L * C * C + V * C + T * C
+    exact = gpt_parameter_formula(cfg)
+    print(f"  GPTConfig(): V={V}, T={T}, C={C}, L={L}, n_head={cfg.n_head}")
+    print(f"  12 L C^2 + V C + T C          = {approx:>9,d}  ({12 * L * C * C:,d} + {V * C:,d} + {T * C:,d})")
+    print(f"  L(12C^2 + 13C) + VC + TC + 2C = {exact:>9,d}  (biases and layer norms added)")
+    print(f"  GPT.num_parameters(False)     = {n_all:>9,d}   "
+          f"(num_parameters() = {model.num_parameters():,d}: without wpe, as nanoGPT reports)")
+    check(n_all == exact, "the exact formula matches GPT.num_parameters")
+    check(abs(approx - n_all) / n_all < 0.02, "12 L C^2 + V C + T C is within 2%")
+    gpt2 = GPTConfig(vocab_size=50257, n_layer=12, n_head=12, n_embd=768, block_size=1024)
+    print(f"  the same formula for GPT-2 small (V=50257, T=1024, C=768, L=12): "
+          f"{gpt_parameter_formula(gpt2) / 1e6:.1f} M  (the '124M' model)")
+    names = [n for n, _ in model.named_parameters()]
+    check(not any("head" in n for n in names), "no separate LM-head matrix: logits = x @ wte.weight.T")
+
+    # GPT-2 init: N(0, 0.02), the two projections into the residual stream 1/sqrt(2L) smaller
+    w = dict(model.named_parameters())
+    s_attn = float(w["h.0.attn.c_attn.weight"].data.std())
+    s_proj = float(w["h.0.mlp.c_proj.weight"].data.std())
+    target = 0.02 / math.sqrt(2 * L)
+    print(f"  init std: c_attn {s_attn:.4f} (0.02), c_proj {s_proj:.4f} (0.02/sqrt(2L) = {target:.4f})")
+    check(abs(s_attn - 0.02) < 0.002 and abs(s_proj - target) < 0.1 * target, "GPT-2 init std")
+
+    # Why residual connections: the gradient reaching the bottom of a deep stack.
+    print("\n  |dL/dx| at the input of a stack of L blocks (L = sum(w * ln_f(x_L)), same w):")
+    print("       L   x = x + f(x) (residual)   x = f(x) (no residual)")
+    rng = np.random.default_rng(4)
+    norms = {}
+    for depth in (2, 8, 24):
+        ts.manual_seed(0)
+        m = GPT(GPTConfig(vocab_size=11, n_layer=depth, n_head=2, n_embd=32, block_size=8))
+        x0 = Tensor(rng.standard_normal((4, 8, 32)).astype(np.float32), requires_grad=True)
+        w_out = rng.standard_normal((4, 8, 32)).astype(np.float32)
+        for residual in (True, False):
+            x0.grad, x = None, x0
+            for blk in m.h:
+                if residual:
+                    x = blk(x)                          # x + attn(ln_1(x)), then x + mlp(ln_2(x))
+                else:
+                    x = blk.mlp(blk.ln_2(blk.attn(blk.ln_1(x))))
+            (m.ln_f(x) * w_out).sum().backward()
+            norms[depth, residual] = float(np.linalg.norm(x0.grad))
+        print(f"  {depth:6d}   {norms[depth, True]:23.3g}   {norms[depth, False]:22.3g}")
+    check(norms[24, True] > 0.5 * norms[2, True] and norms[24, False] < 1e-3 * norms[2, False],
+          "with residuals the gradient survives 24 blocks; without, it all but vanishes")
+
+    # A whole 1-layer GPT, gradchecked through embeddings, layer norms, attention, MLP, tied head.
+    ts.manual_seed(0)
+    tiny = GPT(GPTConfig(vocab_size=11, n_layer=1, n_head=2, n_embd=8, block_size=4))
+    for p in tiny.parameters():
+        p.data = p.data.astype(np.float64)
+    idx, targets = rng.integers(0, 11, size=(2, 4)), rng.integers(0, 11, size=(2, 4))
+    p = dict(tiny.named_parameters())
+    print()
+    for name in ["wte.weight", "h.0.attn.c_attn.weight"] + ([] if args.quick else ["h.0.ln_1.weight",
+                                                                                "h.0.mlp.c_fc.bias"]):
+        try_gradcheck(f"the loss of a 1-layer GPT w.r.t. {name} {p[name].shape}",
+                      lambda _: tiny(idx, targets)[1], p[name])
+
+
+# ---- 5. A tiny attention model learns a lookup ---------------------------------------------------
+
+N_KEY, N_VAL, N_PAIR, N_QUERY = 8, 8, 8, 4
+PAIR0, QUERY0, ANSWER0 = 0, N_KEY * N_VAL, N_KEY * N_VAL + N_KEY   # token id ranges
+VOCAB = ANSWER0 + N_VAL                                             # 64 pairs + 8 queries + 8 answers
+SEQ = N_PAIR + N_QUERY
+
+
+def token_name(i):
+    if i < QUERY0:
+        return "ABCDEFGH"[i // N_VAL] + str(i % N_VAL)                 # "C5": key C holds value 5
+    if i < ANSWER0:
+        return "ABCDEFGH"[i - QUERY0] + "?"                            # "C?": what does C hold?
+    return "=" + str(i - ANSWER0)
+
+
+def make_batch(n, rng):
+    """Associative recall: 8 (key, value) pairs with distinct keys, then 4 queries of those keys.
+    The target at a query is the queried key's value; other positions have no target (-1).
+    Returns tokens (n, SEQ), targets (n, SEQ), and the position of the pair each query needs."""
+    keys = np.argsort(rng.random((n, N_KEY)), axis=1)[:, :N_PAIR]     # distinct keys per sequence
+    vals = rng.integers(0, N_VAL, size=(n, N_PAIR))
+    where = rng.integers(0, N_PAIR, size=(n, N_QUERY))                # which pair each query asks for
+    idx = np.concatenate([PAIR0 + keys * N_VAL + vals,
+                          QUERY0 + np.take_along_axis(keys, where, 1)], axis=1)
+    targets = np.full((n, SEQ), -1)
+    targets[:, N_PAIR:] = ANSWER0 + np.take_along_axis(vals, where, 1)
+    return idx, targets, where
+
+
+def attention_probs(model, idx):
+    """P (B, nh, T, T) of the first block, recomputed from its q and k exactly as
+    functional.Attention.forward computes it (the library returns only P @ V)."""
+    blk = model.h[0]
+    with ts.no_grad():
+        T = idx.shape[1]
+        x = model.wte(idx) + model.wpe(np.arange(T))                  # (B, T, C)
+        qkv = blk.attn.c_attn(blk.ln_1(x)).data                       # (B, T, 3C)
+        y_lib = F.causal_self_attention(Tensor(qkv), model.config.n_head).data
+    B, _, C3 = qkv.shape
+    nh = model.config.n_head
+    hd = C3 // 3 // nh
+    q, k, v = qkv.reshape(B, T, 3, nh, hd).transpose(2, 0, 3, 1, 4)  # (B, nh, T, hd) each
+    s = q @ k.swapaxes(-1, -2) / math.sqrt(hd)                        # (B, nh, T, T)
+    s[..., np.triu(np.ones((T, T), dtype=bool), k=1)] = -np.inf
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    y = (p @ v).transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)
+    return p, max_diff(y, y_lib)
+
+
+RAMP = " .:-=+*#%@"                                                   # 0 ... 1, ten shades
+
+
+def ascii_heatmaps(p, labels, n_head):
+    """Print one sequence's attention, heads side by side: rows are queries, columns keys."""
+    cols = "".join(f"{lab:>3}" for lab in labels)
+    print(("         " + "   ".join(f"head {h}".ljust(3 * len(labels)) for h in range(n_head))).rstrip())
+    print("         " + "   ".join(cols for _ in range(n_head)))
+    for t, lab in enumerate(labels):
+        cells = []
+        for h in range(n_head):
+            cells.append("".join(f"  {RAMP[min(int(x * len(RAMP)), len(RAMP) - 1)]}"
+                                 if j <= t else "  ·" for j, x in enumerate(p[h, t])))
+        print((f"  {t:2d} {lab:>3} " + "   ".join(cells)).rstrip())
+
+
+def part_training(args):
+    section("5. A tiny attention model learns a lookup (associative recall)")
+    rng = np.random.default_rng(args.seed)
+    ts.manual_seed(args.seed)
+    cfg = GPTConfig(vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=64, block_size=SEQ)
+    model = GPT(cfg)
+    opt = optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    example = make_batch(1, rng)[0][0]
+    print("  a sequence: " + " ".join(token_name(i) for i in example)
+          + "   (each query's answer is the value its key holds)")
+    print(f"  model: 1-layer GPT, n_head 2, n_embd 64, vocab {VOCAB}, T {SEQ}: "
+          f"{model.num_parameters(False):,d} parameters; chance accuracy {1 / N_VAL:.1%}")
+    start, log_every = time.perf_counter(), max(1, args.steps // 6)
+    for step in range(args.steps + 1):
+        idx, targets, _ = make_batch(32, rng)
+        logits, _ = model(idx)
+        loss = F.cross_entropy(logits, targets, ignore_index=-1)      # only the query positions count
+        if step % log_every == 0 or step == args.steps:
+            print(f"  step {step:5d}   loss {loss.item():.4f}")
+        if step == args.steps:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    print(f"  {args.steps} steps in {time.perf_counter() - start:.1f} s")
+
+    idx, targets, where = make_batch(1000, np.random.default_rng(args.seed + 1))   # fresh sequences
+    with ts.no_grad():
+        logits, _ = model(idx)
+    accuracy = float((logits.data[:, N_PAIR:].argmax(-1) == targets[:, N_PAIR:]).mean())
+    p, recompute_err = attention_probs(model, idx)                    # (B, nh, T, T)
+    check(recompute_err < 1e-5, f"P recomputed from q, k reproduces the block's attention output "
+                                f"(max diff {recompute_err:.1e})")
+    pq = p[:, :, N_PAIR:, :N_PAIR]                                    # queries' attention to the pairs
+    hits = pq.argmax(-1) == where[:, None, :]                         # (B, nh, N_QUERY)
+    mass = np.take_along_axis(pq, where[:, None, :, None], -1)[..., 0]
+    for h in range(cfg.n_head):
+        print(f"  head {h}: a query's largest attention weight is on its key's pair in "
+              f"{hits[:, h].mean():6.1%} of queries (mean weight there {mass[:, h].mean():.2f})")
+    best = int(hits.mean(axis=(0, 2)).argmax())
+    print(f"  answer accuracy on 1000 fresh sequences: {accuracy:.1%}")
+    check(accuracy > (0.99 if not args.quick else 0.9), f"the model looks values up ({accuracy:.1%} correct)")
+    check(hits[:, best].mean() > 0.95,
+          f"head {best} attends to the matching key ({hits[:, best].mean():.1%})")
+
+    labels = [token_name(i) for i in idx[0]]
+    print(f"\n  attention of sequence 0 (rows: query position, columns: key position; "
+          f"' .:-=+*#%@' = 0..1, · = masked)")
+    ascii_heatmaps(p[0], labels, cfg.n_head)
+    print("  answers: " + ", ".join(f"{labels[N_PAIR + j]} -> {token_name(int(a))}"
+                                    for j, a in enumerate(logits.data[0, N_PAIR:].argmax(-1))))
+    save_png(p[0], labels, where[0], args)
+
+
+def save_png(p, labels, where, args):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # write files, never open a window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  matplotlib is not installed: no picture (pip install matplotlib, or '.[plot]')")
+        return
+    n_head, T = p.shape[0], p.shape[-1]
+    fig, axes = plt.subplots(1, n_head, figsize=(5.2 * n_head, 5), constrained_layout=True)
+    for h, ax in enumerate(np.atleast_1d(axes)):
+        masked = np.where(np.triu(np.ones((T, T), dtype=bool), k=1), np.nan, p[h])
+        im = ax.imshow(masked, cmap="viridis", vmin=0, vmax=1)
+        ax.scatter(where, np.arange(N_PAIR, T), s=160, facecolors="none", edgecolors="red",
+                   linewidths=1.5)
+        ax.set_xticks(range(T), labels, rotation=90)
+        ax.set_yticks(range(T), labels)
+        ax.set_xlabel("key position (attended to)")
+        ax.set_ylabel("query position (attending)")
+        ax.set_title(f"head {h}")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="attention probability")
+    fig.suptitle("Associative recall: attention of a trained 1-layer GPT\n"
+                 "red circles: the pair each query asks for; white: the masked future")
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = os.path.join(args.out_dir, "attention.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"  saved {path}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps (used by the tests)")
+    parser.add_argument("--out-dir", default="out/lesson03", help="where attention.png goes")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default 1500, quick 700)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.steps is None:
+        args.steps = 700 if args.quick else 1500
+
+    start = time.perf_counter()
+    part_primitives(args)
+    part_heads_and_gradcheck(args)
+    part_causality(args)
+    part_gpt(args)
+    part_training(args)
+
+    section("Summary")
+    print(f"  {len(FAILURES)} failed check(s) in {time.perf_counter() - start:.1f} s")
+    for what in FAILURES:
+        print(f"  FAILED: {what}")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""The MoE layer: gradients for every setting, routers, balancing, PyTorch parity, GPT integration."""
+import math
+
+import numpy as np
+import pytest
+
+import tinysparse as ts
+from tinysparse import functional as F
+from tinysparse import optim
+from tinysparse.gpt import GPT, GPTConfig
+from tinysparse.moe import MoE, RoutingResult, TopKRouter
+
+
+def _f64(module):
+    for p in module.parameters():
+        p.data = p.data.astype(np.float64)
+    return module
+
+
+def _layer(seed=0, n_embd=4, n_expert=3, top_k=2, d_expert=3, router_scale=1.0, **kw):
+    """A tiny float64 MoE whose router logits are spread out: eps-nudges never flip a selection."""
+    ts.manual_seed(seed)
+    layer = _f64(MoE(n_embd, n_expert, top_k, d_expert, **kw))
+    rng = np.random.default_rng(seed)
+    layer.router.weight.data = rng.standard_normal(layer.router.weight.shape) * router_scale
+    return layer
+
+
+# ---- gradients ----------------------------------------------------------------------------------
+
+SETTINGS = [(router, score, balance, cf)
+            for router in ("topk", "expert_choice") for score in ("softmax", "sigmoid")
+            for balance in ("aux", "bias", "none") for cf in (None, 0.5)
+            if not (router == "expert_choice" and balance == "bias")]
+
+
+@pytest.mark.parametrize("router,score,balance,cf", SETTINGS)
+def test_moe_gradcheck(router, score, balance, cf):
+    layer = _layer(router=router, score=score, balance=balance, capacity_factor=cf, n_shared=1,
+                   aux_coef=0.5, z_coef=0.1)
+    if balance == "bias":  # a bias that changes the selection, so the check covers it
+        layer.router.bias.data = np.array([0.3, -0.2, 0.0], dtype=np.float32)
+    x = ts.Tensor(np.random.default_rng(1).standard_normal((1, 5, 4)), requires_grad=True)
+    w = np.random.default_rng(2).standard_normal((1, 5, 4))
+
+    def loss(*_):
+        out = (layer(x) * w).sum()
+        return out if layer.aux_loss is None else out + layer.aux_loss
+
+    loss()
+    if cf is not None and router == "topk":
+        assert layer.stats["dropped_fraction"] > 0          # the capacity really drops slots
+    assert layer.aux_loss is not None                        # z_coef > 0: the z-loss is always on here
+    assert ts.gradcheck(loss, x, *layer.parameters())
+
+
+def test_moe_gradcheck_without_aux_or_bias_params():
+    layer = _layer(balance="none", z_coef=0.0, bias=False, top_k=1)
+    x = ts.Tensor(np.random.default_rng(3).standard_normal((2, 3, 4)), requires_grad=True)
+    assert layer(x).shape == (2, 3, 4) and layer.aux_loss is None
+    assert layer.router.normalize_gates is False     # top-1: the raw probability is the gate
+    assert ts.gradcheck(lambda *_: layer(x), x, *layer.parameters())
+
+
+# ---- the routers --------------------------------------------------------------------------------
+
+def test_topk_ties_go_to_the_lowest_expert_id():
+    router = TopKRouter(4, 5, 2)
+    router.weight.data = np.zeros((4, 5), dtype=np.float32)   # every score equal
+    r = router(ts.Tensor(np.ones((3, 4), dtype=np.float32)))
+    np.testing.assert_array_equal(r.expert_ids, [[0, 1]] * 3)
+    np.testing.assert_allclose(r.gates.data, 0.5)
+
+
+def test_expert_choice_takes_each_experts_best_tokens():
+    layer = _layer(router="expert_choice", score="sigmoid", capacity_factor=1.0)  # cap = ceil(6 / 3) = 2
+    layer.router.weight.data = np.abs(layer.router.weight.data)  # a large positive x: every expert likes it
+    x_np = np.random.default_rng(0).standard_normal((6, 4))
+    x_np[2], x_np[4] = 3.0, -3.0                 # token 2: every expert's favourite; token 4: nobody's
+    x = ts.Tensor(x_np)
+    r = layer.router(x)
+    assert np.all(r.expert_ids[2] >= 0) and np.all(r.expert_ids[4] == -1)
+    scores = r.scores.data
+    for e in range(3):
+        chosen = sorted(np.argsort(-scores[:, e], kind="stable")[:2])
+        assert sorted(np.flatnonzero((r.expert_ids == e).any(axis=1))) == chosen
+    present = r.expert_ids >= 0
+    assert (~present).any() and present.sum(axis=1).max() > 1   # tokens with fewer and more experts
+    rows = np.nonzero(present)[0]
+    np.testing.assert_allclose(r.gates.data[present], scores[rows, r.expert_ids[present]])
+    assert np.all(r.gates.data[~present] == 0)
+    layer(x.reshape(1, 6, 4))
+    np.testing.assert_array_equal(layer.stats["tokens_per_expert"], [2, 2, 2])
+
+
+def test_load_balance_loss_is_alpha_under_uniform_routing():
+    E, alpha = 4, 0.01
+    layer = MoE(8, E, 1, 4, aux_coef=alpha, z_coef=0.0)
+    probs = ts.Tensor(np.full((8, E), 1.0 / E), requires_grad=True)   # P_e = 1/E
+    ids = np.arange(8).reshape(8, 1) % E                               # f_e = 1/E
+    r = RoutingResult(ids, None, probs, probs, None)
+    loss = layer.router.load_balance_loss(r) * alpha
+    assert abs(loss.item() - alpha) < 1e-12
+    # everything on expert 0 with all the probability there: E times worse
+    r = RoutingResult(np.zeros((8, 1), dtype=np.int64), None,
+                      ts.Tensor(np.eye(E)[np.zeros(8, dtype=int)]), None, None)
+    assert abs(layer.router.load_balance_loss(r).item() - E) < 1e-12
+
+
+def test_z_loss_matches_its_formula():
+    layer = _layer(z_coef=1.0, balance="none")
+    x = np.random.default_rng(4).standard_normal((1, 5, 4))
+    layer(ts.Tensor(x))
+    logits = x.reshape(5, 4) @ layer.router.weight.data
+    lse = np.log(np.exp(logits).sum(axis=1))
+    assert abs(layer.aux_loss.item() - (lse ** 2).mean()) < 1e-12
+
+
+def test_bias_moves_toward_underloaded_experts():
+    layer = _layer(balance="bias", n_expert=4, top_k=1)
+    layer.router.weight.data[:] = 0.0
+    layer.router.weight.data[0, 1] = 1.0        # positive first feature -> expert 1
+    x = np.zeros((1, 8, 4))
+    x[0, :, 0] = 1.0                            # every token prefers expert 1
+    layer(ts.Tensor(x))
+    np.testing.assert_array_equal(layer.stats["tokens_per_expert"], [0, 8, 0, 0])
+    layer.update_bias()
+    np.testing.assert_allclose(layer.router.bias.data, [0.001, -0.001, 0.001, 0.001], rtol=1e-6)
+    layer.update_bias()                         # no new load since: nothing to do
+    np.testing.assert_allclose(layer.router.bias.data, [0.001, -0.001, 0.001, 0.001], rtol=1e-6)
+    layer.eval()
+    layer(ts.Tensor(x))
+    layer.update_bias()                         # eval forwards do not count as load
+    np.testing.assert_allclose(layer.router.bias.data, [0.001, -0.001, 0.001, 0.001], rtol=1e-6)
+
+
+def test_bias_changes_selection_not_gates():
+    layer = _layer(balance="bias", n_expert=4, top_k=2)
+    x = ts.Tensor(np.random.default_rng(5).standard_normal((6, 4)))
+    before = layer.router(x)
+    layer.router.bias.data = np.array([0.0, 0.0, 0.0, 100.0], dtype=np.float32)  # force expert 3
+    after = layer.router(x)
+    assert np.all(after.expert_ids[:, 0] == 3)
+    assert not np.array_equal(before.expert_ids, after.expert_ids)
+    s = before.scores.data                       # the unbiased scores did not move
+    np.testing.assert_array_equal(s, after.scores.data)
+    picked = s[np.arange(6)[:, None], after.expert_ids]
+    np.testing.assert_allclose(after.gates.data, picked / picked.sum(axis=1, keepdims=True), rtol=1e-12)
+
+
+def test_jitter_only_in_training_and_seeded():
+    layer = _layer(jitter=0.5)
+    x = ts.Tensor(np.random.default_rng(6).standard_normal((1, 5, 4)))
+    ts.manual_seed(7)
+    a = layer(x).data
+    ts.manual_seed(7)
+    b = layer(x).data
+    layer.eval()
+    c, d = layer(x).data, layer(x).data
+    assert np.array_equal(a, b) and np.array_equal(c, d) and not np.array_equal(a, c)
+
+
+# ---- determinism and statistics -----------------------------------------------------------------
+
+def test_moe_is_deterministic():
+    layer = _layer(n_shared=1, capacity_factor=1.0, n_expert=3, top_k=2)
+    x = ts.Tensor(np.random.default_rng(8).standard_normal((2, 7, 4)), requires_grad=True)
+    runs = []
+    for _ in range(2):
+        layer.zero_grad()
+        x.grad = None
+        out = layer(x)
+        ((out * out).sum() + layer.aux_loss).backward()
+        runs.append([out.data.copy(), x.grad] + [p.grad for p in layer.parameters()])
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b)
+
+
+def test_stats():
+    layer = _layer(n_expert=3, top_k=2, capacity_factor=0.5)
+    layer(ts.Tensor(np.random.default_rng(9).standard_normal((1, 6, 4))))
+    s = layer.stats
+    assert s["tokens_per_expert"].sum() == 12 and s["mean_load"] == 4.0
+    assert s["max_load"] == s["tokens_per_expert"].max()
+    C = math.ceil(0.5 * 12 / 3)
+    kept = np.minimum(s["tokens_per_expert"], C).sum()
+    assert s["dropped_fraction"] == pytest.approx((12 - kept) / 12)
+    assert 0 < s["router_entropy"] <= math.log(3) + 1e-12
+
+
+def test_active_parameters():
+    layer = MoE(8, 6, 2, 5, n_shared=1)
+    expert = 8 * 5 + 5 + 5 * 8 + 8
+    assert layer.experts.params_per_expert() == expert
+    assert layer.active_parameters() == 8 * 6 + 2 * expert + expert   # router + top-2 + shared
+    assert layer.num_parameters() == 8 * 6 + 6 * expert + expert
+
+
+# ---- PyTorch parity -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("score", ["softmax", "sigmoid"])
+def test_moe_matches_pytorch(score):
+    torch = pytest.importorskip("torch")
+    B, T, C, E, k, d = 2, 5, 6, 4, 2, 5
+    layer = _layer(n_embd=C, n_expert=E, top_k=k, d_expert=d, n_shared=1, score=score,
+                   aux_coef=0.1, z_coef=0.01)
+    x_np = np.random.default_rng(10).standard_normal((B, T, C))
+    w_np = np.random.default_rng(11).standard_normal((B, T, C))
+    x = ts.Tensor(x_np, requires_grad=True)
+    out = layer(x)
+    ((out * w_np).sum() + layer.aux_loss).backward()
+
+    names = [n for n, _ in layer.named_parameters()]
+    tp = {n: torch.tensor(p.data, requires_grad=True) for n, p in layer.named_parameters()}
+    tx = torch.tensor(x_np, requires_grad=True)
+    x2 = tx.reshape(-1, C)
+    logits = x2 @ tp["router.weight"]
+    if score == "softmax":
+        scores = probs = torch.softmax(logits, dim=-1)
+    else:
+        scores = torch.sigmoid(logits)
+        probs = scores / scores.sum(-1, keepdim=True)
+    top, ids = torch.topk(scores, k, dim=-1)
+    gates = top / top.sum(-1, keepdim=True)
+    y = torch.zeros_like(x2)
+    for e in range(E):   # the loop-over-experts MoE
+        t, j = torch.nonzero(ids == e, as_tuple=True)
+        h = torch.nn.functional.gelu(x2[t] @ tp["experts.w1"][e] + tp["experts.b1"][e], approximate="tanh")
+        y = y.index_add(0, t, (h @ tp["experts.w2"][e] + tp["experts.b2"][e]) * gates[t, j, None])
+    hs = torch.nn.functional.gelu(x2 @ tp["shared.c_fc.weight"] + tp["shared.c_fc.bias"], approximate="tanh")
+    y = y + hs @ tp["shared.c_proj.weight"] + tp["shared.c_proj.bias"]
+    f = torch.bincount(ids.reshape(-1), minlength=E).double() / ids.numel()
+    aux = 0.1 * E * (f * probs.mean(0)).sum() + 0.01 * (torch.logsumexp(logits, -1) ** 2).mean()
+    ((y.reshape(B, T, C) * torch.tensor(w_np)).sum() + aux).backward()
+
+    np.testing.assert_array_equal(layer.router(x.reshape(-1, C)).expert_ids, ids.numpy())
+    np.testing.assert_allclose(out.data, y.detach().numpy().reshape(B, T, C), rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(layer.aux_loss.item(), aux.item(), rtol=1e-6)
+    np.testing.assert_allclose(x.grad, tx.grad.numpy(), rtol=1e-6, atol=1e-10)
+    for n, p in zip(names, layer.parameters()):
+        np.testing.assert_allclose(p.grad, tp[n].grad.numpy(), rtol=1e-6, atol=1e-10, err_msg=n)
+
+
+# ---- settings that are refused ------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,setting", [
+    (dict(top_k=5), "top_k"), (dict(top_k=0), "top_k"), (dict(n_expert=0, top_k=1), "n_expert"),
+    (dict(capacity_factor=0.0), "capacity_factor"), (dict(capacity_factor=-1.0), "capacity_factor"),
+    (dict(d_expert=0), "d_expert"), (dict(n_shared=-1), "n_shared"), (dict(router="hash"), "router"),
+    (dict(score="relu"), "score"), (dict(balance="loss"), "balance"),
+    (dict(dispatch_backend="triton"), "dispatch_backend"), (dict(aux_coef=-0.1), "aux_coef"),
+    (dict(z_coef=-1.0), "z_coef"), (dict(jitter=1.0), "jitter"),
+    (dict(router="expert_choice", balance="bias"), "balance"),
+])
+def test_invalid_settings_are_refused(kwargs, setting):
+    args = dict(n_embd=8, n_expert=4, top_k=2, d_expert=4)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=setting) as info:
+        MoE(**args)
+    if setting in ("router", "score", "balance"):
+        assert "one of" in str(info.value) or "'aux'" in str(info.value)  # the allowed values are named
+
+
+# ---- inside a GPT -------------------------------------------------------------------------------
+
+def _tiny_gpt(**kw):
+    ts.manual_seed(0)
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, n_expert=4, top_k=2, **kw))
+
+
+def test_gpt_with_moe_trains_and_adds_aux_loss():
+    model = _tiny_gpt(balance="aux")
+    assert len(model.moe_layers()) == 2
+    data = np.random.default_rng(0).integers(0, 256, (4, 9))
+    idx, targets = data[:, :-1], data[:, 1:]
+    opt = optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(8):
+        logits, loss = model(idx, targets)
+        ce = F.cross_entropy(logits, targets).item()
+        aux = sum(m.aux_loss.item() for m in model.moe_layers())
+        assert loss.item() == pytest.approx(ce + aux, rel=1e-5) and aux > 0
+        assert model.last_aux_loss == pytest.approx(aux, rel=1e-5)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.update_router_bias()            # a no-op with balance='aux'
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5
+    assert model.h[0].mlp.router.weight.grad is not None
+
+
+def test_gpt_router_bias_in_state_dict_and_updated():
+    model = _tiny_gpt(balance="bias")
+    data = np.random.default_rng(1).integers(0, 256, (2, 9))
+    _, loss = model(data[:, :-1], data[:, 1:])
+    loss.backward()
+    model.update_router_bias()
+    bias = model.h[1].mlp.router.bias.data.copy()
+    assert np.any(bias != 0)
+    state = model.state_dict()
+    assert "h.0.mlp.router.bias" in state and "h.1.mlp.router.bias" in state
+    other = _tiny_gpt(balance="bias")
+    other.load_state_dict(state)
+    np.testing.assert_array_equal(other.h[1].mlp.router.bias.data, bias)
+    logits_a, _ = model(data[:, :-1])
+    logits_b, _ = other(data[:, :-1])
+    np.testing.assert_array_equal(logits_a.data, logits_b.data)
+
+
+def test_gpt_counts_active_parameters():
+    dense = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8))
+    assert dense.num_active_parameters() == dense.num_parameters()
+    moe = _tiny_gpt()                          # d_expert = 4 * 16 // 2 = 32: compute-matched
+    C, E, k, d = 16, 4, 2, 32
+    expert = C * d + d + d * C + C
+    mlp = C * 4 * C + 4 * C + 4 * C * C + C
+    assert moe.num_active_parameters() == dense.num_parameters() + 2 * (C * E + k * expert - mlp)
+    assert moe.num_parameters() - moe.num_active_parameters() == 2 * (E - k) * expert
+    assert moe.flops_per_token() - dense.flops_per_token() == 6 * 2 * (C * E + k * expert - mlp)
+    # the stacked experts follow GPT-2's init: biases zero, the residual projection scaled down
+    mlp0 = moe.h[0].mlp.experts
+    assert np.all(mlp0.b1.data == 0) and np.all(mlp0.b2.data == 0)
+    assert mlp0.w2.data.std() < mlp0.w1.data.std()

@@ -1,0 +1,185 @@
+"""Sparse dispatch: the plan by hand, and gather -> grouped matmul -> combine against a naive loop."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import tinysparse as ts
+from tinysparse import functional as F
+from tinysparse.moe import Experts, capacity, combine, gather_rows, get_backend
+from tinysparse.moe.dispatch import DISPATCH_BACKENDS
+
+BACKENDS = sorted(DISPATCH_BACKENDS)  # every backend passes the same suite
+
+
+# ---- the plan ------------------------------------------------------------------------------------
+
+# T = 4 tokens, k = 2 slots each, E = 3 experts. Slot s = t*k + j:
+#   s:      0  1  2  3  4  5  6  7
+#   expert: 0  1  0  2  0  1  1  0
+IDS = np.array([[0, 1], [0, 2], [0, 1], [1, 0]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_plan_by_hand_dropless(backend):
+    plan = get_backend(backend).plan(IDS, 3, None)
+    np.testing.assert_array_equal(plan.counts, [4, 3, 1])
+    np.testing.assert_array_equal(plan.offsets, [0, 4, 7, 8])
+    # expert 0 queue: s0, s2, s4, s7; expert 1: s1, s5, s6; expert 2: s3 (earlier token first)
+    np.testing.assert_array_equal(plan.rank, [[0, 0], [1, 0], [2, 1], [2, 3]])
+    np.testing.assert_array_equal(plan.token_index, [0, 1, 2, 3, 0, 2, 3, 1])
+    np.testing.assert_array_equal(plan.slot_position, [[0, 4], [1, 7], [2, 5], [6, 3]])
+    assert plan.n_routed == 8 and plan.n_dropped == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_plan_by_hand_with_capacity(backend):
+    C = capacity(0.75, n_slots=8, n_expert=3)          # ceil(0.75 * 8 / 3) = 2
+    assert C == 2
+    plan = get_backend(backend).plan(IDS, 3, C)
+    np.testing.assert_array_equal(plan.counts, [4, 3, 1])          # routed, before drops
+    np.testing.assert_array_equal(plan.offsets, [0, 2, 4, 5])      # kept: 2, 2, 1
+    np.testing.assert_array_equal(plan.token_index, [0, 1, 0, 2, 1])
+    # ranks >= 2 are dropped (-1): token 2's expert-0 slot, token 3's both slots
+    np.testing.assert_array_equal(plan.slot_position, [[0, 2], [1, 4], [-1, 3], [-1, -1]])
+    assert plan.n_dropped == 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_plan_empty_slots_and_empty_experts(backend):
+    ids = np.array([[2, -1], [-1, -1], [2, 0]])        # expert choice leaves holes; expert 1 gets nothing
+    plan = get_backend(backend).plan(ids, 4, None)
+    np.testing.assert_array_equal(plan.counts, [1, 0, 2, 0])
+    np.testing.assert_array_equal(plan.offsets, [0, 1, 1, 3, 3])
+    np.testing.assert_array_equal(plan.slot_position, [[1, -1], [-1, -1], [2, 0]])
+    np.testing.assert_array_equal(plan.rank, [[0, -1], [-1, -1], [1, 0]])
+
+
+@settings(max_examples=40, deadline=None)
+@given(T=st.integers(1, 40), E=st.integers(1, 9), data=st.data())
+def test_plan_ranks_are_stable_and_capacity_is_respected(T, E, data):
+    k = data.draw(st.integers(1, E))
+    cf = data.draw(st.sampled_from([None, 0.5, 1.0, 1.5]))
+    rng = np.random.default_rng(T * 100 + E * 10 + k)
+    ids = rng.integers(0, E, size=(T, k))
+    C = capacity(cf, T * k, E)
+    plan = get_backend("numpy").plan(ids, E, C)
+    for e in range(E):
+        slots = np.flatnonzero(ids.reshape(-1) == e)    # in token order
+        np.testing.assert_array_equal(plan.rank.reshape(-1)[slots], np.arange(len(slots)))
+        kept = len(slots) if C is None else min(len(slots), C)
+        assert plan.offsets[e + 1] - plan.offsets[e] == kept
+    assert sorted(plan.slot_position[plan.slot_position >= 0].tolist()) == list(range(plan.n_kept))
+
+
+# ---- gather -> grouped matmul -> combine against a naive loop --------------------------------------
+
+def _dispatched(x, ids, gates, experts, C, backend):
+    plan = get_backend(backend).plan(ids, experts.n_expert, C)
+    buffer = gather_rows(x, plan, backend)
+    y = experts(buffer, plan.offsets, backend)
+    return combine(y, gates, plan, backend)
+
+
+def _naive(x, ids, gates, experts, C):
+    """out[t] = sum_j gate[t, j] * FFN_e(x[t]), written as loops; capacity by a running counter."""
+    T, k = ids.shape
+    used = [0] * experts.n_expert
+    kept = {e: [] for e in range(experts.n_expert)}
+    for t in range(T):
+        for j in range(k):
+            e = int(ids[t, j])
+            if e >= 0 and (C is None or used[e] < C):
+                kept[e].append((t, j))
+                used[e] += 1
+    out = ts.Tensor(np.zeros(x.shape))
+    for e, slots in kept.items():
+        if not slots:
+            continue
+        t, j = (np.array(a) for a in zip(*slots))
+        h = F.gelu(x[t] @ experts.w1[e] + experts.b1[e]) @ experts.w2[e] + experts.b2[e]
+        onehot = np.zeros((T, len(t)))
+        onehot[t, np.arange(len(t))] = 1.0             # scatter the rows back to their tokens
+        out = out + ts.Tensor(onehot) @ (h * gates[t, j].reshape(-1, 1))
+    return out
+
+
+def _make(T, E, k, C_dim=3, d=2, seed=0):
+    ts.manual_seed(seed)
+    experts = Experts(E, C_dim, d)
+    for p in experts.parameters():
+        p.data = p.data.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    x = ts.Tensor(rng.standard_normal((T, C_dim)), requires_grad=True)
+    gates = ts.Tensor(rng.uniform(0.1, 1.0, (T, k)), requires_grad=True)
+    return experts, x, gates
+
+
+def _check_against_naive(ids, E, C, backend="numpy", seed=0):
+    T, k = ids.shape
+    experts, x, gates = _make(T, E, k, seed=seed)
+    leaves = [x, gates, *experts.parameters()]
+    w = np.cos(np.arange(T * 3)).reshape(T, 3)
+    results = []
+    for fn in (lambda: _dispatched(x, ids, gates, experts, C, backend),
+               lambda: _naive(x, ids, gates, experts, C)):
+        for p in leaves:
+            p.grad = None
+        out = fn()
+        (out * w).sum().backward()
+        results.append((out.data, [np.zeros(p.shape) if p.grad is None else p.grad for p in leaves]))
+    (out_d, grads_d), (out_n, grads_n) = results
+    np.testing.assert_allclose(out_d, out_n, rtol=1e-10, atol=1e-12)
+    for gd, gn in zip(grads_d, grads_n):
+        np.testing.assert_allclose(gd, gn, rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(T=st.integers(1, 40), E=st.integers(1, 9), data=st.data())
+def test_dispatch_equals_naive_loop(T, E, data):
+    k = data.draw(st.integers(1, E))
+    cf = data.draw(st.sampled_from([None, 0.5, 1.0, 1.5]))
+    skew = data.draw(st.booleans())
+    rng = np.random.default_rng(T * 1000 + E * 10 + k)
+    # k distinct experts per token, as top-k gives; `skew` favours low ids, leaving experts empty
+    p = np.exp(-np.arange(E) * (1.5 if skew else 0.0))
+    ids = np.stack([rng.choice(E, size=k, replace=False, p=p / p.sum()) for _ in range(T)])
+    _check_against_naive(ids, E, capacity(cf, T * k, E))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("C", [None, 1, 3])
+def test_dispatch_all_tokens_on_one_expert(backend, C):
+    ids = np.zeros((7, 1), dtype=np.int64)           # experts 1..3 get nothing; 0 overflows any C < 7
+    _check_against_naive(ids, 4, C, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dispatch_with_empty_slots(backend):
+    ids = np.array([[1, -1, -1], [0, 2, -1], [-1, -1, -1], [2, 1, 0]])  # a token with no expert at all
+    _check_against_naive(ids, 3, None, backend)
+    _check_against_naive(ids, 3, 1, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_primitives_gradcheck(backend):
+    ids = np.array([[0, 2], [2, 0], [2, 1], [0, 2], [2, 2]])
+    experts, x, gates = _make(5, 3, 2)
+    for C in (None, 2):
+        assert ts.gradcheck(lambda *a: _dispatched(x, ids, gates, experts, C, backend),
+                            x, gates, *experts.parameters())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dispatch_is_deterministic(backend):
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 4, size=(30, 3))
+    experts, x, gates = _make(30, 4, 3)
+    runs = []
+    for _ in range(2):
+        for p in (x, gates, *experts.parameters()):
+            p.grad = None
+        out = _dispatched(x, ids, gates, experts, capacity(1.0, 90, 4), backend)
+        (out * out).sum().backward()
+        runs.append([out.data.copy(), x.grad, gates.grad, *(p.grad for p in experts.parameters())])
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b)                    # bitwise

@@ -1,0 +1,227 @@
+"""Training loop, checkpoints and resume (tinysparse/train.py, tinysparse/checkpoint.py).
+
+Every run here is a 1-layer, 16-wide GPT on a 20 kB synthetic corpus: a step takes about a
+millisecond, so a whole 20-step run with evaluations is well under a second.
+"""
+import json
+import os
+import pickle
+import signal
+
+import numpy as np
+import pytest
+
+from tinysparse import optim
+from tinysparse import random as ts_random
+from tinysparse.checkpoint import (CKPT_NAME, LOG_NAME, CheckpointError, load_checkpoint,
+                                   save_checkpoint)
+from tinysparse.data import BatchSampler
+from tinysparse.gpt import GPT, GPTConfig
+from tinysparse.train import (PRESETS, TrainConfig, TrainingDiverged, load_run, sample, train)
+
+
+def model_config(**kw):
+    # dropout > 0: a resumed run must also restore the global generator that dropout draws from
+    return GPTConfig(**{**dict(n_layer=1, n_head=2, n_embd=16, block_size=16, dropout=0.1), **kw})
+
+
+def train_config(out_dir, **kw):
+    base = dict(data="synthetic", max_bytes=20_000, batch_size=4, max_iters=20, lr=1e-2,
+                warmup_iters=3, lr_decay_iters=20, eval_interval=5, eval_iters=2,
+                checkpoint_interval=5, out_dir=str(out_dir), sample_tokens=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def ckpt_of(out_dir):
+    return load_checkpoint(os.path.join(str(out_dir), CKPT_NAME))
+
+
+def assert_same_state(a, b):
+    """Bit-identical: parameters, AdamW moments, step, loss history, generator positions."""
+    assert a["step"] == b["step"]
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        assert np.array_equal(a["model"][name], b["model"][name]), name
+    for slot in ("m", "v"):
+        for x, y in zip(a["optimizer"][slot], b["optimizer"][slot]):
+            assert np.array_equal(x, y), slot
+    assert a["history"] == b["history"]
+    assert a["rng"] == b["rng"] and a["sampler"] == b["sampler"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """20 steps in one go: the reference the interrupted and resumed runs must reproduce."""
+    out = tmp_path_factory.mktemp("straight")
+    summary = train(model_config(), train_config(out))
+    return summary, ckpt_of(out)
+
+
+# ----------------------------------------------------------------------------- checkpoint files
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    cfg = model_config(dropout=0.0)
+    ts_random.manual_seed(1)
+    model = GPT(cfg)
+    path = tmp_path / "run" / CKPT_NAME
+    save_checkpoint(str(path), {"model": model.state_dict(), "model_config": cfg.to_dict()})
+    loaded = load_checkpoint(str(path))
+    ts_random.manual_seed(2)                        # a differently initialised model ...
+    other = GPT(GPTConfig(**loaded["model_config"]))
+    other.load_state_dict(loaded["model"])          # ... becomes the saved one exactly
+    idx = np.random.default_rng(0).integers(0, 256, size=(2, 16))
+    assert np.array_equal(model(idx)[0].data, other(idx)[0].data)
+
+
+def test_load_run_restores_the_trained_model(tmp_path, straight):
+    summary, ckpt = straight
+    model, (mcfg, tcfg), loaded = load_run(os.path.dirname(summary["checkpoint"]))
+    assert mcfg == model_config() and tcfg.max_iters == 20 and loaded["step"] == 20
+    assert not model.training                       # ready to sample: eval mode
+    for name, p in model.named_parameters():
+        assert np.array_equal(p.data, ckpt["model"][name])
+
+
+def test_failed_write_keeps_previous_checkpoint_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    path = str(tmp_path / CKPT_NAME)
+    save_checkpoint(path, {"model": {"w": np.arange(3)}, "model_config": {}, "step": 1})
+    real_dump = pickle.dump
+
+    def dump_then_fail(obj, fh, *args, **kwargs):
+        real_dump(obj, fh, *args, **kwargs)         # half the work done, then the disk "fills up"
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pickle, "dump", dump_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(path, {"model": {"w": np.zeros(3)}, "model_config": {}, "step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert os.listdir(tmp_path) == [CKPT_NAME]
+
+
+def test_missing_and_corrupt_checkpoints_give_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint at .*make train"):
+        load_checkpoint(str(tmp_path / "nowhere" / CKPT_NAME))
+    bad = tmp_path / CKPT_NAME
+    bad.write_bytes(pickle.dumps({"model": 1, "model_config": {}})[:10])   # truncated
+    with pytest.raises(CheckpointError, match="not a readable checkpoint.*truncated"):
+        load_checkpoint(str(bad))
+    bad.write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(CheckpointError, match="not a tinysparse checkpoint"):
+        load_checkpoint(str(bad))
+    with pytest.raises(CheckpointError, match="--resume: no checkpoint"):
+        train(model_config(), train_config(tmp_path / "empty"), resume=True)
+
+
+# ----------------------------------------------------------------------------- resume
+
+def test_resume_is_bit_identical_to_a_straight_run(tmp_path, straight):
+    out = tmp_path / "split"
+    first = train(model_config(), train_config(out, max_iters=10))   # same cosine horizon (20)
+    assert first["step"] == 10 and ckpt_of(out)["step"] == 10
+    second = train(model_config(), train_config(out, max_iters=20), resume=True)
+    assert second["step"] == 20
+    assert second["history"] == straight[0]["history"]   # the whole loss history, exactly
+    assert_same_state(ckpt_of(out), straight[1])
+    steps = [json.loads(line)["step"] for line in open(out / LOG_NAME)]
+    assert steps == [0, 5, 10, 15, 20]
+
+
+def test_resume_refuses_a_different_model(tmp_path, straight):
+    out = os.path.dirname(straight[0]["checkpoint"])
+    with pytest.raises(ValueError, match="--resume.*n_embd"):
+        train(model_config(n_embd=32), train_config(out, max_iters=30), resume=True)
+
+
+def test_keyboard_interrupt_saves_a_checkpoint_that_resumes_exactly(tmp_path, straight,
+                                                                   monkeypatch, capsys):
+    real_batch, calls = BatchSampler.train_batch, []
+
+    def interrupt_on_8th_batch(self):
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt                 # mid-step: step 8 never happens
+        return real_batch(self)
+
+    monkeypatch.setattr(BatchSampler, "train_batch", interrupt_on_8th_batch)
+    out = tmp_path / "interrupted"
+    summary = train(model_config(), train_config(out))
+    assert summary["status"] == "interrupted" and summary["step"] == 7
+    assert f"interrupted at step 7; checkpoint saved to {out / CKPT_NAME}" in capsys.readouterr().out
+    assert ckpt_of(out)["step"] == 7
+    monkeypatch.undo()
+    resumed = train(model_config(), train_config(out), resume=True)
+    assert resumed["status"] == "done"
+    assert_same_state(ckpt_of(out), straight[1])
+
+
+def test_ctrl_c_stops_after_the_current_step(tmp_path, monkeypatch):
+    real_step = optim.AdamW.step
+
+    def step_then_ctrl_c(self):
+        real_step(self)
+        if self.step_count == 5:
+            os.kill(os.getpid(), signal.SIGINT)     # what the terminal sends on Ctrl-C
+
+    monkeypatch.setattr(optim.AdamW, "step", step_then_ctrl_c)
+    summary = train(model_config(), train_config(tmp_path))
+    assert summary["status"] == "interrupted" and summary["step"] == 5
+    assert ckpt_of(tmp_path)["step"] == 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handler restored
+
+
+# ----------------------------------------------------------------------------- failures
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_step = optim.AdamW.step
+
+    def step_then_poison(self):
+        real_step(self)
+        if self.step_count == 7:                    # parameters become NaN after update 7
+            self.params[0].data[...] = np.nan
+
+    monkeypatch.setattr(optim.AdamW, "step", step_then_poison)
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 8.*checkpoint \(step 5\) is kept"):
+        train(model_config(), train_config(tmp_path))
+    ckpt = ckpt_of(tmp_path)
+    assert ckpt["step"] == 5 and len(ckpt["history"]) == 5
+    assert all(np.isfinite(a).all() for a in ckpt["model"].values())
+
+
+def test_bad_configs_are_refused():
+    for field, value in [("max_iters", 0), ("batch_size", -1), ("lr", 0.0), ("eval_iters", 0),
+                         ("grad_clip", -1.0), ("device", "tpu")]:
+        with pytest.raises(ValueError, match=field):
+            train_config("x", **{field: value})
+
+
+# ----------------------------------------------------------------------------- learning, sampling
+
+def test_validation_loss_decreases(tmp_path):
+    summary = train(model_config(dropout=0.0),
+                    train_config(tmp_path, max_iters=60, lr_decay_iters=None, eval_interval=20,
+                                 eval_iters=4, lr=2e-2))
+    log = [json.loads(line) for line in open(tmp_path / LOG_NAME)]
+    assert [r["step"] for r in log] == [0, 20, 40, 60]
+    assert log[0]["val_loss"] > 5.0                 # about ln 256 = 5.55 at the start
+    assert log[-1]["val_loss"] < log[0]["val_loss"] - 1.0
+    assert summary["val_bpb"] == pytest.approx(summary["val_loss"] / np.log(2))
+    assert summary["best_val_loss"] == min(r["val_loss"] for r in log)
+
+
+def test_sample_continues_the_prompt(straight):
+    out = os.path.dirname(straight[0]["checkpoint"])
+    text = sample(out, "add:", max_new_tokens=20, seed=3)
+    assert text.startswith("add:") and len(text.encode("utf-8", "replace")) >= 4
+    assert sample(out, "add:", max_new_tokens=20, seed=3) == text    # seeded: repeatable
+    with pytest.raises(ValueError, match="temperature"):
+        sample(out, "x", temperature=0.0)
+
+
+def test_presets_have_the_advertised_sizes():
+    tiny = GPT(GPTConfig(**PRESETS["tiny"]["model"])).num_parameters()
+    assert 0.5e6 < tiny < 1.5e6
+    c = GPTConfig(**PRESETS["small"]["model"])      # counted, not built: 12 L C^2 + V C
+    assert 9e6 < 12 * c.n_layer * c.n_embd ** 2 + c.vocab_size * c.n_embd < 12e6
+    for preset in PRESETS.values():
+        TrainConfig(**preset["train"])              # every preset is a valid config

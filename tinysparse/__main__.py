@@ -1,0 +1,227 @@
+"""Command line: python -m tinysparse train | sample | bench  (also installed as `tinysparse`).
+
+    python -m tinysparse train                      # the tiny preset on the stdlib corpus
+    python -m tinysparse train --preset small --device cuda
+    python -m tinysparse train --resume --max-iters 6000
+    python -m tinysparse sample --prompt "def " --max-new-tokens 300
+
+The flags of `train` are made from the fields of GPTConfig and TrainConfig (their comments are the
+help text), so a new field is a new flag with nothing to keep in sync. A preset sets both configs;
+flags given explicitly override it. Bad input ends with exit status 1 and one line on stderr,
+"error: <the problem>; <the fix>", never a traceback (TINYSPARSE_DEBUG=1 shows it). Ctrl-C during
+training saves a checkpoint and exits with status 130.
+"""
+import argparse
+import dataclasses
+import inspect
+import os
+import re
+import sys
+import typing
+
+from . import __version__
+from .backend import DeviceError
+from .checkpoint import CKPT_NAME, CheckpointError, load_checkpoint
+from .gpt import GPTConfig
+from .train import PRESETS, TrainConfig, TrainingDiverged, sample, train
+
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+_NOT_FLAGS = {"vocab_size"}     # fixed by the byte tokenizer
+_EXTRA = {"device": {"choices": ["cpu", "cuda", "auto"], "metavar": "{cpu,cuda,auto}"}, "data": {"metavar": "SPEC"},
+          "out_dir": {"help": "run folder: ckpt.pkl, config.json, log.jsonl (default out/<preset>)"}}
+
+
+class UsageError(ValueError):
+    """Bad combination of flags, found after parsing."""
+
+
+def _field_docs(cls):
+    """{field: the comment after it in the class source, with its continuation lines}: the help
+    text of each flag, so the comments in the dataclass are the documentation in one place."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    docs, current = {}, None
+    for line in lines:
+        field = re.match(r"^\s+(\w+)\s*:[^=#]*=[^#]*#\s*(.+?)\s*$", line)
+        more = re.match(r"^\s+#\s*(.+?)\s*$", line)
+        if field:
+            current = field.group(1)
+            docs[current] = field.group(2)
+        elif more and current:
+            docs[current] += " " + more.group(1)
+        else:
+            current = None
+    return docs
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def _add_config_flags(group, cls):
+    """One flag per dataclass field, default None (= not given, keep the preset's value)."""
+    docs, hints = _field_docs(cls), typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in _NOT_FLAGS:
+            continue
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = args[0] if args else kind                 # int | None -> int
+        kw = {"default": None, "help": docs.get(f.name, "").replace("%", "%%")}
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw.update(type=kind, metavar=f.name.split("_")[-1].upper())
+        kw.update(_EXTRA.get(f.name, {}))
+        group.add_argument(_flag(f.name), **kw)
+
+
+def build_parser(bench_arguments=None):
+    parser = argparse.ArgumentParser(prog="tinysparse", description="Train and sample tiny GPTs "
+                                     "(and, later, sparse models) on a from-scratch NumPy engine.")
+    parser.add_argument("--version", action="version", version=f"tinysparse {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,bench}")
+
+    presets = "; ".join(f"{k}: {v['model']}" for k, v in PRESETS.items())
+    tr = sub.add_parser("train", help="train a GPT (then print a sample)",
+                        description="Train a GPT, saving checkpoints in the run folder.",
+                        epilog=f"presets: {presets}")
+    tr.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+                    help="model and training settings to start from (default tiny)")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue the run in --out-dir from its checkpoint (its configs apply; "
+                         "training flags given here override them)")
+    _add_config_flags(tr.add_argument_group("training (TrainConfig)"), TrainConfig)
+    _add_config_flags(tr.add_argument_group("model (GPTConfig)"), GPTConfig)
+
+    sa = sub.add_parser("sample", help="print text from a trained run",
+                        description="Sample text from the checkpoint of a training run.")
+    sa.add_argument("--out-dir", default=PRESETS["tiny"]["train"]["out_dir"],
+                    help="run folder to load (default: the tiny preset's, where `make train` saves)")
+    sa.add_argument("--prompt", default="\n", help="text to continue; \\n and \\t are newline and "
+                    "tab (default: a newline)")
+    sa.add_argument("--max-new-tokens", type=int, default=500, help="bytes to generate (default 500)")
+    sa.add_argument("--temperature", type=float, default=0.8,
+                    help="> 0; lower is more conservative (default 0.8)")
+    sa.add_argument("--top-k", type=int, default=50,
+                    help="sample among the k likeliest bytes; 0 for all (default 50)")
+    sa.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sa.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+
+    be = sub.add_parser("bench", help="time a training step against PyTorch",
+                        description="Benchmarks (see tinysparse/bench.py).")
+    if bench_arguments is not None:
+        bench_arguments(be)
+    return parser
+
+
+def _given(args, cls):
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if getattr(args, f.name, None) is not None}
+
+
+def _model_config(values):
+    try:
+        return GPTConfig(**values)
+    except ValueError as e:
+        named = [_flag(n) for n in values if re.search(rf"\b{n}\b", str(e)) and n not in _NOT_FLAGS]
+        raise UsageError(f"{e}; change {' or '.join(named) or 'the model flags'}") from None
+
+
+def cmd_train(args):
+    preset = PRESETS[args.preset]
+    model_flags, train_flags = _given(args, GPTConfig), _given(args, TrainConfig)
+    out_dir = train_flags.get("out_dir", preset["train"]["out_dir"])
+    if args.resume:
+        path = os.path.join(out_dir, CKPT_NAME)
+        if not os.path.exists(path):
+            raise CheckpointError(f"--resume: no checkpoint at {path}; drop --resume to start a new "
+                                  f"run, or pass the --out-dir of the run to continue")
+        ckpt = load_checkpoint(path)
+        saved = ckpt["model_config"]
+        differ = [k for k, v in model_flags.items() if saved.get(k) != v]
+        if differ:
+            raise UsageError(f"--resume continues the run in {out_dir}, whose model has "
+                             f"{', '.join(f'{k}={saved.get(k)}' for k in differ)}; drop "
+                             f"{' '.join(_flag(k) for k in differ)} or train anew in another --out-dir")
+        model_values = saved
+        train_values = {**ckpt.get("train_config", {}), **train_flags, "out_dir": out_dir}
+        del ckpt
+    else:
+        model_values = {**preset["model"], **model_flags}
+        train_values = {**preset["train"], **train_flags}
+    mcfg = _model_config(model_values)
+    tcfg = TrainConfig.from_dict(train_values)
+    summary = train(mcfg, tcfg, resume=args.resume)
+    if summary["status"] == "interrupted":
+        return EXIT_INTERRUPTED
+    rate = f"{summary['tokens_per_s']:,.0f} tok/s" if summary["tokens_per_s"] else "no steps run"
+    print(f"done: step {summary['step']}, val loss {summary['val_loss']:.4f} nats = "
+          f"{summary['val_bpb']:.3f} bits/byte (best {summary['best_val_loss']:.4f}), {rate}, "
+          f"{summary['train_time_s']:.0f} s training; run folder {summary['out_dir']} "
+          f"(`python -m tinysparse sample --out-dir {summary['out_dir']}`)")
+    return 0
+
+
+def cmd_sample(args):
+    if args.top_k < 0:
+        raise UsageError(f"--top-k must be at least 0, got {args.top_k}; use e.g. 50 (0: no cut-off)")
+    prompt = args.prompt.replace("\\n", "\n").replace("\\t", "\t")
+    text = sample(args.out_dir, prompt, args.max_new_tokens, args.temperature,
+                  args.top_k or None, args.seed, args.device)
+    print(text)
+    return 0
+
+
+def cmd_bench(args):
+    from .bench import run_bench       # lazy: benchmarks may import torch, which is slow to load
+    return run_bench(args) or 0
+
+
+def _load_bench():
+    """The bench module's add_bench_arguments, or an error message when it cannot be loaded."""
+    try:
+        from . import bench
+    except ModuleNotFoundError as e:
+        if e.name == "tinysparse.bench":
+            return None, "the bench command is not available: tinysparse/bench.py is missing"
+        return None, f"the benchmarks need {e.name!r}, which is not installed; install it with pip"
+    except ImportError as e:
+        return None, f"cannot load the benchmarks ({e})"
+    if not hasattr(bench, "run_bench"):
+        return None, "tinysparse/bench.py has no run_bench(args); the bench command is not ready"
+    return getattr(bench, "add_bench_arguments", None), None
+
+
+def _one_line(e):
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(str(text).split()) or type(e).__name__
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    bench_arguments = None
+    if argv[:1] == ["bench"]:
+        bench_arguments, problem = _load_bench()
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_ERROR
+    args = build_parser(bench_arguments).parse_args(argv)
+    command = {"train": cmd_train, "sample": cmd_sample, "bench": cmd_bench}[args.command]
+    try:
+        return int(command(args))
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, KeyError, DeviceError, TrainingDiverged, OSError) as e:
+        if os.environ.get("TINYSPARSE_DEBUG"):
+            raise
+        hint = "; check the path and its permissions" if isinstance(e, OSError) else ""
+        print(f"error: {_one_line(e)}{hint}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Sparse dispatch: send each token only to its experts, run them, and add their answers back.
+
+The algorithm of MegaBlocks (Gale et al. 2023) and vLLM's fused MoE, in five steps:
+
+    1. flatten the T*k (token, expert) slots; stable-sort them by expert id;
+    2. histogram per expert + exclusive prefix sum -> expert e owns buffer rows [off[e], off[e+1]);
+    3. gather (permute) the token rows into one contiguous buffer in that order;
+    4. one matmul per expert segment (a grouped GEMM): dense work only on the rows routed there;
+    5. un-permute and combine: out[t] = sum_j gate[t, j] * y[slot(t, j)], in the fixed order j = 0..k-1.
+
+Steps 1-2 are the PLAN: integer arrays only, nothing to differentiate. Steps 3-5 are three
+Functions (gather_rows, grouped_linear, combine) whose forward AND backward call a dispatch
+backend for the array work. Every backend implements the same interface (`NumpyDispatch` below is
+the reference; later chapters add numba and cuda beside it) and passes the same tests.
+
+Determinism: a slot's rank inside its expert comes from the stable sort (a scan, never an atomic
+counter), and every sum of floating-point numbers (a token's k contributions, a weight gradient)
+runs in a fixed order. Same inputs, bitwise the same outputs and gradients.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backend import array_module, to_numpy
+from ..tensor import Function
+
+
+def capacity(capacity_factor, n_slots, n_expert):
+    """Expert capacity C (Switch Transformer, Fedus et al. 2021, section 2.2), None = dropless:
+
+        C = ceil(capacity_factor * T*k / E)
+    """
+    if capacity_factor is None:
+        return None
+    return max(1, math.ceil(capacity_factor * n_slots / n_expert))
+
+
+@dataclass
+class DispatchPlan:
+    """Where every (token, expert) slot goes. S = number of kept slots = rows of the buffer."""
+    token_index: object    # (S,) token of each buffer row, rows grouped by expert
+    slot_position: object  # (T, k) buffer row of slot (t, j); -1 if dropped or empty (expert id -1)
+    offsets: object        # (E+1,) expert e owns buffer rows [offsets[e], offsets[e+1])
+    counts: object         # (E,) slots routed to each expert, before capacity drops
+    rank: object           # (T, k) position of the slot inside its expert's queue; -1 if empty
+    capacity: object       # C, or None when dropless
+
+    @property
+    def n_routed(self):
+        return int(to_numpy(self.counts).sum())
+
+    @property
+    def n_kept(self):
+        return int(self.token_index.shape[0])
+
+    @property
+    def n_dropped(self):
+        return self.n_routed - self.n_kept
+
+
+class NumpyDispatch:
+    """The reference dispatch backend: plain array code (NumPy, or CuPy through array_module).
+
+    The interface every backend provides (all arguments and results are arrays):
+
+        plan(expert_ids (T, k) int, n_expert, capacity) -> DispatchPlan
+        gather(x (T, C), token_index (S,)) -> buffer (S, C)                 buffer[i] = x[token_index[i]]
+        scatter(g (S, C), slot_position (T, k)) -> (T, C)                   gather's backward
+        grouped_mm(x (S, d_in), w (E, d_in, d_out), b (E, d_out) | None, offsets) -> (S, d_out)
+        grouped_mm_dx(g (S, d_out), w, offsets) -> (S, d_in)
+        grouped_mm_dw(x (S, d_in), g (S, d_out), offsets, with_bias) -> (dw (E, d_in, d_out), db | None)
+        combine(y (S, C), gates (T, k), slot_position) -> (T, C)
+        combine_backward(g (T, C), y, gates, slot_position) -> (dy (S, C), dgates (T, k))
+    """
+    name = "numpy"
+
+    def plan(self, expert_ids, n_expert, capacity=None):
+        xp = array_module(expert_ids)
+        T, k = expert_ids.shape
+        flat = expert_ids.reshape(-1)                                  # (T*k,) slot s = t*k + j
+        present = xp.flatnonzero(flat >= 0)                            # expert choice leaves holes (-1)
+        # 1. stable sort by expert: inside an expert, slots stay in token order (earlier token first)
+        order = present[xp.argsort(flat[present], kind="stable")]     # (n_routed,) slot ids
+        sorted_expert = flat[order]
+        # 2. histogram and exclusive prefix sum: expert e's slots sit at [start[e], start[e+1])
+        counts = xp.bincount(sorted_expert, minlength=n_expert)        # (E,)
+        start = xp.zeros(n_expert + 1, dtype=xp.int64)
+        start[1:] = xp.cumsum(counts)
+        # rank inside the expert = position in sorted order - start of the expert's segment (a scan)
+        sorted_rank = xp.arange(order.shape[0]) - start[sorted_expert]
+        rank = xp.full(T * k, -1, dtype=xp.int64)
+        rank[order] = sorted_rank
+        # capacity (Switch/GShard): slots ranked C or later are dropped; the token keeps its residual
+        kept = order if capacity is None else order[sorted_rank < capacity]
+        kept_counts = counts if capacity is None else xp.minimum(counts, capacity)
+        offsets = xp.zeros(n_expert + 1, dtype=xp.int64)
+        offsets[1:] = xp.cumsum(kept_counts)
+        slot_position = xp.full(T * k, -1, dtype=xp.int64)
+        slot_position[kept] = xp.arange(kept.shape[0])
+        return DispatchPlan(token_index=kept // k, slot_position=slot_position.reshape(T, k),
+                            offsets=offsets, counts=counts, rank=rank.reshape(T, k), capacity=capacity)
+
+    # ---- 3. gather (permute) and its backward ---------------------------------------------------
+    def gather(self, x, token_index):
+        return x[token_index]                                          # (S, C)
+
+    def scatter(self, g, slot_position):
+        # dx[t] = sum_j g[slot(t, j)], j = 0..k-1 in order: a token's k rows never race each other.
+        g_pad = _pad_zero_row(g)                                       # (S+1, C): row S stands for "no row"
+        dx = g_pad[slot_position[:, 0]]                                # (T, C), a new array (fancy index)
+        for j in range(1, slot_position.shape[1]):
+            dx += g_pad[slot_position[:, j]]
+        return dx
+
+    # ---- 4. grouped GEMM: one matmul per expert segment -----------------------------------------
+    def grouped_mm(self, x, w, b, offsets):
+        xp = array_module(x)
+        out = xp.empty((x.shape[0], w.shape[2]), dtype=xp.result_type(x, w))
+        for e, (lo, hi) in enumerate(_segments(offsets)):
+            out[lo:hi] = x[lo:hi] @ w[e]                               # (n_e, d_in) @ (d_in, d_out)
+            if b is not None:
+                out[lo:hi] += b[e]
+        return out
+
+    def grouped_mm_dx(self, g, w, offsets):
+        # y_e = x_e W_e  =>  dx_e = g_e W_e^T
+        xp = array_module(g)
+        dx = xp.empty((g.shape[0], w.shape[1]), dtype=xp.result_type(g, w))
+        for e, (lo, hi) in enumerate(_segments(offsets)):
+            dx[lo:hi] = g[lo:hi] @ w[e].T
+        return dx
+
+    def grouped_mm_dw(self, x, g, offsets, with_bias=True):
+        # dW_e = x_e^T g_e, db_e = sum of g_e's rows; an expert that got no rows gets zeros.
+        xp = array_module(g)
+        E = offsets.shape[0] - 1
+        dtype = xp.result_type(x, g)
+        dw = xp.zeros((E, x.shape[1], g.shape[1]), dtype=dtype)
+        db = xp.zeros((E, g.shape[1]), dtype=dtype) if with_bias else None
+        for e, (lo, hi) in enumerate(_segments(offsets)):
+            if hi > lo:
+                dw[e] = x[lo:hi].T @ g[lo:hi]
+                if with_bias:
+                    db[e] = g[lo:hi].sum(axis=0)
+        return dw, db
+
+    # ---- 5. combine (un-permute, weight by the gates, add up) -----------------------------------
+    def combine(self, y, gates, slot_position):
+        y_pad = _pad_zero_row(y)                                       # dropped slots read row S = 0
+        out = gates[:, 0, None] * y_pad[slot_position[:, 0]]           # (T, C)
+        for j in range(1, slot_position.shape[1]):                     # fixed order j = 0..k-1
+            out += gates[:, j, None] * y_pad[slot_position[:, j]]
+        return out
+
+    def combine_backward(self, g, y, gates, slot_position):
+        xp = array_module(g)
+        y_pad = _pad_zero_row(y)
+        dgates = xp.empty(gates.shape, dtype=xp.result_type(g, y))
+        dy_pad = xp.zeros((y.shape[0] + 1, y.shape[1]), dtype=xp.result_type(g, gates))
+        for j in range(slot_position.shape[1]):
+            rows = slot_position[:, j]
+            # d out[t] / d gate[t, j] = y[slot(t, j)]   (0 for a dropped slot)
+            dgates[:, j] = (g * y_pad[rows]).sum(axis=1)
+            # every kept buffer row belongs to exactly one (t, j): plain assignment, no accumulation
+            # (dropped slots all write the padding row S, which is thrown away)
+            dy_pad[rows] = gates[:, j, None] * g
+        return dy_pad[:-1], dgates
+
+
+def _pad_zero_row(a):
+    """a with one zero row appended: index -1 (a dropped slot) then reads zeros, branch-free."""
+    xp = array_module(a)
+    return xp.concatenate([a, xp.zeros((1, a.shape[1]), dtype=a.dtype)], axis=0)
+
+
+def _segments(offsets):
+    """(lo, hi) of every expert's buffer rows, as Python ints (loop bounds live on the host)."""
+    off = to_numpy(offsets).tolist()
+    return zip(off[:-1], off[1:])
+
+
+# ---- the backend registry ------------------------------------------------------------------------
+
+DISPATCH_BACKENDS = {"numpy": NumpyDispatch()}
+
+
+def register_backend(name, backend):
+    """Make `backend` (an object with NumpyDispatch's methods) available as dispatch_backend=name."""
+    DISPATCH_BACKENDS[name] = backend
+
+
+def resolve_backend_name(name):
+    """'auto' -> the best backend available (only numpy so far); an unknown name is a ValueError."""
+    if name == "auto":
+        return "numpy"
+    if name not in DISPATCH_BACKENDS:
+        raise ValueError(f"unknown dispatch_backend {name!r}: use one of "
+                         f"{', '.join(['auto', *DISPATCH_BACKENDS])}")
+    return name
+
+
+def get_backend(name):
+    return DISPATCH_BACKENDS[resolve_backend_name(name)]
+
+
+# ---- the differentiable primitives ---------------------------------------------------------------
+
+class GatherRows(Function):
+    # buffer[i] = x[token_index[i]];  backward: dx[t] = sum over t's slots of dbuffer[slot]
+    @staticmethod
+    def forward(ctx, x, plan, backend):
+        ctx.plan, ctx.backend = plan, backend
+        return backend.gather(x, plan.token_index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.backend.scatter(grad, ctx.plan.slot_position)
+
+
+def gather_rows(x, plan, backend="numpy"):
+    """x (T, C) -> buffer (S, C): each token's row once per kept slot, grouped by expert."""
+    return GatherRows.apply(x, plan=plan, backend=_backend(backend))
+
+
+class GroupedLinear(Function):
+    # y[off[e]:off[e+1]] = x[off[e]:off[e+1]] @ W[e] + b[e] for every expert e
+    @staticmethod
+    def forward(ctx, x, w, b, offsets, backend):
+        ctx.save_for_backward(x, w)
+        ctx.offsets, ctx.backend, ctx.has_bias = offsets, backend, b is not None
+        return backend.grouped_mm(x, w, b, offsets)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved
+        need = ctx.needs_input_grad
+        dx = ctx.backend.grouped_mm_dx(grad, w, ctx.offsets) if need[0] else None
+        dw = db = None
+        if need[1] or (ctx.has_bias and need[2]):
+            dw, db = ctx.backend.grouped_mm_dw(x, grad, ctx.offsets, with_bias=ctx.has_bias)
+        return dx, dw, db
+
+
+def grouped_linear(x, w, b, offsets, backend="numpy"):
+    """x (S, d_in) with expert segments `offsets` -> (S, d_out): each segment times its own W[e]."""
+    return GroupedLinear.apply(x, w, b, offsets=offsets, backend=_backend(backend))
+
+
+class Combine(Function):
+    # out[t] = sum_j gates[t, j] * y[slot(t, j)]   (a dropped slot contributes 0)
+    @staticmethod
+    def forward(ctx, y, gates, plan, backend):
+        ctx.save_for_backward(y, gates)
+        ctx.plan, ctx.backend = plan, backend
+        return backend.combine(y, gates, plan.slot_position)
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, gates = ctx.saved
+        return ctx.backend.combine_backward(grad, y, gates, ctx.plan.slot_position)
+
+
+def combine(y, gates, plan, backend="numpy"):
+    """Expert outputs y (S, C) and gates (T, k) -> (T, C), each token's k answers weighted and summed."""
+    return Combine.apply(y, gates, plan=plan, backend=_backend(backend))
+
+
+def _backend(backend):
+    return get_backend(backend) if isinstance(backend, str) else backend

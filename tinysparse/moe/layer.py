@@ -1,0 +1,148 @@
+"""The Mixture-of-Experts layer: a drop-in replacement for the dense MLP of a transformer block.
+
+    out(x) = sum over the token's chosen experts e of gate_e(x) * FFN_e(x)  +  shared(x)
+
+(Shazeer et al. 2017, eq. 1; shared experts from DeepSeekMoE, Dai et al. 2024, eq. 9.) Only the k
+chosen experts run on a token, so parameters grow with n_expert while compute per token stays
+that of k small FFNs. The pieces: router.py decides, dispatch.py moves the rows, experts.py computes.
+"""
+import numpy as np
+
+from .. import nn
+from ..backend import to_numpy
+from .dispatch import capacity, combine, gather_rows, get_backend, resolve_backend_name
+from .experts import Experts, SharedExperts
+from .router import SCORES, ExpertChoiceRouter, TopKRouter
+
+ROUTERS = ("topk", "expert_choice")
+BALANCES = ("aux", "bias", "none")
+
+
+def _is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _check(ok, setting, value, allowed):
+    if not ok:
+        raise ValueError(f"MoE {setting}={value!r} is invalid: {setting} must be {allowed}")
+
+
+class MoE(nn.Module):
+    """A sparse feed-forward layer: (B, T, n_embd) -> (B, T, n_embd).
+
+    n_expert, top_k, d_expert   E experts of hidden width d_expert; each token uses top_k of them
+                                (d_expert=None: 4*n_embd // (top_k + n_shared), the dense MLP's compute)
+    n_shared                    experts every token uses (DeepSeekMoE)
+    router                      'topk' (token choice) or 'expert_choice' (Zhou et al. 2022; not causal)
+    score                       'softmax' or 'sigmoid' (DeepSeek-V3)
+    capacity_factor             topk: C = ceil(factor * T*k / E) slots per expert, the rest dropped;
+                                None = dropless. expert_choice: c, experts per token on average
+                                (None = top_k)
+    balance                     'aux' (Switch loss, coefficient aux_coef), 'bias' (DeepSeek-V3,
+                                call update_bias() after each optimizer step), or 'none'
+    z_coef                      ST-MoE router z-loss coefficient (0 = off)
+    jitter                      Switch's multiplicative input noise for the router, in training
+    dispatch_backend            'auto' or a name in dispatch.DISPATCH_BACKENDS
+
+    After a forward: `aux_loss` (a scalar Tensor to add to the training loss, or None) and
+    `stats` (tokens per expert, dropped fraction, router entropy, max/mean load).
+    """
+
+    def __init__(self, n_embd, n_expert, top_k=2, d_expert=None, n_shared=0, router="topk",
+                 score="softmax", capacity_factor=None, balance="aux", aux_coef=0.01, z_coef=0.001,
+                 jitter=0.0, dispatch_backend="auto", normalize_gates=None, bias=True,
+                 dropout=0.0, bias_update_rate=0.001):
+        _check(_is_int(n_embd) and n_embd >= 1, "n_embd", n_embd, "an integer >= 1")
+        _check(_is_int(n_expert) and n_expert >= 1, "n_expert", n_expert, "an integer >= 1")
+        _check(_is_int(top_k) and 1 <= top_k <= n_expert, "top_k", top_k,
+               f"an integer in [1, n_expert={n_expert}]")
+        _check(_is_int(n_shared) and n_shared >= 0, "n_shared", n_shared, "an integer >= 0")
+        if d_expert is None:
+            d_expert = max(1, 4 * n_embd // (top_k + n_shared))
+        _check(_is_int(d_expert) and d_expert >= 1, "d_expert", d_expert, "an integer >= 1")
+        _check(router in ROUTERS, "router", router, f"one of {', '.join(ROUTERS)}")
+        _check(score in SCORES, "score", score, f"one of {', '.join(SCORES)}")
+        _check(balance in BALANCES, "balance", balance, f"one of {', '.join(BALANCES)}")
+        _check(capacity_factor is None or capacity_factor > 0, "capacity_factor", capacity_factor,
+               "None (dropless) or a number > 0")
+        _check(not (router == "expert_choice" and balance == "bias"), "balance", balance,
+               "'aux' or 'none' with router='expert_choice' (it is balanced by construction)")
+        for name, value in (("aux_coef", aux_coef), ("z_coef", z_coef),
+                            ("bias_update_rate", bias_update_rate)):
+            _check(value >= 0, name, value, "a number >= 0")
+        _check(0 <= jitter < 1, "jitter", jitter, "a number in [0, 1)")
+        try:
+            self.backend_name = resolve_backend_name(dispatch_backend)
+        except ValueError as exc:
+            raise ValueError(f"MoE dispatch_backend={dispatch_backend!r} is invalid: {exc}") from None
+
+        self.n_embd, self.n_expert, self.top_k, self.d_expert = n_embd, n_expert, top_k, d_expert
+        self.n_shared, self.router_kind, self.capacity_factor = n_shared, router, capacity_factor
+        self.balance, self.aux_coef, self.z_coef = balance, aux_coef, z_coef
+        if router == "topk":
+            self.router = TopKRouter(n_embd, n_expert, top_k, score, normalize_gates, jitter,
+                                     balance_bias=balance == "bias", bias_update_rate=bias_update_rate)
+        else:
+            c = top_k if capacity_factor is None else capacity_factor
+            self.router = ExpertChoiceRouter(n_embd, n_expert, c, score, jitter)
+        self.experts = Experts(n_expert, n_embd, d_expert, bias=bias)
+        self.shared = SharedExperts(n_embd, n_shared, d_expert, bias=bias) if n_shared else None
+        self.dropout = nn.Dropout(dropout)
+        self.aux_loss, self.stats = None, {}
+
+    def forward(self, x):
+        shape = x.shape
+        x2 = x.reshape(-1, self.n_embd)                              # (B*T, C): routing is per token
+        backend = get_backend(self.backend_name)
+        r = self.router(x2)                                          # expert_ids, gates (B*T, k)
+        # token choice drops beyond capacity C; expert choice already took exactly its capacity
+        C = capacity(self.capacity_factor, r.expert_ids.size, self.n_expert) \
+            if self.router_kind == "topk" else None
+        plan = backend.plan(r.expert_ids, self.n_expert, C)
+        buffer = gather_rows(x2, plan, backend)                      # (S, C) rows grouped by expert
+        y = self.experts(buffer, plan.offsets, backend)              # (S, C) each row through its expert
+        out = combine(y, r.gates, plan, backend)                     # (B*T, C) gate-weighted sum per token
+        if self.shared is not None:
+            out = out + self.shared(x2)                              # (B*T, C) every token, dense
+        self.aux_loss = self._aux_loss(r)
+        self.stats = self._stats(r, plan)
+        return self.dropout(out).reshape(shape)                      # (B, T, C)
+
+    def _aux_loss(self, r):
+        loss = None
+        if self.balance == "aux" and self.aux_coef > 0:
+            loss = self.router.load_balance_loss(r) * self.aux_coef
+        if self.z_coef > 0:
+            z = self.router.z_loss(r) * self.z_coef
+            loss = z if loss is None else loss + z
+        return loss
+
+    def _stats(self, r, plan):
+        counts = to_numpy(plan.counts).astype(np.int64)
+        p = to_numpy(r.probs.data).astype(np.float64)
+        entropy = float(-(p * np.log(np.maximum(p, 1e-30))).sum(axis=-1).mean())
+        mean = counts.mean()
+        return {"tokens_per_expert": counts,
+                "dropped_fraction": plan.n_dropped / max(plan.n_routed, 1),
+                "router_entropy": entropy,
+                "max_load": int(counts.max()), "mean_load": float(mean),
+                "max_over_mean_load": float(counts.max() / mean) if mean > 0 else 0.0}
+
+    def update_bias(self):
+        """DeepSeek-V3's balancing step; call after each optimizer step (a no-op unless balance='bias')."""
+        if isinstance(self.router, TopKRouter):
+            self.router.update_bias()
+
+    def experts_per_token(self):
+        """Routed experts a token uses: top_k, or on average c for expert choice."""
+        return self.top_k if self.router_kind == "topk" else self.router.capacity_factor
+
+    def active_parameters(self):
+        """Parameters one token actually uses: the router, its experts and the shared experts.
+
+        This, not num_parameters(), is what sets the FLOPs per token (about 2 per active weight
+        forward, 6 forward + backward). Expert choice counts its average experts per token.
+        """
+        shared = self.shared.num_parameters() if self.shared is not None else 0
+        routed = self.experts_per_token() * self.experts.params_per_expert()
+        return int(round(self.router.num_parameters() + routed + shared))

@@ -1,0 +1,182 @@
+"""Routers: which experts does each token visit, and how much does each one's answer count?
+
+A router is one linear map, logits = x @ W_r (T, E), turned into affinities (softmax, or a sigmoid
+per expert as in DeepSeek-V3) from which experts are selected. Two ways to select:
+
+- token choice (TopKRouter): every token takes its k best experts. Loads can be uneven, so
+  something must balance them: the Switch auxiliary loss, or DeepSeek-V3's bias.
+- expert choice (ExpertChoiceRouter): every expert takes its best tokens. Balanced by construction.
+
+Selection is piecewise constant (no gradient); the GATES are gathered from the affinities with
+integer indices, so the router learns through them.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import functional as F
+from .. import nn
+from .. import random as ts_random
+from ..backend import array_module
+from ..tensor import Tensor
+
+SCORES = ("softmax", "sigmoid")
+
+
+@dataclass
+class RoutingResult:
+    expert_ids: object   # (T, k) int array; -1 marks an empty slot (expert choice gives tokens 0..k experts)
+    gates: Tensor        # (T, k) weight of each chosen expert's answer, 0 in empty slots; differentiable
+    probs: Tensor        # (T, E) a distribution over experts per token: aux loss and entropy use it
+    scores: Tensor       # (T, E) the affinities the gates are taken from (= probs for softmax)
+    logits: Tensor       # (T, E) x @ W_r
+
+
+class Router(nn.Module):
+    """What both routers share: scoring, jitter, and the auxiliary losses."""
+
+    def __init__(self, n_embd, n_expert, score="softmax", jitter=0.0, dtype=np.float32):
+        if score not in SCORES:
+            raise ValueError(f"unknown score {score!r}: use one of {', '.join(SCORES)}")
+        self.n_expert, self.score, self.jitter = n_expert, score, jitter
+        self.weight = nn.Parameter(ts_random.generator().normal(0.0, 0.02, (n_embd, n_expert)).astype(dtype))
+
+    def _affinities(self, x):
+        """x (T, C) -> logits, scores, probs, each (T, E)."""
+        if self.training and self.jitter > 0:
+            # Switch Transformer (Fedus et al. 2021), section 2.4: multiply the router's input by
+            # U(1 - eps, 1 + eps) noise in training, so routing does not lock in early.
+            u = ts_random.uniform(x.shape, device=x.device, dtype=x.dtype)
+            x = x * (1.0 - self.jitter + 2.0 * self.jitter * u)
+        logits = x @ self.weight                                          # (T, E)
+        if self.score == "softmax":
+            scores = probs = F.softmax(logits, axis=-1)
+        else:
+            # DeepSeek-V3 (2024), eq. 15: s_{i,t} = sigmoid(u_t^T e_i), one independent score per
+            # expert; normalised over the experts when a distribution is needed (their eq. 19).
+            scores = logits.sigmoid()
+            probs = scores / scores.sum(axis=-1, keepdims=True)
+        return logits, scores, probs
+
+    def load_balance_loss(self, r):
+        """Switch Transformer (Fedus et al. 2021), eq. 4-6:
+
+            loss = E * sum_e f_e * P_e,   f_e = fraction of the token-slots sent to expert e,
+                                          P_e = mean over tokens of the router probability of e
+
+        f_e counts argmax-style decisions (no gradient); P_e carries the gradient. Both are 1/E
+        under perfectly uniform routing, where the loss is exactly 1 (times the coefficient).
+        """
+        xp = array_module(r.expert_ids)
+        ids = r.expert_ids[r.expert_ids >= 0]
+        f = xp.bincount(ids, minlength=self.n_expert) / max(ids.size, 1)  # (E,) constants
+        P = r.probs.mean(axis=0)                                          # (E,)
+        return (P * f.astype(P.dtype)).sum() * self.n_expert
+
+    def z_loss(self, r):
+        """ST-MoE (Zoph et al. 2022), eq. 5: penalise large router logits, which destabilise training:
+
+            loss = (1/T) sum_t (log sum_e exp(logits_te))^2
+        """
+        m = r.logits.data.max(axis=-1, keepdims=True)                     # a constant shift, for overflow
+        lse = (r.logits - m).exp().sum(axis=-1).log() + m[:, 0]           # (T,) logsumexp
+        return (lse * lse).mean()
+
+
+class TopKRouter(Router):
+    """Token choice: each token picks its top_k experts (GShard, Switch, Mixtral, DeepSeek).
+
+    normalize_gates: rescale the k chosen gates to sum to 1 (Mixtral, DeepSeek-V3). None picks it
+    for you: on when top_k > 1, off for top_k = 1, where the one renormalised gate would be the
+    constant 1 and the router would learn nothing from the model's loss (Switch keeps p_e).
+
+    balance='bias' is DeepSeek-V3's auxiliary-loss-free balancing (Wang et al. 2024): a per-expert
+    bias b_e added to the scores for SELECTION only, nudged after each optimizer step by
+    `update_bias()`. Gates use the unbiased scores, so the bias steers load, never the output.
+    """
+
+    def __init__(self, n_embd, n_expert, top_k, score="softmax", normalize_gates=None,
+                 jitter=0.0, balance_bias=False, bias_update_rate=0.001, dtype=np.float32):
+        super().__init__(n_embd, n_expert, score, jitter, dtype)
+        self.top_k = top_k
+        self.normalize_gates = top_k > 1 if normalize_gates is None else bool(normalize_gates)
+        self.bias_update_rate = bias_update_rate
+        self.bias = None
+        if balance_bias:
+            self.register_buffer("bias", np.zeros(n_expert, dtype=np.float32))  # saved in state_dict
+            self._load = None  # slots per expert since the last update_bias()
+
+    def forward(self, x):
+        logits, scores, probs = self._affinities(x)
+        xp = array_module(scores.data)
+        select = scores.data if self.bias is None else scores.data + self.bias.data.astype(scores.dtype)
+        # top-k by a STABLE sort of -score: on a tie the lower expert id wins, on every machine
+        expert_ids = xp.argsort(-select, axis=-1, kind="stable")[:, :self.top_k]   # (T, k)
+        rows = xp.arange(expert_ids.shape[0])[:, None]                              # (T, 1)
+        gates = scores[rows, expert_ids]              # (T, k), a differentiable gather (unbiased)
+        if self.normalize_gates:
+            gates = gates / gates.sum(axis=-1, keepdims=True)
+        if self.bias is not None and self.training:
+            load = xp.bincount(expert_ids.reshape(-1), minlength=self.n_expert)
+            self._load = load if self._load is None else self._load + load
+        return RoutingResult(expert_ids, gates, probs, scores, logits)
+
+    def update_bias(self):
+        """Wang et al. 2024, Algorithm 1 (DeepSeek-V3 eq. 16-17), after each optimizer step:
+
+            b_e <- b_e + gamma * sign(mean_load - load_e)
+
+        Overloaded experts become less attractive, underloaded ones more. The load is what the
+        training forwards since the last call routed. A no-op without balance='bias' or load.
+        """
+        if self.bias is None or self._load is None:
+            return
+        load = self._load.astype(np.float32)
+        xp = array_module(load)
+        self.bias.data = self.bias.data + np.float32(self.bias_update_rate) * xp.sign(load.mean() - load)
+        self._load = None
+
+
+class ExpertChoiceRouter(Router):
+    """Expert choice (Zhou et al. 2022): each expert takes its top c*T/E tokens by score.
+
+    Perfectly balanced by construction (every expert gets exactly its capacity), and a token may
+    get 0, 1 or several experts: hard tokens can take more compute. Gates are the token's
+    affinity for the expert (no renormalisation).
+
+    Not for causal decoding: whether token t is chosen depends on the scores of all the other
+    tokens in the batch, later ones included. At training time the future leaks into token t's
+    computation, and at generation time (one token at a time) the choice cannot be made at all.
+    """
+
+    def __init__(self, n_embd, n_expert, capacity_factor=2.0, score="softmax", jitter=0.0,
+                 dtype=np.float32):
+        super().__init__(n_embd, n_expert, score, jitter, dtype)
+        self.capacity_factor = capacity_factor   # c: how many experts a token gets on average
+
+    def forward(self, x):
+        logits, scores, probs = self._affinities(x)
+        xp = array_module(scores.data)
+        T, E = scores.shape
+        # Zhou et al. 2022, eq. 1: k = T * c / E tokens per expert; I = TopK(S^T, k)
+        cap = min(T, math.ceil(self.capacity_factor * T / E))
+        # each expert's best tokens: a stable sort down each column, so on a tie the earlier token wins
+        chosen = xp.argsort(-scores.data, axis=0, kind="stable")[:cap]     # (cap, E) token ids
+        tokens = chosen.T.reshape(-1)                                      # (E*cap,) expert-major
+        experts = xp.repeat(xp.arange(E), cap)                             # (E*cap,)
+        # Re-index as a per-token table (T, k_max) so dispatch handles both routers alike:
+        # sort the (token, expert) pairs by token (stable: experts stay ascending within a token).
+        by_token = xp.argsort(tokens, kind="stable")
+        tokens, experts = tokens[by_token], experts[by_token]
+        per_token = xp.bincount(tokens, minlength=T)                       # (T,) experts each token got
+        start = xp.zeros(T + 1, dtype=xp.int64)
+        start[1:] = xp.cumsum(per_token)
+        column = xp.arange(tokens.shape[0]) - start[tokens]                # slot j of the pair in its row
+        k_max = max(1, int(per_token.max()))
+        expert_ids = xp.full((T, k_max), -1, dtype=xp.int64)
+        expert_ids[tokens, column] = experts
+        rows = xp.arange(T)[:, None]                                       # (T, 1)
+        present = (expert_ids >= 0).astype(scores.dtype)                   # empty slots get gate 0
+        gates = scores[rows, xp.maximum(expert_ids, 0)] * present          # (T, k_max)
+        return RoutingResult(expert_ids, gates, probs, scores, logits)

@@ -1,0 +1,329 @@
+"""Training a GPT: the loop, evaluation, checkpoints that resume bit-identically, and sampling.
+
+One step: draw a batch -> forward -> loss -> backward -> clip the gradient norm -> set the
+learning rate from the schedule (linear warm-up, cosine decay) -> AdamW update.
+
+Everything a run needs to continue lives in one checkpoint: parameters, AdamW's moments, the
+step, the global generator (dropout) and the batch sampler's generators. So on the CPU,
+10 steps + resume + 10 steps gives exactly the parameters of 20 steps straight. (On a GPU,
+CuPy's dropout generator is not saved, so a resumed run there is close but not bit-identical.)
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+from tqdm import tqdm
+
+from . import backend, optim
+from . import random as ts_random
+from .checkpoint import (CKPT_NAME, CONFIG_NAME, LOG_NAME, CheckpointError, append_log,
+                         load_checkpoint, save_checkpoint, save_json, truncate_log)
+from .data import BatchSampler, ByteTokenizer, get_batch, load_corpus
+from .gpt import GPT, GPTConfig
+from .tensor import no_grad
+
+
+@dataclass
+class TrainConfig:
+    data: str = "stdlib"            # corpus: stdlib | file:PATH | synthetic
+    max_bytes: int | None = None    # cap on the corpus size in bytes (unset: stdlib 4 MB, a file whole)
+    batch_size: int = 16            # sequences per step (B); a step sees B * block_size tokens
+    max_iters: int = 5000           # optimizer steps in total (a resumed run counts from its step)
+    lr: float = 2e-3                # peak learning rate, reached after the warm-up
+    min_lr: float = 1e-4            # learning rate at the end of the cosine decay
+    warmup_iters: int = 100         # steps of linear warm-up from ~0 to lr
+    lr_decay_iters: int | None = None  # step where the cosine reaches min_lr (unset: max_iters)
+    weight_decay: float = 0.1       # AdamW decoupled weight decay (matrices only, not gains/biases)
+    grad_clip: float = 1.0          # clip the global gradient norm to this (0: no clipping)
+    eval_interval: int = 250        # evaluate every this many steps (and at the start and the end)
+    eval_iters: int = 20            # batches per evaluation (the same batches every time)
+    log_interval: int = 100         # print a progress line every this many steps (no-TTY runs)
+    checkpoint_interval: int = 500  # save a checkpoint every this many steps (and at the end)
+    out_dir: str = "out/tiny"       # run folder: ckpt.pkl, config.json, log.jsonl
+    seed: int = 1337                # seeds weight init, dropout and batch order
+    device: str = "cpu"             # cpu | cuda | auto (cuda when a GPU is available)
+    sample_tokens: int = 300        # bytes to sample after training (0: no sample)
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_iters", "eval_interval", "eval_iters", "log_interval",
+                     "checkpoint_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}; "
+                                 f"set --{name.replace('_', '-')} to a positive integer")
+        for name in ("warmup_iters", "sample_tokens", "weight_decay", "grad_clip", "min_lr"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must not be negative, got {getattr(self, name)}; "
+                                 f"fix --{name.replace('_', '-')}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr}; "
+                             f"try --lr 1e-3")
+        if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
+            raise ValueError(f"TrainConfig.lr_decay_iters must be at least 1, got "
+                             f"{self.lr_decay_iters}; fix --lr-decay-iters")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"TrainConfig.device must be cpu, cuda or auto, got {self.device!r}")
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        """From a saved dict; keys this version does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# A preset sets fields of both configs; explicit command-line flags override it.
+PRESETS = {
+    # 0.83M parameters; ~55 ms a step on 2 CPU cores: about 5 minutes with evaluations and sample.
+    "tiny": {"model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0),
+             "train": dict(batch_size=16, max_iters=5000, lr=2e-3, min_lr=1e-4, warmup_iters=100,
+                           eval_interval=250, eval_iters=20, checkpoint_interval=500,
+                           out_dir="out/tiny")},
+    # ~10.7M parameters, for a GPU (--device cuda); the whole stdlib (~11 MB) as the corpus.
+    "small": {"model": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.1),
+              "train": dict(batch_size=64, max_iters=5000, lr=1e-3, min_lr=1e-4, warmup_iters=200,
+                            eval_interval=250, eval_iters=50, checkpoint_interval=500,
+                            max_bytes=64_000_000, out_dir="out/small", device="auto")},
+}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient became NaN or infinite; the last good checkpoint was kept."""
+
+
+# ----------------------------------------------------------------------------- pieces
+
+def bits_per_byte(nats):
+    """Byte tokens: a token is a byte, so nats per token / ln 2 = bits per byte."""
+    return nats / math.log(2)
+
+
+def evaluate(model, corpus, cfg, block_size):
+    """Mean loss over eval_iters batches of each split, under no_grad in eval mode. The batches
+    come from a fresh generator each time: every evaluation scores the same text (comparable
+    over time), and evaluating never moves the training generators (resume stays exact)."""
+    model.eval()
+    out = {}
+    with no_grad():
+        for i, split in enumerate(("train", "val")):
+            rng = np.random.default_rng([cfg.seed, 7919, i])
+            data = getattr(corpus, split)
+            losses = [float(model(*get_batch(data, cfg.batch_size, block_size, rng))[1].item())
+                      for _ in range(cfg.eval_iters)]
+            out[split] = float(np.mean(losses))
+    model.train()
+    return out
+
+
+class _SigintFlag:
+    """The first Ctrl-C asks the loop to stop after the current step (so the saved state is
+    consistent); a second one raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.requested, self._old = False, None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:          # not the main thread: keep Python's default behaviour
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _text(model, prompt, max_new_tokens, temperature, top_k, seed):
+    tok = ByteTokenizer()
+    ts_random.manual_seed(seed)
+    ids = model.generate(tok.encode(prompt)[None, :], max_new_tokens, temperature, top_k)
+    return tok.decode(ids[0])
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(model_config: GPTConfig, train_config: TrainConfig, resume=False) -> dict:
+    """Train (or, with resume, continue) a GPT; returns a summary dict with status "done" or
+    "interrupted". Raises TrainingDiverged on a NaN/inf loss, DataError on bad data."""
+    cfg, mcfg = train_config, model_config
+    device = backend.resolve_device(cfg.device)
+    ckpt_path = os.path.join(cfg.out_dir, CKPT_NAME)
+    ckpt = None
+    if resume:
+        if not os.path.exists(ckpt_path):
+            raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}; drop --resume to start "
+                                  f"a new run, or pass the --out-dir of the run to continue")
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt["model_config"] != mcfg.to_dict():
+            diff = {k: v for k, v in ckpt["model_config"].items() if mcfg.to_dict().get(k) != v}
+            raise ValueError(f"--resume: the checkpoint in {cfg.out_dir} has model config {diff}; "
+                             f"drop the model flags that differ, or use a new --out-dir")
+    corpus = load_corpus(cfg.data, mcfg.block_size, cfg.max_bytes, seed=cfg.seed)
+    ts_random.manual_seed(cfg.seed)
+    model = GPT(mcfg).to(device)
+    opt = optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    sampler = BatchSampler(corpus, cfg.batch_size, mcfg.block_size, seed=cfg.seed)
+    st = {"step": 0, "best_val_loss": math.inf, "history": [], "val_loss": None}
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sampler.load_state_dict(ckpt["sampler"])
+        ts_random.set_state(ckpt["rng"])
+        st.update({k: ckpt[k] for k in st if k in ckpt})
+        st["history"] = list(st["history"])
+    save_json(os.path.join(cfg.out_dir, CONFIG_NAME),
+              {"model": mcfg.to_dict(), "train": cfg.to_dict(), "device": device,
+               "n_params": model.num_parameters(), "corpus": repr(corpus)})
+    st["saved_step"] = st["step"] if ckpt is not None else None
+    log_path = os.path.join(cfg.out_dir, LOG_NAME)
+    truncate_log(log_path, st["step"] if ckpt is not None else -1)   # drop steps to be redone
+
+    def kept():
+        if st["saved_step"] is not None:
+            return f"the last good checkpoint (step {st['saved_step']}) is kept in {ckpt_path}"
+        return "no checkpoint of this run was written yet"
+
+    def save(step):
+        st["saved_step"] = step
+        save_checkpoint(ckpt_path, {
+            "version": 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "model_config": mcfg.to_dict(), "train_config": cfg.to_dict(), "step": step,
+            "rng": ts_random.get_state(), "sampler": sampler.state_dict(), **{
+                k: st[k] for k in ("best_val_loss", "history", "val_loss")}})
+
+    def run_eval(step):
+        losses = evaluate(model, corpus, cfg, mcfg.block_size)
+        best = losses["val"] < st["best_val_loss"]
+        st["best_val_loss"] = min(st["best_val_loss"], losses["val"])
+        st["val_loss"] = losses["val"]
+        rate = tokens / train_time if train_time else None
+        append_log(log_path, {"step": step, "train_loss": losses["train"],
+                               "val_loss": losses["val"], "val_bpb": bits_per_byte(losses["val"]),
+                               "lr": opt.lr if step else None, "tokens_per_s": rate})
+        tqdm.write(f"step {step:>6}: train {losses['train']:.4f}, val {losses['val']:.4f} nats "
+                   f"= {bits_per_byte(losses['val']):.3f} bits/byte{'  (best)' if best else ''}")
+        sys.stdout.flush()              # show it now, also when stdout is a pipe (| tee log)
+        return step
+
+    tokens_per_step = cfg.batch_size * mcfg.block_size
+    horizon = cfg.lr_decay_iters or cfg.max_iters
+    step, tokens, train_time, status, last_eval = st["step"], 0, 0.0, "done", None
+    print(f"training GPT ({model.num_parameters() / 1e6:.2f}M parameters) on {corpus!r}, {device}, "
+          f"steps {step}->{cfg.max_iters} of {cfg.batch_size}x{mcfg.block_size} tokens, "
+          f"run folder {cfg.out_dir}" + (" (resumed)" if ckpt else ""), flush=True)
+    bar = tqdm(total=cfg.max_iters, initial=step, unit="step", dynamic_ncols=True, disable=None)
+    with _SigintFlag() as sigint, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if step == 0:
+            last_eval = run_eval(0)
+        while step < cfg.max_iters:
+            if sigint.requested:
+                status = "interrupted"
+                break
+            before = (sampler.state_dict(), ts_random.get_state())
+            phase = "step"
+            try:
+                t0 = time.perf_counter()
+                x, y = sampler.train_batch()
+                _, loss = model(x, y)
+                loss_value = float(loss.item())
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(f"loss is {loss_value} at step {step + 1}")
+                opt.zero_grad()
+                loss.backward()
+                norm = optim.clip_grad_norm(model.parameters(), cfg.grad_clip or math.inf)
+                if not math.isfinite(norm):
+                    raise TrainingDiverged(f"gradient norm is {norm} at step {step + 1}")
+                opt.lr = optim.cosine_lr(step, cfg.lr, cfg.warmup_iters, horizon, cfg.min_lr)
+                phase = "update"
+                opt.step()
+                if hasattr(model, "update_router_bias"):
+                    model.update_router_bias()  # MoE aux-loss-free balancing; no-op when dense
+                step += 1
+                st["history"].append(loss_value)
+                phase = "after"             # from here on the state is consistent at `step`
+                dt = time.perf_counter() - t0
+                train_time, tokens = train_time + dt, tokens + tokens_per_step
+                bar.update(1)
+                bar.set_postfix_str(f"loss {loss_value:.4f}, {tokens_per_step / dt:,.0f} tok/s",
+                                    refresh=False)
+                if bar.disable and step % cfg.log_interval == 0:
+                    print(f"step {step}/{cfg.max_iters}: loss {loss_value:.4f}, lr {opt.lr:.2e}, "
+                          f"{1000 * dt:.1f} ms/step, {tokens / train_time:,.0f} tok/s", flush=True)
+                if step % cfg.eval_interval == 0:
+                    last_eval = run_eval(step)
+                if step % cfg.checkpoint_interval == 0:
+                    save(step)
+            except KeyboardInterrupt:
+                if phase == "step":         # the step never happened: undo its batch draw
+                    sampler.load_state_dict(before[0])
+                    ts_random.set_state(before[1])
+                # during the update the parameters are half updated: saving them would be wrong
+                status = "aborted" if phase == "update" else "interrupted"
+                break
+            except TrainingDiverged as e:
+                bar.close()
+                raise TrainingDiverged(f"{e}; training stopped, {kept()}; lower --lr (or raise "
+                                       f"--warmup-iters) and train again") from None
+    bar.close()
+    if status == "interrupted":
+        save(step)
+        print(f"interrupted at step {step}; checkpoint saved to {ckpt_path} "
+              f"(continue with --resume)", flush=True)
+    elif status == "aborted":
+        status = "interrupted"
+        print(f"interrupted during the update of step {step + 1}; nothing saved, {kept()}", flush=True)
+    else:
+        if last_eval != step:
+            run_eval(step)
+        save(step)
+    summary = {"status": status, "step": step, "val_loss": st["val_loss"],
+               "val_bpb": None if st["val_loss"] is None else bits_per_byte(st["val_loss"]),
+               "best_val_loss": st["best_val_loss"], "history": list(st["history"]),
+               "tokens_per_s": tokens / train_time if train_time else None,
+               "train_time_s": train_time, "out_dir": cfg.out_dir, "checkpoint": ckpt_path}
+    if status == "done" and cfg.sample_tokens:
+        summary["sample"] = _text(model, "\n", cfg.sample_tokens, 0.8, 50, seed=0)
+        print(f"---- sample ({cfg.sample_tokens} bytes, temperature 0.8, top_k 50) ----")
+        print(summary["sample"], flush=True)
+    return summary
+
+
+# ----------------------------------------------------------------------------- using a run
+
+def load_run(out_dir, device="cpu"):
+    """(model, (GPTConfig, TrainConfig), checkpoint dict) of the run saved in out_dir."""
+    ckpt = load_checkpoint(os.path.join(out_dir, CKPT_NAME))
+    mcfg = GPTConfig(**ckpt["model_config"])
+    tcfg = TrainConfig.from_dict(ckpt.get("train_config", {}))
+    model = GPT(mcfg)
+    model.load_state_dict(ckpt["model"])
+    model.to(backend.resolve_device(device)).eval()
+    return model, (mcfg, tcfg), ckpt
+
+
+def sample(out_dir, prompt="\n", max_new_tokens=500, temperature=0.8, top_k=50, seed=0,
+           device="cpu") -> str:
+    """Text from the run in out_dir: the prompt followed by max_new_tokens sampled bytes."""
+    if not temperature > 0:
+        raise ValueError(f"--temperature must be positive, got {temperature}; try 0.8")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {top_k}; try 50")
+    if max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must not be negative, got {max_new_tokens}")
+    if not prompt:
+        raise ValueError("--prompt must not be empty; the model needs a first byte, e.g. --prompt 'def '")
+    model, _, _ = load_run(out_dir, device)
+    return _text(model, prompt, max_new_tokens, temperature, top_k, seed)
