@@ -97,12 +97,15 @@ def _to_tokens(raw: bytes) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- stdlib corpus
 
-_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__"}
+_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__",
+              "encodings", "pydoc_data"}
 
 
 def _skip_dir(name: str) -> bool:
     # Tests are huge and repetitive; idlelib/lib2to3 are apps, not library code; *venv* and
     # site-packages hold whatever the user installed, which would make the corpus machine-dependent.
+    # encodings/ (generated codec tables) and pydoc_data/ (one huge string of docs) are data, not
+    # code: they filled a fifth of the corpus and, sorted last, the whole validation split.
     return name in _SKIP_DIRS or "venv" in name
 
 
