@@ -184,24 +184,43 @@ def _segments(offsets):
 
 DISPATCH_BACKENDS = {"numpy": NumpyDispatch()}
 
+# Backends that live in modules of their own, imported on first use (numba compiles, and the CUDA
+# kernels need numba.cuda): name -> "module:class".
+LAZY_BACKENDS = {
+    "numba": "tinysparse.moe.numba_dispatch:NumbaDispatch",
+    "cuda": "cuda_kernels.dispatch:CudaDispatch",
+}
+
 
 def register_backend(name, backend):
     """Make `backend` (an object with NumpyDispatch's methods) available as dispatch_backend=name."""
     DISPATCH_BACKENDS[name] = backend
 
 
+def backend_names():
+    return ["auto", *DISPATCH_BACKENDS, *(n for n in LAZY_BACKENDS if n not in DISPATCH_BACKENDS)]
+
+
 def resolve_backend_name(name):
     """'auto' -> the best backend available (only numpy so far); an unknown name is a ValueError."""
     if name == "auto":
         return "numpy"
-    if name not in DISPATCH_BACKENDS:
-        raise ValueError(f"unknown dispatch_backend {name!r}: use one of "
-                         f"{', '.join(['auto', *DISPATCH_BACKENDS])}")
+    if name not in DISPATCH_BACKENDS and name not in LAZY_BACKENDS:
+        raise ValueError(f"unknown dispatch_backend {name!r}: use one of {', '.join(backend_names())}")
     return name
 
 
 def get_backend(name):
-    return DISPATCH_BACKENDS[resolve_backend_name(name)]
+    name = resolve_backend_name(name)
+    if name not in DISPATCH_BACKENDS:
+        import importlib
+        module, cls = LAZY_BACKENDS[name].split(":")
+        try:
+            register_backend(name, getattr(importlib.import_module(module), cls)())
+        except ImportError as exc:
+            raise ValueError(f"dispatch_backend {name!r} is not available here ({exc}); "
+                             f"use dispatch_backend='numpy'") from None
+    return DISPATCH_BACKENDS[name]
 
 
 # ---- the differentiable primitives ---------------------------------------------------------------
