@@ -225,3 +225,26 @@ def test_presets_have_the_advertised_sizes():
     assert 9e6 < 12 * c.n_layer * c.n_embd ** 2 + c.vocab_size * c.n_embd < 12e6
     for preset in PRESETS.values():
         TrainConfig(**preset["train"])              # every preset is a valid config
+
+
+def test_tiny_moe_has_tiny_active_compute_and_several_times_its_parameters():
+    tiny = GPT(GPTConfig(**PRESETS["tiny"]["model"]))
+    moe = GPT(GPTConfig(**PRESETS["tiny-moe"]["model"]))
+    T = PRESETS["tiny"]["model"]["block_size"]
+    # equal FLOPs per token up to the router (C * E weights per layer, ~1%)
+    assert moe.flops_per_token(T) == pytest.approx(tiny.flops_per_token(T), rel=0.02)
+    assert moe.num_parameters() > 4 * tiny.num_parameters()
+
+
+def test_moe_training_logs_load_balance_and_drops(tmp_path, capsys):
+    summary = train(model_config(dropout=0.0, n_expert=4, top_k=2, capacity_factor=1.0),
+                    train_config(tmp_path, max_iters=10, eval_interval=5, log_interval=5))
+    moe = summary["moe"]
+    assert 1.0 <= moe["max_over_mean_load"] <= moe["worst_layer_load"] <= 4.0
+    assert 0.0 <= moe["dropped_fraction"] < 1.0
+    log = [json.loads(line) for line in open(tmp_path / LOG_NAME)]
+    assert all("moe_max_over_mean_load" in r and "moe_dropped_fraction" in r for r in log[1:])
+    printed = capsys.readouterr().out
+    assert "max/mean" in printed and "dropped" in printed     # the progress lines (no TTY here)
+    dense = train(model_config(dropout=0.0), train_config(tmp_path / "dense", max_iters=2))
+    assert dense["moe"] is None

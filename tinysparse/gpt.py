@@ -117,7 +117,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.last_aux_loss = 0.0  # the MoE auxiliary loss of the last forward with targets, for logs
+        self._aux_total = None    # the MoE auxiliary loss of the last forward with targets (a Tensor)
         self._init_weights()
 
     def _init_weights(self):
@@ -146,6 +146,28 @@ class GPT(nn.Module):
     def moe_layers(self):
         """The MoE layers of the model, first block first (empty for a dense model)."""
         return [m for m in self.modules() if isinstance(m, MoE)]
+
+    @property
+    def last_aux_loss(self):
+        """The MoE auxiliary loss (balance + z-loss, all layers) of the last forward with targets,
+        as a float; read on demand so that a GPU step does not wait on a copy it does not log."""
+        return 0.0 if self._aux_total is None else float(to_numpy(self._aux_total.data))
+
+    def moe_stats(self):
+        """Load balance of the last forward, over all MoE layers (None for a dense model):
+        max_over_mean_load  mean over layers of (tokens on the busiest expert / mean per expert);
+                            1.0 is perfect balance, n_expert is every token on one expert
+        worst_layer_load    the largest max/mean of any layer
+        dropped_fraction    slots dropped at capacity / slots routed, all layers together
+        """
+        stats = [m.stats for m in self.moe_layers()]
+        if not stats or not stats[0]:
+            return None
+        loads = [s["max_over_mean_load"] for s in stats]
+        routed = sum(int(s["tokens_per_expert"].sum()) for s in stats)
+        dropped = sum(s["dropped_fraction"] * int(s["tokens_per_expert"].sum()) for s in stats)
+        return {"max_over_mean_load": float(np.mean(loads)), "worst_layer_load": float(max(loads)),
+                "dropped_fraction": dropped / max(routed, 1)}
 
     def update_router_bias(self):
         """DeepSeek-V3's auxiliary-loss-free balancing step: call after each optimizer step.
@@ -191,7 +213,7 @@ class GPT(nn.Module):
                 for a in aux[1:]:
                     total = total + a
                 loss = loss + total
-                self.last_aux_loss = float(to_numpy(total.data))
+                self._aux_total = total
         return logits, loss
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):

@@ -153,6 +153,13 @@ class _SigintFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
+def _moe_text(moe):
+    """', load 1.31 max/mean, dropped 0.4%' for a MoE model's progress line; '' when dense."""
+    if moe is None:
+        return ""
+    return f", load {moe['max_over_mean_load']:.2f} max/mean, dropped {moe['dropped_fraction']:.1%}"
+
+
 def _text(model, prompt, max_new_tokens, temperature, top_k, seed):
     tok = ByteTokenizer()
     ts_random.manual_seed(seed)
@@ -217,15 +224,22 @@ def train(model_config: GPTConfig, train_config: TrainConfig, resume=False) -> d
         st["best_val_loss"] = min(st["best_val_loss"], losses["val"])
         st["val_loss"] = losses["val"]
         rate = tokens / train_time if train_time else None
-        append_log(log_path, {"step": step, "train_loss": losses["train"],
-                               "val_loss": losses["val"], "val_bpb": bits_per_byte(losses["val"]),
-                               "lr": opt.lr if step else None, "tokens_per_s": rate})
+        record = {"step": step, "train_loss": losses["train"], "val_loss": losses["val"],
+                  "val_bpb": bits_per_byte(losses["val"]), "lr": opt.lr if step else None,
+                  "tokens_per_s": rate}
+        if st["moe"] is not None:       # load balance of the last training step
+            record.update({f"moe_{k}": v for k, v in st["moe"].items()})
+        append_log(log_path, record)
         tqdm.write(f"step {step:>6}: train {losses['train']:.4f}, val {losses['val']:.4f} nats "
-                   f"= {bits_per_byte(losses['val']):.3f} bits/byte{'  (best)' if best else ''}")
+                   f"= {bits_per_byte(losses['val']):.3f} bits/byte{'  (best)' if best else ''}"
+                   + _moe_text(st["moe"]))
         sys.stdout.flush()              # show it now, also when stdout is a pipe (| tee log)
         return step
 
     tokens_per_step = cfg.batch_size * mcfg.block_size
+    st["moe"] = None
+    # MoE load statistics cost a copy to the host on a GPU: every step on the CPU, at log steps there
+    stats_every = 1 if device == "cpu" else cfg.log_interval
     horizon = cfg.lr_decay_iters or cfg.max_iters
     step, tokens, train_time, status, last_eval = st["step"], 0, 0.0, "done", None
     print(f"training GPT ({model.num_parameters() / 1e6:.2f}M parameters) on {corpus!r}, {device}, "
@@ -263,12 +277,15 @@ def train(model_config: GPTConfig, train_config: TrainConfig, resume=False) -> d
                 phase = "after"             # from here on the state is consistent at `step`
                 dt = time.perf_counter() - t0
                 train_time, tokens = train_time + dt, tokens + tokens_per_step
+                if step % stats_every == 0:
+                    st["moe"] = model.moe_stats()
                 bar.update(1)
-                bar.set_postfix_str(f"loss {loss_value:.4f}, {tokens_per_step / dt:,.0f} tok/s",
-                                    refresh=False)
+                bar.set_postfix_str(f"loss {loss_value:.4f}, {tokens_per_step / dt:,.0f} tok/s"
+                                    + _moe_text(st["moe"]), refresh=False)
                 if bar.disable and step % cfg.log_interval == 0:
                     print(f"step {step}/{cfg.max_iters}: loss {loss_value:.4f}, lr {opt.lr:.2e}, "
-                          f"{1000 * dt:.1f} ms/step, {tokens / train_time:,.0f} tok/s", flush=True)
+                          f"{1000 * dt:.1f} ms/step, {tokens / train_time:,.0f} tok/s"
+                          + _moe_text(st["moe"]), flush=True)
                 if step % cfg.eval_interval == 0:
                     last_eval = run_eval(step)
                 if step % cfg.checkpoint_interval == 0:
@@ -300,7 +317,8 @@ def train(model_config: GPTConfig, train_config: TrainConfig, resume=False) -> d
                "val_bpb": None if st["val_loss"] is None else bits_per_byte(st["val_loss"]),
                "best_val_loss": st["best_val_loss"], "history": list(st["history"]),
                "tokens_per_s": tokens / train_time if train_time else None,
-               "train_time_s": train_time, "out_dir": cfg.out_dir, "checkpoint": ckpt_path}
+               "train_time_s": train_time, "out_dir": cfg.out_dir, "checkpoint": ckpt_path,
+               "moe": st["moe"]}
     if status == "done" and cfg.sample_tokens:
         summary["sample"] = _text(model, "\n", cfg.sample_tokens, 0.8, 50, seed=0)
         print(f"---- sample ({cfg.sample_tokens} bytes, temperature 0.8, top_k 50) ----")

@@ -88,7 +88,7 @@ class MoE(nn.Module):
         self.experts = Experts(n_expert, n_embd, d_expert, bias=bias)
         self.shared = SharedExperts(n_embd, n_shared, d_expert, bias=bias) if n_shared else None
         self.dropout = nn.Dropout(dropout)
-        self.aux_loss, self.stats = None, {}
+        self.aux_loss, self._last_routing = None, None
 
     def forward(self, x):
         shape = x.shape
@@ -105,7 +105,7 @@ class MoE(nn.Module):
         if self.shared is not None:
             out = out + self.shared(x2)                              # (B*T, C) every token, dense
         self.aux_loss = self._aux_loss(r)
-        self.stats = self._stats(r, plan)
+        self._last_routing = (r.probs.data, plan)  # stats are computed when read (see `stats`)
         return self.dropout(out).reshape(shape)                      # (B, T, C)
 
     def _aux_loss(self, r):
@@ -117,9 +117,15 @@ class MoE(nn.Module):
             loss = z if loss is None else loss + z
         return loss
 
-    def _stats(self, r, plan):
+    @property
+    def stats(self):
+        """Load statistics of the last forward. Computed on demand: on a GPU they cost a copy to
+        the host, which a training step should pay only when it logs."""
+        if self._last_routing is None:
+            return {}
+        probs, plan = self._last_routing
         counts = to_numpy(plan.counts).astype(np.int64)
-        p = to_numpy(r.probs.data).astype(np.float64)
+        p = to_numpy(probs).astype(np.float64)
         entropy = float(-(p * np.log(np.maximum(p, 1e-30))).sum(axis=-1).mean())
         mean = counts.mean()
         return {"tokens_per_expert": counts,
