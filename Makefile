@@ -16,7 +16,7 @@ help:  ## list every target and every chapter
 	@echo "  make train      train the tiny model on the built-in corpus, then sample (DEVICE=cpu|cuda)"
 	@echo "  make sample     print text from the last training run"
 	@echo "  make test       run the test suite"
-	@echo "  make bench      time a training step against PyTorch, side by side"
+	@echo "  make bench      time training steps and MoE layers against PyTorch, side by side"
 	@echo "  make install    create .venv and install tinysparse with its dev extra"
 	@echo "  make lessons    run every chapter's script in quick mode"
 	@echo "  make lesson-NN  run chapter NN's script in full (ARGS=--quick for a fast run)"

@@ -14,7 +14,7 @@ from tinysparse.bench import add_bench_arguments, build_torch_twin, run_bench
 from tinysparse.gpt import GPT, GPTConfig
 
 TINY = ["--n-layer", "1", "--n-embd", "16", "--block-size", "8", "--batch-size", "2",
-        "--iters", "2", "--warmup", "1", "--settle", "0"]
+        "--iters", "2", "--warmup", "1", "--settle", "0", "--layer-tokens", "24"]
 
 
 def bench(*flags):
@@ -27,6 +27,7 @@ def test_defaults_are_the_headline_config():
     assert (args.batch_size, args.n_layer, args.n_head, args.n_embd) == (16, 4, 4, 128)
     assert (args.block_size, args.vocab_size, args.threads) == (64, 96, 2)
     assert not args.no_torch and not args.profile
+    assert args.suite == ["step", "moe", "layer"] and args.layer_tokens == 1024
 
 
 def test_bench_without_torch_prints_the_tinysparse_row(capsys):
@@ -71,12 +72,50 @@ def test_bench_rejects_zero_iterations(capsys):
     assert bench("--no-torch", "--iters", "0") == 2
 
 
+def test_moe_suite_prints_every_model_and_checks_the_twins(capsys):
+    pytest.importorskip("torch")
+    assert bench("--suite", "moe") == 0
+    out = capsys.readouterr().out
+    for row in ("dense", "tiny-moe", "tiny-moe (torch loop)", "E8 top-2 d128 (torch loop)"):
+        assert any(line.startswith(row + " ") for line in out.splitlines()), row
+    assert "ratio tiny-moe / dense step" in out
+    assert out.count("PyTorch loop over experts") == 2 and "MISMATCH" not in out
+    assert "config: vocab" not in out                 # the dense suite did not run
+
+
+def test_layer_suite_compares_backends_and_scales_the_expert_count(capsys):
+    assert bench("--suite", "layer", "--no-torch") == 0
+    out = capsys.readouterr().out
+    assert "dense FFN" in out and "E8 top-2 d2C numpy" in out and "E64 top-8 dC/2 numpy" in out
+    assert "Scaling at fixed active FLOPs" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["8"], ["128"])]
+    assert [r[0] for r in rows] == ["8", "128"] and rows[0][2] == "1.00x"
+
+
+def test_a_twin_mismatch_fails_the_bench(capsys, monkeypatch):
+    pytest.importorskip("torch")
+    from tinysparse import bench_moe
+    real = bench_moe.build_torch_twin
+
+    def off_by_a_bit(model):              # a twin whose weights differ: its losses must not match
+        twin = real(model)
+        for p in twin.parameters():
+            p.data.mul_(1.5)
+        return twin
+    monkeypatch.setattr(bench_moe, "build_torch_twin", off_by_a_bit)
+    assert bench("--suite", "moe") == 1
+    assert "MISMATCH" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("bias", [True, False])
-def test_torch_twin_matches_tinysparse(bias):
-    """Same weights, same batch: the same loss and the same gradients (Linear's transposed)."""
+@pytest.mark.parametrize("n_expert", [0, 4])
+def test_torch_twin_matches_tinysparse(bias, n_expert):
+    """Same weights, same batch: the same loss and the same gradients (Linear's transposed);
+    n_expert=4: the MoE as PyTorch's loop over experts, aux and z losses included."""
     torch = pytest.importorskip("torch")
     ts.manual_seed(3)
-    config = GPTConfig(vocab_size=50, n_layer=2, n_head=2, n_embd=16, block_size=8, bias=bias)
+    config = GPTConfig(vocab_size=50, n_layer=2, n_head=2, n_embd=16, block_size=8, bias=bias,
+                       n_expert=n_expert, top_k=2, n_shared=1 if n_expert else 0)
     model = GPT(config)
     twin = build_torch_twin(model)
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(3, config.block_size + 1))

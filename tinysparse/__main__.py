@@ -110,7 +110,7 @@ def build_parser(bench_arguments=None):
     sa.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sa.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
 
-    be = sub.add_parser("bench", help="time a training step against PyTorch",
+    be = sub.add_parser("bench", help="time training steps and MoE layers against PyTorch",
                         description="Benchmarks (see tinysparse/bench.py).")
     if bench_arguments is not None:
         bench_arguments(be)

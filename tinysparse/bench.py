@@ -28,10 +28,11 @@ import numpy as np
 
 from . import optim
 from . import random as ts_random
+from .bench_torch import LR, WEIGHT_DECAY, build_torch_twin, torch_adamw
 from .gpt import GPT, GPTConfig
 from .tensor import Function, Tensor
 
-LR, WEIGHT_DECAY = 3e-4, 0.1        # the same AdamW for both frameworks
+SUITES = ("step", "moe", "layer")
 LOSS_TOLERANCE = 1e-4               # first-step losses must agree this well: same model, same numbers
 
 
@@ -49,105 +50,21 @@ def add_bench_arguments(parser):
     g.add_argument("--no-torch", action="store_true", help="time tinysparse alone")
     g.add_argument("--settle", type=float, default=0.15,
                    help="seconds to pause (untimed) before each step while alternating frameworks")
+    g.add_argument("--suite", choices=SUITES, nargs="+", default=list(SUITES),
+                   help="which benchmarks: step (dense GPT vs PyTorch), moe (MoE training steps), "
+                        "layer (MoE layer forward+backward per dispatch backend); default all")
+    g.add_argument("--dispatch-backend", default="auto",
+                   help="MoE dispatch backend of the moe suite (auto, numpy, numba, ...)")
+    g.add_argument("--layer-tokens", type=int, default=1024,
+                   help="tokens T of the layer suite's forward+backward")
     g.add_argument("--profile", action="store_true",
                    help="also profile tinysparse steps: where the time goes, per Function")
     return parser
 
 
-# ---- the PyTorch twin ----------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=None)
-def _torch_gpt_class():
-    """tinysparse/gpt.py in PyTorch; defined on first use so importing bench never imports torch."""
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
-    class CausalSelfAttention(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.n_head = c.n_head
-            self.c_attn = nn.Linear(c.n_embd, 3 * c.n_embd, bias=c.bias)
-            self.c_proj = nn.Linear(c.n_embd, c.n_embd, bias=c.bias)
-
-        def forward(self, x):
-            B, T, C = x.shape
-            qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
-            y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
-            return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
-
-    class MLP(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.c_fc = nn.Linear(c.n_embd, 4 * c.n_embd, bias=c.bias)
-            self.c_proj = nn.Linear(4 * c.n_embd, c.n_embd, bias=c.bias)
-
-        def forward(self, x):
-            return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
-
-    class Block(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.ln_1, self.attn = nn.LayerNorm(c.n_embd, bias=c.bias), CausalSelfAttention(c)
-            self.ln_2, self.mlp = nn.LayerNorm(c.n_embd, bias=c.bias), MLP(c)
-
-        def forward(self, x):
-            x = x + self.attn(self.ln_1(x))
-            return x + self.mlp(self.ln_2(x))
-
-    class TorchGPT(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.wte, self.wpe = nn.Embedding(c.vocab_size, c.n_embd), nn.Embedding(c.block_size, c.n_embd)
-            self.h = nn.ModuleList([Block(c) for _ in range(c.n_layer)])
-            self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)
-
-        def forward(self, idx, targets=None):
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-            for block in self.h:
-                x = block(x)
-            logits = F.linear(self.ln_f(x), self.wte.weight)          # tied LM head
-            loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-            return logits, loss
-
-    return TorchGPT
-
-
-def build_torch_twin(ts_model):
-    """A torch.nn.Module computing exactly what `ts_model` (a tinysparse GPT) computes, same weights.
-
-    The parameter names match one for one (h.0.attn.c_attn.weight, ...). tinysparse stores a Linear
-    weight (d_in, d_out), the layout x @ W reads; torch stores (d_out, d_in): those are transposed.
-    """
-    import torch
-    if ts_model.config.dropout:
-        raise ValueError("the torch twin has no dropout: build the tinysparse model with dropout=0")
-    twin = _torch_gpt_class()(ts_model.config)
-    theirs = dict(twin.named_parameters())
-    ours = ts_model.state_dict()
-    if set(ours) != set(theirs):
-        raise KeyError(f"models differ: {sorted(set(ours) ^ set(theirs))}")
-    with torch.no_grad():
-        for name, array in ours.items():
-            owner = twin.get_submodule(name.rsplit(".", 1)[0])
-            if isinstance(owner, torch.nn.Linear) and name.endswith(".weight"):
-                array = array.T
-            theirs[name].copy_(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)))
-    return twin
-
-
-def _torch_adamw(twin):
-    """torch's AdamW set up as tinysparse's: no weight decay on 1-D parameters (gains, biases)."""
-    import torch
-    params = list(twin.parameters())
-    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2]},
-                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                             lr=LR, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999), eps=1e-8)
-
-
 # ---- one training step: the same code for both frameworks (zero_grad sets grads to None) --------
 
-def _step(model, opt, idx, targets):
+def step(model, opt, idx, targets):
     opt.zero_grad()
     _, loss = model(idx, targets)
     loss.backward()
@@ -156,7 +73,7 @@ def _step(model, opt, idx, targets):
 
 
 @contextlib.contextmanager
-def _threads(n, torch):
+def threads(n, torch):
     """Both frameworks on n threads: torch's own setting, and NumPy's BLAS via threadpoolctl."""
     try:
         from threadpoolctl import threadpool_limits
@@ -211,11 +128,11 @@ def profile_steps(model, opt, idx, targets, steps, top=15):
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(steps):
-        _step(model, opt, idx, targets)
+        step(model, opt, idx, targets)
     prof.disable()
     stats = pstats.Stats(prof).stats   # {(file, line, name): (calls, ncalls, tottime, cumtime, callers)}
     cum = lambda fn: stats.get(_key(fn), (0, 0, 0, 0.0))[3]  # noqa: E731
-    total = cum(_step)
+    total = cum(step)
     phases = {_key(vars(cls)[phase]): f"{cls.__name__}.{phase}" for cls in _subclasses(Function)
               for phase in ("forward", "backward") if phase in vars(cls)}
     # A fused Function may call another's forward/backward (PackedCausalAttention -> Attention):
@@ -245,6 +162,26 @@ def profile_steps(model, opt, idx, targets, steps, top=15):
     line("engine (tensor.py backward/apply)", engine)
     line(f"optimizer ({type(opt).__name__} step, zero_grad)", optimizer)
     line("model code (nn/gpt Python, the rest)", rest)
+
+
+def time_alternating(steps, warmup, iters, settle):
+    """{name: step()} -> {name: (milliseconds, losses)}: the steps take turns, one each per round,
+    so a burst of someone else's load hits them all alike; `settle` seconds (untimed) before each
+    step let the previous one's idle BLAS threads stop spinning. The first `warmup` rounds are
+    not timed (their losses are kept: the first loss checks that twins compute the same)."""
+    runs = {name: ([], []) for name in steps}
+    gc.collect()
+    for i in range(warmup + iters):
+        for name, step in steps.items():
+            if len(steps) > 1:
+                time.sleep(settle)
+            t0 = time.perf_counter()
+            loss = step()
+            elapsed = (time.perf_counter() - t0) * 1e3
+            runs[name][1].append(float(loss.item()))
+            if i >= warmup:
+                runs[name][0].append(elapsed)
+    return runs
 
 
 # ---- the benchmark -----------------------------------------------------------------------------
@@ -282,56 +219,76 @@ def _report(config, args, runs, peak, gemm, flops_step, params):
     return status
 
 
-def run_bench(args):
-    if args.iters < 1 or args.warmup < 0:
-        print(f"bench: --iters must be at least 1 and --warmup at least 0, got {args.iters}, {args.warmup}")
-        return 2
+def build_model(config):
+    """A tinysparse GPT with seed-0 weights, built without disturbing the caller's generator."""
+    saved = ts_random.get_state()
+    ts_random.manual_seed(0)
+    try:
+        return GPT(config).to("cpu")
+    finally:
+        ts_random.set_state(saved)
+
+
+def fixed_batch(config, batch_size):
+    """(idx, targets), each (B, T): the same random tokens for every model and framework."""
+    T = config.block_size
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(batch_size, T + 1))
+    return np.ascontiguousarray(tokens[:, :-1]), np.ascontiguousarray(tokens[:, 1:])
+
+
+def import_torch(args):
+    """The torch module, or None (with a printed reason) under --no-torch or when not installed."""
+    if args.no_torch:
+        print("PyTorch comparison skipped (--no-torch)")
+        return None
+    try:
+        import torch
+    except ImportError:
+        print("torch is not installed, so the PyTorch comparison is skipped (pip install torch==2.13.0)")
+        return None
+    return torch
+
+
+def run_dense_bench(args):
     config = GPTConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
                        n_embd=args.n_embd, block_size=args.block_size, dropout=0.0)
     B, T = args.batch_size, args.block_size
-    saved = ts_random.get_state()                  # a fixed model, without disturbing the caller's RNG
-    ts_random.manual_seed(0)
-    try:
-        model = GPT(config).to("cpu")
-    finally:
-        ts_random.set_state(saved)
-    tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(B, T + 1))
-    idx, targets = np.ascontiguousarray(tokens[:, :-1]), np.ascontiguousarray(tokens[:, 1:])
+    model = build_model(config)
+    idx, targets = fixed_batch(config, B)
     steps = {"tinysparse": functools.partial(
-        _step, model, optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY), idx, targets)}
-
-    torch = None
-    if args.no_torch:
-        print("PyTorch comparison skipped (--no-torch)")
-    else:
-        try:
-            import torch
-        except ImportError:
-            print("torch is not installed, so the PyTorch comparison is skipped (pip install torch==2.13.0)")
+        step, model, optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY), idx, targets)}
+    torch = import_torch(args)
     if torch:                                      # built before any step: the weights are still equal
         twin = build_torch_twin(model)
-        steps["pytorch"] = functools.partial(_step, twin, _torch_adamw(twin),
+        steps["pytorch"] = functools.partial(step, twin, torch_adamw(twin),
                                              torch.from_numpy(idx), torch.from_numpy(targets))
 
-    runs = {name: ([], []) for name in steps}      # name: (milliseconds, losses)
-    with _threads(args.threads, torch):
-        gc.collect()
-        for i in range(args.warmup + args.iters):  # alternate: tinysparse, torch, tinysparse, ...
-            for name, step in steps.items():
-                if len(steps) > 1:
-                    time.sleep(args.settle)      # the other's idle threads stop spinning (see top)
-                t0 = time.perf_counter()
-                loss = step()
-                elapsed = (time.perf_counter() - t0) * 1e3
-                runs[name][1].append(loss.item())
-                if i >= args.warmup:
-                    runs[name][0].append(elapsed)
+    with threads(args.threads, torch):
+        runs = time_alternating(steps, args.warmup, args.iters, args.settle)
         peak = matmul_gflops(1024, 1024, 1024)
         gemm = matmul_gflops(B * T, config.n_embd, 4 * config.n_embd)
         status = _report(config, args, runs, peak, gemm, model.flops_per_token(T) * B * T,
                          model.num_parameters())
         if args.profile:
             profile_steps(model, steps["tinysparse"].args[1], idx, targets, steps=args.iters)
+    return status
+
+
+def run_bench(args):
+    """Run the chosen suites (default: all); 0 when every twin agreed, 1 otherwise, 2 on bad flags."""
+    if args.iters < 1 or args.warmup < 0:
+        print(f"bench: --iters must be at least 1 and --warmup at least 0, got {args.iters}, {args.warmup}")
+        return 2
+    suites = getattr(args, "suite", ["step"])
+    status = 0
+    if "step" in suites:
+        status |= run_dense_bench(args)
+    if "moe" in suites:
+        from .bench_moe import run_moe_bench
+        status |= run_moe_bench(args)
+    if "layer" in suites:
+        from .bench_layer import run_layer_bench
+        status |= run_layer_bench(args)
     return status
 
 
