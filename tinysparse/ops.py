@@ -7,6 +7,7 @@ shape; the engine (tensor.py) sums broadcast axes away. Arrays are NumPy or CuPy
 import numpy as np
 
 from .backend import array_module
+from .scatter import index_add
 from .tensor import Function, Tensor
 
 
@@ -339,8 +340,9 @@ class GetItem(Function):
     """a[index] for slices, integers, None, Ellipsis and integer/boolean arrays.
 
     Backward scatters the gradient back. With an integer array an element can be picked more
-    than once (an embedding lookup of a repeated token), so the scatter must *add*: np.add.at
-    accumulates repeated indices in a fixed order, unlike `g[idx] += grad`, which keeps only one.
+    than once (an embedding lookup of a repeated token), so the scatter must *add*, in a fixed
+    order (scatter.index_add: np.add.at on the CPU, no atomics on a GPU), unlike
+    `g[idx] += grad`, which keeps only one of the repeats.
     """
     @staticmethod
     def forward(ctx, a, index):
@@ -352,7 +354,7 @@ class GetItem(Function):
         xp = array_module(grad)
         full = xp.zeros(ctx.shape, dtype=grad.dtype)
         if _is_advanced(ctx.index):
-            xp.add.at(full, ctx.index, grad)
+            index_add(full, ctx.index, grad)
         else:
             full[ctx.index] = grad
         return full

@@ -1,0 +1,74 @@
+"""full[index] += values, where an index may repeat: the backward of every gather.
+
+An embedding lookup reads a row once per occurrence of its token, so its backward must ADD all
+those rows' gradients into the one weight row. np.add.at does exactly that, one element after
+another in index order: deterministic. CuPy's add.at (and cupyx.scatter_add) run on the GPU with
+floating-point atomicAdd: the repeats land in whatever order the threads happen to run, and since
+(a + b) + c != a + (b + c) in floating point, the result changes from run to run. tinysparse
+promises the same numbers for the same seed, so on a GPU it takes one of two atomic-free routes:
+
+- rows of a table (index is one integer array into axis 0, the embedding case): a one-hot
+  matmul, dW = onehot(index)^T @ dY. One GEMM; cuBLAS gives bitwise-repeatable results.
+- anything else: sort the target positions (stably), give every element its rank among the
+  elements that hit the same position (a scan, as in MoE dispatch), and add rank 0 of every
+  position, then rank 1, ...: inside one round no two elements collide, so each round is a
+  plain indexed add, and the rounds run in a fixed order.
+
+Both routes are array-module generic, so the tests check them on NumPy against np.add.at.
+"""
+import numpy as np
+
+from .backend import array_module
+
+ONE_HOT_LIMIT = 1 << 26     # one-hot matrix elements (256 MB in float32) before we sort instead
+
+
+def index_add(full, index, values):
+    """full[index] += values with repeated indices accumulated, deterministically; in place."""
+    xp = array_module(values)
+    if xp is np:
+        np.add.at(full, index, values)              # sequential in index order: deterministic
+    elif _is_row_index(index) and index.size * full.shape[0] <= ONE_HOT_LIMIT:
+        index_add_one_hot(full, index, values)
+    else:
+        index_add_by_rank(full, index, values)
+
+
+def _is_row_index(index):
+    return not isinstance(index, tuple) and hasattr(index, "dtype") and index.dtype.kind in "iu"
+
+
+def index_add_one_hot(full, rows, values):
+    """full[rows] += values for an integer array `rows` into axis 0, as one matmul."""
+    xp = array_module(values)
+    n = full.shape[0]
+    rows = rows.reshape(-1)                                              # (N,)
+    rows = xp.where(rows < 0, rows + n, rows)                            # NumPy's negative indices
+    g = values.reshape(rows.shape[0], int(np.prod(full.shape[1:])))    # (N, D): D = row size
+    one_hot = (xp.arange(n)[:, None] == rows[None, :]).astype(g.dtype)   # (n, N): 1 where row r is read
+    full += (one_hot @ g).reshape(full.shape)                            # (n, D) -> full's shape
+
+
+def index_add_by_rank(full, index, values):
+    """full[index] += values for any index NumPy accepts: repeats added one rank at a time.
+    `full` must be C-contiguous (the adds go through a flat view of it)."""
+    if not full.flags.c_contiguous:
+        raise ValueError("index_add_by_rank needs a C-contiguous target array")
+    xp = array_module(values)
+    # the flat position in `full` of every element of values (same shape as values)
+    positions = xp.arange(full.size).reshape(full.shape)[index]
+    positions = xp.broadcast_to(positions, values.shape).reshape(-1)     # (N,)
+    flat_values = xp.broadcast_to(values, values.shape).reshape(-1)      # (N,)
+    order = xp.argsort(positions, kind="stable")                         # equal positions stay in order
+    pos, val = positions[order], flat_values[order]
+    if pos.size == 0:
+        return
+    # rank among equal positions = index in sorted order - index where the run of equals starts
+    starts = xp.ones(pos.shape[0], dtype=bool)
+    starts[1:] = pos[1:] != pos[:-1]
+    run_start = xp.flatnonzero(starts)[xp.cumsum(starts) - 1]           # (N,) start of each one's run
+    rank = xp.arange(pos.shape[0]) - run_start
+    target = full.reshape(-1)                                            # a view: writes reach full
+    for r in range(int(rank.max()) + 1):                                 # rank 0 everywhere, then 1, ...
+        take = rank == r
+        target[pos[take]] += val[take]                                   # positions distinct in a round
