@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-DEVICE ?= cpu
+DEVICE ?=
+PRESET ?= tiny
 ARGS   ?=
 
 LESSONS := $(sort $(notdir $(wildcard lessons/[0-9][0-9]_*)))
@@ -13,8 +14,9 @@ LESSONS := $(sort $(notdir $(wildcard lessons/[0-9][0-9]_*)))
 help:  ## list every target and every chapter
 	@echo "tinysparse: a course and library for sparse-activation models"
 	@echo ""
-	@echo "  make train      train the tiny model on the built-in corpus, then sample (DEVICE=cpu|cuda)"
-	@echo "  make sample     print text from the last training run"
+	@echo "  make train      train the tiny model on the built-in corpus, then sample"
+	@echo "                  (PRESET=tiny|tiny-moe|small, DEVICE=cpu|cuda, ARGS=more flags)"
+	@echo "  make sample     print text from the last training run of PRESET"
 	@echo "  make test       run the test suite"
 	@echo "  make bench      time training steps and MoE layers against PyTorch, side by side"
 	@echo "  make install    create .venv and install tinysparse with its dev extra"
@@ -38,10 +40,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 train: $(STAMP)
-	$(PY) -m tinysparse train --device $(DEVICE) $(ARGS)
+	$(PY) -m tinysparse train --preset $(PRESET) $(if $(DEVICE),--device $(DEVICE)) $(ARGS)
 
 sample: $(STAMP)
-	$(PY) -m tinysparse sample $(ARGS)
+	$(PY) -m tinysparse sample --out-dir out/$(PRESET) $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m tinysparse bench $(ARGS)

@@ -248,3 +248,14 @@ def test_moe_training_logs_load_balance_and_drops(tmp_path, capsys):
     assert "max/mean" in printed and "dropped" in printed     # the progress lines (no TTY here)
     dense = train(model_config(dropout=0.0), train_config(tmp_path / "dense", max_iters=2))
     assert dense["moe"] is None
+
+
+def test_same_seed_same_numbers_for_a_moe_model(tmp_path):
+    """Routing is integer work from sorted scores, so two MoE runs agree to the last bit."""
+    config = model_config(dropout=0.0, n_expert=4, top_k=2, capacity_factor=1.25, balance="bias",
+                          score="sigmoid")
+    a = train(config, train_config(tmp_path / "a", max_iters=8))
+    b = train(config, train_config(tmp_path / "b", max_iters=8))
+    assert a["history"] == b["history"]
+    assert_same_state(ckpt_of(tmp_path / "a"), ckpt_of(tmp_path / "b"))
+    assert any(name.endswith("router.bias") for name in ckpt_of(tmp_path / "a")["model"])
