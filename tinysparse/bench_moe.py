@@ -22,6 +22,7 @@ from .bench import LOSS_TOLERANCE, build_model, fixed_batch, import_torch, step,
     time_alternating
 from .bench_torch import LR, WEIGHT_DECAY, build_torch_twin, torch_adamw
 from .gpt import GPTConfig
+from .moe.dispatch import resolve_backend_name
 
 # (label, n_expert, top_k, d_expert)
 MOE_SHAPES = [("tiny-moe", 16, 2, 256), ("E8 top-2 d128", 8, 2, 128)]
@@ -63,7 +64,7 @@ def run_moe_bench(args):
 
 def _report(args, configs, models, runs):
     B, T = args.batch_size, args.block_size
-    backend = models["tiny-moe"].moe_layers()[0].backend_name
+    backend = resolve_backend_name(args.dispatch_backend, np.zeros(1))
     print(f"\nMixture of Experts training steps (same config; the FFN differs), dispatch "
           f"backend {backend}, {args.iters} timed steps each")
     print(f"{'':<26}{'params':>9}{'active':>9}{'median ms':>11}{'min ms':>9}{'tok/s':>9}"

@@ -39,7 +39,8 @@ class GPTConfig:
     balance: str = "aux"      # 'aux' (Switch loss), 'bias' (DeepSeek-V3, aux-loss-free) or 'none'
     aux_coef: float = 0.01    # weight of the Switch load-balance loss (Fedus et al. 2021: 0.01)
     z_coef: float = 0.001     # weight of the ST-MoE router z-loss (Zoph et al. 2022: 0.001); 0 = off
-    dispatch_backend: str = "auto"  # sparse dispatch implementation: 'auto' or 'numpy'
+    dispatch_backend: str = "auto"  # sparse dispatch: 'numpy', 'numba' (CPU kernels), 'cuda', or
+                                    # 'auto' (numba on NumPy arrays, numpy on CuPy arrays)
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size"):

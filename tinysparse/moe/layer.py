@@ -72,7 +72,8 @@ class MoE(nn.Module):
             _check(value >= 0, name, value, "a number >= 0")
         _check(0 <= jitter < 1, "jitter", jitter, "a number in [0, 1)")
         try:
-            self.backend_name = resolve_backend_name(dispatch_backend)
+            resolve_backend_name(dispatch_backend)                 # refuse an unknown name now
+            self.backend_name = dispatch_backend                    # 'auto' is resolved per forward
         except ValueError as exc:
             raise ValueError(f"MoE dispatch_backend={dispatch_backend!r} is invalid: {exc}") from None
 
@@ -93,7 +94,7 @@ class MoE(nn.Module):
     def forward(self, x):
         shape = x.shape
         x2 = x.reshape(-1, self.n_embd)                              # (B*T, C): routing is per token
-        backend = get_backend(self.backend_name)
+        backend = get_backend(self.backend_name, x2.data)            # 'auto': by the array type
         r = self.router(x2)                                          # expert_ids, gates (B*T, k)
         # token choice drops beyond capacity C; expert choice already took exactly its capacity
         C = capacity(self.capacity_factor, r.expert_ids.size, self.n_expert) \
