@@ -40,7 +40,7 @@ class GPTConfig:
     aux_coef: float = 0.01    # weight of the Switch load-balance loss (Fedus et al. 2021: 0.01)
     z_coef: float = 0.001     # weight of the ST-MoE router z-loss (Zoph et al. 2022: 0.001); 0 = off
     dispatch_backend: str = "auto"  # sparse dispatch: 'numpy', 'numba' (CPU kernels), 'cuda', or
-                                    # 'auto' (numba on NumPy arrays, numpy on CuPy arrays)
+                                    # 'auto' (numba on float32/64 NumPy arrays, else numpy)
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size"):

@@ -94,7 +94,7 @@ class MoE(nn.Module):
     def forward(self, x):
         shape = x.shape
         x2 = x.reshape(-1, self.n_embd)                              # (B*T, C): routing is per token
-        backend = get_backend(self.backend_name, x2.data)            # 'auto': by the array type
+        backend = get_backend(self.backend_name, x2.data)            # 'auto': by array type, dtype
         r = self.router(x2)                                          # expert_ids, gates (B*T, k)
         # token choice drops beyond capacity C; expert choice already took exactly its capacity
         C = capacity(self.capacity_factor, r.expert_ids.size, self.n_expert) \

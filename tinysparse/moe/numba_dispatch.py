@@ -3,70 +3,91 @@
 The kernels live in numba_kernels.py; this class gives them NumpyDispatch's signatures
 (plan, gather, scatter, grouped_mm, grouped_mm_dx, grouped_mm_dw, combine, combine_backward)
 and allocates their outputs. The results match the NumPy reference up to rounding (another
-BLAS call pattern sums in another order) and are bitwise repeatable: same inputs, same bits.
+BLAS call pattern sums in another order) and are bitwise repeatable: same inputs and the same
+BLAS settings, same bits, whatever Numba's thread count.
 
-Parallel or serial? Measured on 2 cores (MoE layer forward+backward, T=1024 tokens, C=128,
-median ms; "BLAS" is how many threads NumPy's own matmuls use):
+Two flavours, chosen per call by how the process runs NumPy's BLAS (parallel_pays):
 
-                            E=8 top-2 d256    E=64 top-8 d64
-    numpy,  BLAS 2                8.3              15.3
-    numba serial,   BLAS 2        8.0              13.1
-    numba parallel, BLAS 2       ~23               ~24     (the thread pools fight)
-    numpy,  BLAS 1               11.7              18.7
-    numba parallel, BLAS 1        8.7              11.9
+- serial: each kernel is one loop on the calling thread, and the grouped matmuls are NumPy's
+  own (threaded) BLAS, one call per expert segment, writing straight into the output.
+- parallel: every kernel is a prange loop over Numba's threads; the grouped matmuls are cut into
+  tasks of about 256 rows, each one single-threaded GEMM (np.dot: scipy's BLAS) inside the loop.
 
-Numba's workers pay off only when NumPy's BLAS runs no threads of its own: those keep spinning
-for a while after every matmul elsewhere in the model, and Numba's barrier then waits on
-descheduled workers. So the kernels run in parallel when NumPy's BLAS is single-threaded
-(OPENBLAS_NUM_THREADS=1, threadpoolctl, a 1-core machine) and Numba has more than one thread;
-otherwise serially, with the grouped matmuls handed to NumPy's threaded BLAS, one call per
-expert segment.
+Why not always parallel? NumPy's OpenBLAS keeps its workers spinning for about 0.1 s after each
+threaded matmul anywhere in the model; on 2 cores a Numba worker then shares a core with a
+spinning thread, and every barrier waits on it (OPENBLAS_THREAD_TIMEOUT=4 stops the spinning, but
+then every NumPy matmul wakes sleeping threads: slower overall). Measured on 2 cores (MoE layer
+forward+backward, T=1024, n_embd 128, float32, median ms of 3 runs; "BLAS" = threads of NumPy's
+matmuls):
+
+                                 dense FFN 4C   E=8 top-2 d256   E=64 top-8 d64
+    BLAS 2, numpy backend            6.1             9.1              16.6
+    BLAS 2, numba serial                             8.3              13.0
+    BLAS 2, numba parallel                         20-90             29-93   (the pools fight)
+    BLAS 1, numpy backend            9.1            11.6              18.9
+    BLAS 1, numba serial                            11.1              16.1
+    BLAS 1, numba parallel                           8.4              11.9
+
+So: parallel when NumPy's BLAS runs one thread (OPENBLAS_NUM_THREADS=1, threadpoolctl, a 1-core
+machine) and Numba has more than one; otherwise serial, where NumPy's BLAS threads do the GEMMs.
 """
-import contextlib
 import functools
-
-import numpy as np
+import os
 
 import numba
+import numpy as np
 
 from . import numba_kernels as K
-from .dispatch import DispatchPlan, NumpyDispatch
+from .dispatch import DispatchPlan
 
+
+# ---- BLAS threads --------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def _blas_controller():
+def _blas_libs():
+    """(NumPy's BLAS, the BLAS that np.dot inside a kernel calls) as threadpoolctl controllers.
+
+    NumPy wheels bundle their own OpenBLAS; Numba's np.dot calls scipy's (scipy.linalg.cython_blas),
+    a second library with a second thread pool. scipy's is imported before the controller looks:
+    a controller made earlier never sees it, and never limits it. With one shared BLAS (conda,
+    MKL) both lists hold the same library.
+    """
     try:
         from threadpoolctl import ThreadpoolController
-    except ImportError:                 # without threadpoolctl: correct, just slower on many cores
-        return None
-    return ThreadpoolController()
+    except ImportError:                 # without threadpoolctl: correct, just never parallel
+        return [], []
+    import scipy.linalg.cython_blas  # noqa: F401
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    numpy_dir = os.path.realpath(os.path.dirname(np.__file__))   # wheels: BLAS in numpy.libs
+    numpy_libs = [lib for lib in libs if os.path.realpath(lib.filepath).startswith(numpy_dir)] or libs
+    kernel_libs = [lib for lib in libs if lib not in numpy_libs] or libs
+    return numpy_libs, kernel_libs
 
 
 def numpy_blas_threads():
     """Threads of the BLAS NumPy itself calls (None when threadpoolctl cannot tell)."""
-    controller = _blas_controller()
-    if controller is None:
-        return None
-    libs = [lib for lib in controller.select(user_api="blas").lib_controllers
-            if "numpy" in lib.filepath]
-    return max((lib.num_threads for lib in libs), default=None)
+    return max((lib.num_threads for lib in _blas_libs()[0]), default=None)
 
 
 def parallel_pays():
     """The rule measured above: parallel when NumPy's BLAS runs one thread and Numba more."""
-    return numba.get_num_threads() > 1 and numpy_blas_threads() == 1
+    return numpy_blas_threads() == 1 and numba.get_num_threads() > 1
 
 
-@contextlib.contextmanager
-def one_blas_thread():
-    """BLAS limited to one thread while Numba's prange workers each call it: otherwise every
-    worker's GEMM starts BLAS threads of its own and they all fight for the same cores."""
-    controller = _blas_controller()
-    if controller is None:
-        yield
-        return
-    with controller.limit(limits=1, user_api="blas"):
-        yield
+class _OneBlasThread:
+    """BLAS held to one thread while Numba's workers each call it: otherwise every worker's GEMM
+    starts BLAS threads of its own and they all fight for the same cores (10-80x slower). Only
+    libraries that run more than one thread are touched: a no-op costs ~1 us, threadpoolctl's
+    threadpool_limits ~10 us a call."""
+
+    def __enter__(self):
+        self.saved = [(lib, lib.num_threads) for lib in _blas_libs()[1] if lib.num_threads != 1]
+        for lib, _ in self.saved:
+            lib.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        for lib, n in self.saved:
+            lib.set_num_threads(n)
 
 
 def _c(a, dtype=None):
@@ -74,13 +95,19 @@ def _c(a, dtype=None):
     return np.ascontiguousarray(a, dtype=dtype)
 
 
+def _segments(offsets):
+    """(e, lo, hi) of every expert that got rows, as Python ints (the serial GEMM loop)."""
+    off = offsets.tolist()
+    return [(e, lo, hi) for e, (lo, hi) in enumerate(zip(off[:-1], off[1:])) if hi > lo]
+
+
 class NumbaDispatch:
     """parallel: True or False forces a flavour; None (default) decides per call (parallel_pays)."""
     name = "numba"
 
-    def __init__(self, chunk_rows=K.CHUNK_ROWS, parallel=None):
-        self.chunk_rows = chunk_rows          # rows per grouped-matmul task
+    def __init__(self, parallel=None, chunk_rows=K.CHUNK_ROWS):
         self.parallel = parallel
+        self.chunk_rows = chunk_rows          # rows per grouped-matmul task (parallel flavour)
 
     def _parallel(self):
         return parallel_pays() if self.parallel is None else self.parallel
@@ -96,6 +123,7 @@ class NumbaDispatch:
                             offsets=offsets, counts=counts, rank=rank.reshape(T, k),
                             capacity=capacity)
 
+    # ---- gather (permute) and its backward ------------------------------------------------------
     def gather(self, x, token_index):
         out = np.empty((token_index.shape[0], x.shape[1]), dtype=x.dtype)
         self._kernels().gather_kernel(_c(x), _c(token_index, np.int64), out)
@@ -106,41 +134,55 @@ class NumbaDispatch:
         self._kernels().scatter_kernel(_c(g), _c(slot_position, np.int64), out)
         return out
 
-    def _tasks(self, offsets):
-        return K.chunks(_c(offsets, np.int64), self.chunk_rows)
-
-    # ---- grouped matmul: parallel kernels over row chunks, or NumPy's BLAS per segment ----------
+    # ---- grouped matmul: NumPy's BLAS per segment, or tasks inside one parallel kernel ----------
     def grouped_mm(self, x, w, b, offsets):
-        if not self._parallel():              # NumPy's threaded BLAS, one call per segment
-            return NumpyDispatch.grouped_mm(self, x, w, b, offsets)
-        dtype = np.result_type(x, w) if b is None else np.result_type(x, w, b)
+        dtype = np.result_type(x, w)                             # as the reference: b is cast
         out = np.empty((x.shape[0], w.shape[2]), dtype=dtype)
-        bias = np.zeros((w.shape[0], w.shape[2]), dtype=dtype) if b is None else _c(b, dtype)
-        with one_blas_thread():
-            K.PARALLEL.grouped_mm_kernel(_c(x, dtype), _c(w, dtype), bias, b is not None,
-                                         self._tasks(offsets), out)
+        offsets = _c(offsets, np.int64)
+        if self._parallel():
+            bias = np.zeros((w.shape[0], w.shape[2]), dtype=dtype) if b is None else _c(b, dtype)
+            with _OneBlasThread():
+                K.PARALLEL.grouped_mm_kernel(_c(x, dtype), _c(w, dtype), bias, b is not None,
+                                             K.chunks(offsets, self.chunk_rows), out)
+            return out
+        for e, lo, hi in _segments(offsets):
+            np.matmul(x[lo:hi], w[e], out=out[lo:hi])            # (n_e, d_in) @ (d_in, d_out)
+        if b is not None:                                        # one pass, not E calls
+            K.SERIAL.add_bias_kernel(out, _c(b, dtype), offsets)
         return out
 
     def grouped_mm_dx(self, g, w, offsets):
-        if not self._parallel():
-            return NumpyDispatch.grouped_mm_dx(self, g, w, offsets)
+        # y_e = x_e W_e  =>  dx_e = g_e W_e^T
         dtype = np.result_type(g, w)
-        out = np.empty((g.shape[0], w.shape[1]), dtype=dtype)
-        with one_blas_thread():
-            K.PARALLEL.grouped_mm_dx_kernel(_c(g, dtype), _c(w, dtype), self._tasks(offsets), out)
-        return out
+        dx = np.empty((g.shape[0], w.shape[1]), dtype=dtype)
+        offsets = _c(offsets, np.int64)
+        if self._parallel():
+            with _OneBlasThread():
+                K.PARALLEL.grouped_mm_dx_kernel(_c(g, dtype), _c(w, dtype),
+                                                K.chunks(offsets, self.chunk_rows), dx)
+            return dx
+        for e, lo, hi in _segments(offsets):
+            np.matmul(g[lo:hi], w[e].T, out=dx[lo:hi])           # a transposed view, no copy
+        return dx
 
     def grouped_mm_dw(self, x, g, offsets, with_bias=True):
-        if not self._parallel():
-            return NumpyDispatch.grouped_mm_dw(self, x, g, offsets, with_bias)
+        # dW_e = x_e^T g_e, db_e = sum of g_e's rows; an expert that got no rows gets zeros.
         dtype = np.result_type(x, g)
         E = offsets.shape[0] - 1
         dw = np.empty((E, x.shape[1], g.shape[1]), dtype=dtype)
-        db = np.empty((E, g.shape[1]), dtype=dtype)
-        with one_blas_thread():
-            K.PARALLEL.grouped_mm_dw_kernel(_c(x, dtype), _c(g, dtype), _c(offsets, np.int64),
-                                            with_bias, dw, db)
-        return dw, (db if with_bias else None)
+        db = np.empty((E, g.shape[1]), dtype=dtype) if with_bias else None
+        offsets = _c(offsets, np.int64)
+        parallel = self._parallel()
+        if parallel:
+            with _OneBlasThread():
+                K.PARALLEL.grouped_mm_dw_kernel(_c(x, dtype), _c(g, dtype), offsets, dw)
+        else:
+            for e, lo, hi in _segments(offsets):
+                np.matmul(x[lo:hi].T, g[lo:hi], out=dw[e])       # (d_in, n_e) @ (n_e, d_out)
+            dw[np.diff(offsets) == 0] = 0.0
+        if with_bias:
+            (K.PARALLEL if parallel else K.SERIAL).bias_grad_kernel(_c(g, dtype), offsets, db)
+        return dw, db
 
     # ---- combine and its backward ---------------------------------------------------------------
     def combine(self, y, gates, slot_position):
@@ -152,7 +194,7 @@ class NumbaDispatch:
 
     def combine_backward(self, g, y, gates, slot_position):
         dtype = np.result_type(g, y, gates)
-        dy = np.zeros((y.shape[0], y.shape[1]), dtype=dtype)
+        dy = np.empty((y.shape[0], y.shape[1]), dtype=dtype)   # every row is some kept slot's
         dgates = np.empty(gates.shape, dtype=dtype)
         self._kernels().combine_backward_kernel(_c(g, dtype), _c(y, dtype), _c(gates, dtype),
                                                 _c(slot_position, np.int64), dy, dgates)
