@@ -9,7 +9,7 @@ ARGS   ?=
 
 LESSONS := $(sort $(notdir $(wildcard lessons/[0-9][0-9]_*)))
 
-.PHONY: help install test train sample bench lessons clean
+.PHONY: help install test train sample bench gpu-check lessons clean
 
 help:  ## list every target and every chapter
 	@echo "tinysparse: a course and library for sparse-activation models"
@@ -19,6 +19,8 @@ help:  ## list every target and every chapter
 	@echo "  make sample     print text from the last training run of PRESET"
 	@echo "  make test       run the test suite"
 	@echo "  make bench      time training steps and MoE layers against PyTorch, side by side"
+	@echo "  make gpu-check  on a machine with a CUDA GPU: kernel tests on the device, timings,"
+	@echo "                  a short tiny-moe training (exit 2 where there is no GPU)"
 	@echo "  make install    create .venv and install tinysparse with its dev extra"
 	@echo "  make lessons    run every chapter's script in quick mode"
 	@echo "  make lesson-NN  run chapter NN's script in full (ARGS=--quick for a fast run)"
@@ -47,6 +49,10 @@ sample: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m tinysparse bench $(ARGS)
+
+# Needs the cuda extra (pip install -e '.[cuda]') and a GPU; see cuda_kernels/gpu_check.py.
+gpu-check: $(STAMP)
+	$(PY) -m cuda_kernels.gpu_check $(ARGS)
 
 lessons: $(STAMP)
 	@for d in $(LESSONS); do echo "== $$d"; $(PY) lessons/$$d/run.py --quick || exit 1; done

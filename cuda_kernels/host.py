@@ -1,0 +1,161 @@
+"""The host side of every kernel: where the arrays live, and how many threads to launch.
+
+A kernel reads and writes device memory only. The dispatch backend is handed either
+
+- CuPy arrays (on a real GPU): they already live in device memory. `cuda.as_cuda_array` wraps one
+  in a Numba device array through the `__cuda_array_interface__` protocol, zero-copy: the kernel
+  and CuPy see the same bytes. Outputs are allocated by CuPy (its memory pool is much faster than
+  a fresh cudaMalloc per call) and handed back as CuPy arrays.
+- NumPy arrays: they are copied to the device (`cuda.to_device`), the outputs are device arrays,
+  and the results are copied back (`copy_to_host`). On a real GPU that costs two PCIe transfers per
+  call: correct, not fast. Under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) the "device" is host
+  memory and this is how the whole MoE layer runs on the CPU in the tests.
+
+Either way the caller gets back the array type it gave. Nothing here imports cupy: the module of a
+CuPy array comes from tinysparse.backend, the one place that does.
+
+Launch geometry: a launch is `kernel[grid, block](args)`, grid = blocks, block = threads per block
+(each up to 3-D). Every helper clamps the block to the work there is: under the simulator each
+thread is a Python thread (~150 us to start), so launching 128 threads for 3 rows of work would
+cost 40 times what the work does.
+"""
+import functools
+import os
+import sys
+
+import numpy as np
+from numba import cuda
+
+from tinysparse import backend as _backend
+
+# True when kernels run in the CUDA simulator (Python threads on the CPU), set before numba loaded.
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def ceil_div(a, b):
+    return (a + b - 1) // b
+
+
+def simulator_paced(method):
+    """Decorator for host functions that launch kernels: under the simulator, let Python switch
+    threads every 0.1 ms (instead of every 5 ms) while they run.
+
+    The simulator runs a block's threads as Python threads and waits at cuda.syncthreads() by
+    polling them; with the default switch interval every barrier costs milliseconds, and a tiled
+    matmul (two barriers per tile step) runs 5-10x slower. The interval is restored on return;
+    on a real GPU this does nothing.
+    """
+    if not SIMULATED:
+        return method
+
+    @functools.wraps(method)
+    def paced(*args, **kwargs):
+        before = sys.getswitchinterval()
+        sys.setswitchinterval(min(before, 1e-4))
+        try:
+            return method(*args, **kwargs)
+        finally:
+            sys.setswitchinterval(before)
+    return paced
+
+
+# ---- arrays: caller's type <-> device arrays -----------------------------------------------------
+
+def on_gpu(a):
+    """True for an array that already lives in GPU memory (CuPy, or any __cuda_array_interface__)."""
+    return hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray)
+
+
+def device_view(a):
+    """A Numba device array of `a`: zero-copy for GPU arrays, a copy to the device for NumPy."""
+    if isinstance(a, np.ndarray):
+        return cuda.to_device(np.ascontiguousarray(a))
+    if on_gpu(a) and not SIMULATED:
+        return _wrap(a)                          # CuPy (or Numba's own device array): same memory
+    return a                                     # already a (simulated) device array
+
+
+def _wrap(a):
+    """Numba's view of a GPU array. sync=False: by default Numba would wait for the stream the
+    array was exported with (all queued GPU work) on every call. No wait is needed: the kernels
+    launch on the legacy default stream, which runs in order after CuPy's default stream and
+    after its ordinary (blocking) streams."""
+    return cuda.as_cuda_array(a, sync=False)
+
+
+def _cupy_of(like):
+    """The cupy module when `like` is a CuPy array, else None (asked through tinysparse.backend)."""
+    if not on_gpu(like) or SIMULATED:
+        return None
+    _backend.cuda_available()                   # imports cupy once, through the device switch
+    xp = _backend.array_module(like)
+    return None if xp is np else xp
+
+
+class Outputs:
+    """Allocates a call's outputs next to its inputs and hands results back as the caller's type.
+
+        out = Outputs(like=x)                   # x: the caller's NumPy or CuPy array
+        d_y = out.empty((S, C), np.float32)     # a device array for the kernel to write
+        return out.back(d_y)                    # NumPy (copied to the host) or CuPy (zero-copy)
+    """
+
+    def __init__(self, like):
+        self.xp = _cupy_of(like)
+        self._owners = {}                       # id(device view) -> (the view, its CuPy array)
+
+    def empty(self, shape, dtype):
+        if self.xp is None:
+            return cuda.device_array(shape, dtype=dtype)
+        a = self.xp.empty(shape, dtype=dtype)
+        view = _wrap(a)
+        self._owners[id(view)] = (view, a)      # the view is kept: its id stays unique
+        return view
+
+    def back(self, d):
+        if d is None:
+            return None
+        if self.xp is None:
+            return d.copy_to_host()
+        if id(d) in self._owners:
+            return self._owners[id(d)][1]
+        return self.xp.asarray(d)
+
+
+def read_int(d, i):
+    """One integer of a device array, copied to the host (a synchronisation point: use sparingly)."""
+    return int(d[i:i + 1].copy_to_host()[0])
+
+
+def zero_of(dtype):
+    """A typed zero, passed to kernels as the accumulator's start: `acc = zero` makes the sum
+    float32 for float32 arrays. (A literal 0.0 would be float64, and a consumer GPU runs float64
+    at 1/32 to 1/64 of its float32 speed.)"""
+    return np.dtype(dtype).type(0)
+
+
+# ---- launch geometry -----------------------------------------------------------------------------
+
+def launch_1d(n, threads=128):
+    """(grid, block) for n independent items, one thread each:
+    i = blockIdx.x * blockDim.x + threadIdx.x."""
+    threads = max(1, min(threads, n))
+    return max(1, ceil_div(n, threads)), threads
+
+
+def launch_rows(n_rows, n_cols, col_threads=32, rows_per_block=8):
+    """(grid, block) for row kernels: block = (col_threads, rows_per_block) threads.
+
+    threadIdx.y picks the block's row, threadIdx.x strides over the row's columns, so the 32
+    threads of a warp read 32 neighbouring floats: one coalesced memory transaction. The grid
+    is 1-D over rows: row = blockIdx.x * blockDim.y + threadIdx.y.
+    """
+    cx = max(1, min(col_threads, n_cols))
+    ry = max(1, min(rows_per_block, n_rows))
+    return max(1, ceil_div(n_rows, ry)), (cx, ry)
+
+
+def launch_2d(n_rows, n_cols, side=16):
+    """(grid, block) for one thread per element of an (n_rows, n_cols) output: x = column, y = row."""
+    bx, by = max(1, min(side, n_cols)), max(1, min(side, n_rows))
+    return (max(1, ceil_div(n_cols, bx)), max(1, ceil_div(n_rows, by))), (bx, by)
