@@ -290,6 +290,26 @@ def test_gpt_with_moe_trains_and_adds_aux_loss():
     assert model.h[0].mlp.router.weight.grad is not None
 
 
+def test_gpt_eval_loss_is_cross_entropy_alone():
+    # the aux losses are training regularisers: a MoE's val loss must compare with a dense one's
+    model = _tiny_gpt(balance="aux").eval()
+    data = np.random.default_rng(2).integers(0, 256, (3, 9))
+    logits, loss = model(data[:, :-1], data[:, 1:])
+    assert sum(m.aux_loss.item() for m in model.moe_layers()) > 0
+    assert loss.item() == F.cross_entropy(logits, data[:, 1:]).item()
+
+
+def test_gpt_config_reaches_every_router():
+    model = _tiny_gpt(balance="bias", bias_update_rate=0.05, jitter=0.1)
+    for layer in model.moe_layers():
+        assert layer.router.bias_update_rate == 0.05 and layer.router.jitter == 0.1
+    data = np.random.default_rng(1).integers(0, 256, (2, 9))
+    model(data[:, :-1], data[:, 1:])[1].backward()
+    model.update_router_bias()
+    step = np.abs(model.h[0].mlp.router.bias.data)           # one step: 0 or gamma = 0.05
+    assert step.max() == np.float32(0.05) and set(step.tolist()) <= {0.0, float(np.float32(0.05))}
+
+
 def test_gpt_router_bias_in_state_dict_and_updated():
     model = _tiny_gpt(balance="bias")
     data = np.random.default_rng(1).integers(0, 256, (2, 9))

@@ -39,6 +39,9 @@ class GPTConfig:
     balance: str = "aux"      # 'aux' (Switch loss), 'bias' (DeepSeek-V3, aux-loss-free) or 'none'
     aux_coef: float = 0.01    # weight of the Switch load-balance loss (Fedus et al. 2021: 0.01)
     z_coef: float = 0.001     # weight of the ST-MoE router z-loss (Zoph et al. 2022: 0.001); 0 = off
+    bias_update_rate: float = 0.001  # gamma of balance='bias': each step moves every expert's
+                                     # selection bias by +-gamma toward balance (DeepSeek-V3)
+    jitter: float = 0.0       # router noise: its input times U(1-j, 1+j) in training (Switch); 0 = off
     dispatch_backend: str = "auto"  # sparse dispatch: 'numpy', 'numba' (CPU kernels), 'cuda', or
                                     # 'auto' (numba on float32/64 NumPy arrays, else numpy)
 
@@ -94,6 +97,7 @@ def make_ffn(config):
                n_shared=config.n_shared, router=config.router, score=config.score,
                capacity_factor=config.capacity_factor, balance=config.balance,
                aux_coef=config.aux_coef, z_coef=config.z_coef,
+               bias_update_rate=config.bias_update_rate, jitter=config.jitter,
                dispatch_backend=config.dispatch_backend, bias=config.bias, dropout=config.dropout)
 
 
@@ -209,7 +213,9 @@ class GPT(nn.Module):
             targets = targets.data if isinstance(targets, Tensor) else targets
             loss = F.cross_entropy(logits, xp.asarray(targets))
             aux = [m.aux_loss for m in self.moe_layers() if m.aux_loss is not None]
-            if aux:  # load balance + router z-loss of every MoE layer join the training loss
+            # load balance + router z-loss of every MoE layer join the loss while training; in
+            # eval mode the loss is the cross-entropy alone, comparable with a dense model's
+            if aux and self.training:
                 total = aux[0]
                 for a in aux[1:]:
                     total = total + a

@@ -87,7 +87,7 @@ PRESETS = {
                            eval_interval=250, eval_iters=20, checkpoint_interval=500,
                            out_dir="out/tiny")},
     # tiny with a Mixture of Experts in every block: 16 experts of width 256, 2 per token, so a
-    # token's FFN compute is tiny's (2 x 256 = 4 x 128) while the model holds 5.4x the parameters.
+    # token's FFN compute is tiny's (2 x 256 = 4 x 128) while the model holds 5.5x the parameters.
     "tiny-moe": {"model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
                                n_expert=16, top_k=2, d_expert=256),
                  "train": dict(batch_size=16, max_iters=5000, lr=2e-3, min_lr=1e-4, warmup_iters=100,
