@@ -1,125 +1,16 @@
-"""Tensor, Function and reverse-mode automatic differentiation.
+"""Tensor: an array with an optional gradient, and the operators that build the graph.
 
 A `Tensor` wraps an array (`.data`, NumPy or CuPy) and, when it was produced by a differentiable
-operation, remembers how: `_ctx = (FunctionClass, ctx, inputs)`. `backward()` walks that graph
-once, in reverse topological order, and calls each Function's `backward` to turn the gradient of
-its output into gradients of its inputs (the chain rule).
+operation, remembers how: `_ctx = (FunctionClass, ctx, inputs)` (function.py records it).
+`backward()` hands the graph to the engine (autograd.py), which walks it once, in reverse
+topological order, and calls each Function's `backward` (the chain rule).
 
-Lesson 01 builds this up from a scalar micrograd-style value; this file is the real thing.
+Lesson 01 builds this up from a scalar micrograd-style value; these three files are the real thing.
+Everything the engine is made of is importable from here too (Function, no_grad, unbroadcast, ...).
 """
-import contextlib
-
 import numpy as np
 
 from . import backend
-
-_grad_enabled = True
-
-
-def is_grad_enabled():
-    return _grad_enabled
-
-
-@contextlib.contextmanager
-def no_grad():
-    """Inside this block no graph is recorded: forward passes cost only their arithmetic."""
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, False
-    try:
-        yield
-    finally:
-        _grad_enabled = previous
-
-
-class Context:
-    """Scratch space a Function's forward leaves for its backward."""
-    __slots__ = ("saved", "needs_input_grad", "__dict__")
-
-    def __init__(self, needs_input_grad):
-        self.saved = ()
-        self.needs_input_grad = needs_input_grad
-
-    def save_for_backward(self, *arrays):
-        self.saved = arrays
-
-
-class Function:
-    """A differentiable operation. Subclasses write two static methods on raw arrays:
-
-        forward(ctx, *inputs, **options) -> output array
-        backward(ctx, grad_output) -> one gradient (or None) per positional input
-
-    Positional inputs that are Tensors are graph inputs; anything else (a Python scalar, an
-    index) is a constant and gets None. Gradients may have the broadcast shape of the output:
-    the engine sums them back to each input's shape.
-    """
-
-    @staticmethod
-    def forward(ctx, *inputs, **options):
-        raise NotImplementedError
-
-    @staticmethod
-    def backward(ctx, grad):
-        raise NotImplementedError
-
-    @classmethod
-    def apply(cls, *inputs, **options):
-        needs = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
-        record = _grad_enabled and any(needs)
-        ctx = Context(needs if record else None)
-        arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
-        out = Tensor.__new__(Tensor)
-        data = cls.forward(ctx, *arrays, **options)
-        if isinstance(data, np.generic):
-            # NumPy reductions and x[i, j] return scalars, not 0-d arrays; a scalar would lose its
-            # dtype in Tensor(...) (detach, comparisons) and cannot be updated in place.
-            data = np.asarray(data)
-        out.data = data
-        out.grad = None
-        out.requires_grad = record
-        out._ctx = (cls, ctx, inputs) if record else None
-        return out
-
-
-def unbroadcast(grad, shape):
-    """Sum a gradient over the axes that broadcasting added or stretched, back to `shape`.
-
-    If y = x + b with x (B, T, C) and b (C,), then dL/db = sum over B and T of dL/dy.
-    """
-    if grad.shape == shape:
-        return grad
-    extra = grad.ndim - len(shape)
-    if extra > 0:
-        grad = grad.sum(axis=tuple(range(extra)))
-    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
-    if stretched:
-        grad = grad.sum(axis=stretched, keepdims=True)
-    return grad
-
-
-def _topological_order(root):
-    """Every tensor that requires grad and leads to `root`, each after all of its inputs.
-
-    Iterative depth-first search: a deep graph (a long sequence, many layers) would exceed
-    Python's recursion limit, and a tensor used twice must still be visited only once, after
-    both of its consumers have handed it their gradient.
-    """
-    order, visited = [], set()
-    stack = [(root, False)]
-    while stack:
-        node, inputs_done = stack.pop()
-        if inputs_done:
-            order.append(node)
-            continue
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        stack.append((node, True))
-        if node._ctx is not None:
-            for parent in node._ctx[2]:
-                if isinstance(parent, Tensor) and parent.requires_grad and id(parent) not in visited:
-                    stack.append((parent, False))
-    return order
 
 
 class Tensor:
@@ -220,40 +111,9 @@ class Tensor:
         """Accumulate d(self)/d(leaf) into the .grad of every leaf that requires grad.
 
         Gradients add up across calls until zeroed, as in PyTorch. Without `grad`, self must hold
-        a single element (a loss) and the seed gradient is 1.
+        a single element (a loss) and the seed gradient is 1. The engine is autograd.backward.
         """
-        if not self.requires_grad:
-            raise RuntimeError("backward() on a tensor that does not require grad: "
-                               "create the inputs with requires_grad=True, outside no_grad()")
-        xp = backend.array_module(self.data)
-        if grad is None:
-            if self.data.size != 1:
-                raise RuntimeError(f"backward() without a gradient needs a single-element tensor, "
-                                   f"got shape {self.shape}: pass grad= or reduce to a scalar first")
-            grad = xp.ones_like(self.data)
-        else:
-            grad = xp.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
-        grads = {id(self): grad}
-        for node in reversed(_topological_order(self)):
-            grad = grads.pop(id(node), None)
-            if grad is None:
-                continue
-            if node._ctx is None:  # a leaf: keep its own copy, in its own dtype
-                if node.grad is None:
-                    node.grad = grad.astype(node.dtype, copy=True)
-                else:  # cast first: a float64 gradient must not promote a float32 leaf's grad
-                    node.grad = node.grad + grad.astype(node.dtype, copy=False)
-                continue
-            fn, ctx, inputs = node._ctx
-            input_grads = fn.backward(ctx, grad)
-            if not isinstance(input_grads, tuple):
-                input_grads = (input_grads,)
-            for parent, g in zip(inputs, input_grads):
-                if g is None or not isinstance(parent, Tensor) or not parent.requires_grad:
-                    continue
-                g = unbroadcast(g, parent.shape)
-                key = id(parent)
-                grads[key] = g if key not in grads else grads[key] + g
+        autograd.backward(self, grad)
 
     # ---- operators ---------------------------------------------------------------------------
     def __add__(self, other):
@@ -379,4 +239,8 @@ def _bool_tensor(result):
     return Tensor(backend.array_module(result).asarray(result))
 
 
-from . import ops  # noqa: E402  (ops builds on Function and Tensor defined above)
+# The engine's pieces, defined in their own modules and re-exported here: function.py and
+# autograd.py need Tensor, so they are imported after it (the cycle is safe in either order).
+from .function import Context, Function, is_grad_enabled, no_grad  # noqa: E402,F401
+from .autograd import _topological_order, unbroadcast  # noqa: E402,F401
+from . import autograd, ops  # noqa: E402  (ops builds on Function and Tensor)
