@@ -1,0 +1,307 @@
+"""Chapter 06: sparse dispatch on the CPU. Data movement, why sort, the cost of each stage, @njit.
+
+    python lessons/06_sparse_dispatch/run.py            # the whole chapter, about 10 seconds
+    python lessons/06_sparse_dispatch/run.py --quick    # smaller shapes, about 2 seconds
+    python lessons/06_sparse_dispatch/run.py --out-dir somewhere/   (accepted; nothing is written)
+
+Read lessons/06_sparse_dispatch/README.md alongside; it explains tinysparse/moe/dispatch.py,
+numba_kernels.py, numba_dispatch.py and timing.py. Every claim the script prints is checked, and
+it exits with status 1 if any check fails. Timings are printed, not checked, except where the
+gap is far larger than a noisy machine's 2x.
+"""
+import argparse
+import inspect
+import os
+import sys
+import time
+
+import numba
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from tinysparse.moe import capacity, get_backend, register_backend
+from tinysparse.moe import numba_kernels as K
+from tinysparse.moe.numba_dispatch import NumbaDispatch, numpy_blas_threads, parallel_pays
+from tinysparse.moe.timing import ROWS, time_primitives
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from measure import best_ms, layer_step, same_plan, stage_work, time_layer  # noqa: E402
+from strategies import (dense_masked, mask_loop, matmul_flops, naive_loop,  # noqa: E402
+                        random_moe, sort_based)
+
+FAILURES = []
+NUMPY, NUMBA = get_backend("numpy"), get_backend("numba")
+register_backend("numba-serial", NumbaDispatch(parallel=False))    # the two flavours, forced
+register_backend("numba-parallel", NumbaDispatch(parallel=True))
+
+
+def check(ok, what):
+    """Print a check's outcome and remember failures (the exit status reports them)."""
+    print(f"  [{'ok' if ok else 'FAIL'}] {what}")
+    if not ok:
+        FAILURES.append(what)
+
+
+def section(title):
+    print(f"\n== {title} " + "=" * max(0, 74 - len(title)))
+
+
+# ---- 1. Dispatch is data movement ----------------------------------------------------------------
+
+def part_walkthrough():
+    section("1. Dispatch is data movement: 6 tokens, 4 experts, top-2, step by step")
+    ids = np.array([[1, 0], [3, 1], [0, 2], [1, 3], [1, 0], [2, 1]])   # expert of slot (t, j)
+    T, k, E, width = 6, 2, 4, 3
+    flat = ids.reshape(-1)
+    x = (10 * np.arange(T)[:, None] + np.arange(width)).astype(np.float32)  # row t: 10t, 10t+1, ..
+    order = np.argsort(flat, kind="stable")
+    plan = NUMPY.plan(ids, E)
+    print(f"  slot s = t*k + j        {list(range(T * k))}")
+    print(f"  expert of slot s        {flat.tolist()}")
+    print(f"  a. stable sort by expert -> slot order {order.tolist()}  (token = slot // k: "
+          f"{(order // k).tolist()})")
+    print(f"  b. histogram counts[e]  {plan.counts.tolist()}")
+    print(f"  c. exclusive scan       offsets = {plan.offsets.tolist()}: expert e owns buffer "
+          f"rows [off[e], off[e+1])")
+    print(f"  d. rank of slot (t, j)  {plan.rank.tolist()}  (earlier slots of the same expert)")
+    print(f"     buffer row of (t, j) {plan.slot_position.tolist()}  = off[e] + rank")
+    buf = NUMPY.gather(x, plan.token_index)
+    print(f"  e. gather: buffer rows hold tokens {plan.token_index.tolist()}; buffer[:, 0] = "
+          f"{buf[:, 0].astype(int).tolist()}")
+    check(np.array_equal(buf, x[order // k]), "the buffer is x's rows in stably sorted slot order")
+    check(np.array_equal(plan.slot_position.reshape(-1)[order], np.arange(T * k)),
+          "slot_position inverts the sort: the slot at sorted position i sits in buffer row i")
+    cap = capacity(0.75, T * k, E)
+    capped = NUMPY.plan(ids, E, cap)
+    print(f"  f. capacity factor 0.75: cap = ceil(0.75 * {T * k} / {E}) = {cap}; kept per expert "
+          f"{np.diff(capped.offsets).tolist()}, dropped {capped.n_dropped}: slots "
+          f"{np.flatnonzero(capped.slot_position.reshape(-1) < 0).tolist()} (rank >= cap)")
+    check(np.array_equal(capped.slot_position < 0, capped.rank >= cap),
+          "a slot is dropped exactly when its rank is >= cap")
+
+    rng = np.random.default_rng(0)
+    big = np.argsort(rng.random((4096, 64)), axis=1)[:, :8]
+    holes = np.where(rng.random(big.shape) < 0.1, -1, big)   # -1: empty slots (expert choice)
+    agree = [same_plan(NUMPY.plan(i, n, c), NUMBA.plan(i, n, c))
+             for i, n, c in [(ids, E, None), (ids, E, cap), (big, 64, None), (big, 64, 100),
+                             (holes, 64, None)]]
+    check(all(agree), "numba's counting sort (plan_kernel) = numpy's argsort plan, in all 5 cases "
+          "(tiny, capped, 4096 x top-8, capped, with holes)")
+
+    x, ids6, gates, w = random_moe(T=64, C=16, E=4, k=2, d=24, seed=1)
+    for cf in (None, 0.75):
+        c = capacity(cf, ids6.size, 4)
+        ref = naive_loop(x, ids6, gates, w, c)
+        errs = [np.abs(sort_based(x, ids6, gates, w, b, c)[0] - ref).max() for b in (NUMPY, NUMBA)]
+        check(max(errs) < 1e-5, f"gather -> grouped matmul -> combine = the loop over (token, "
+              f"choice), capacity {c}: max error numpy {errs[0]:.1e}, numba {errs[1]:.1e}")
+
+
+# ---- 2. Why sort-based -----------------------------------------------------------------------------
+
+def part_alternatives(args):
+    T, C, k, d = (512, 128, 2, 256) if args.quick else (1024, 128, 2, 256)
+    Es = (8, 128) if args.quick else (8, 32, 128)
+    section(f"2. Why sort: three ways to run E experts, T={T}, C={C}, top-{k}, d_expert={d}")
+    print(f"  {'E':>4} {'strategy':<14}{'rows run':>9}{'GFLOP':>8}{'hidden MB':>10}{'ms':>9}"
+          f"{'GFLOP/s':>9}")
+    times, agree = {}, []
+    for E in Es:
+        inp = random_moe(T, C, E, k, d, seed=E)
+        ref = sort_based(*inp, NUMPY)[0]
+        runs = [("dense_masked", lambda: dense_masked(*inp)), ("mask_loop", lambda: mask_loop(*inp)),
+                ("sort numpy", lambda: sort_based(*inp, NUMPY)),
+                ("sort numba", lambda: sort_based(*inp, NUMBA))]
+        for name, fn in runs:
+            out, rows = fn()
+            ms = best_ms(fn, 2 if name == "dense_masked" else 5)
+            times[E, name] = ms
+            gf = matmul_flops(rows, C, d) / 1e9
+            print(f"  {E:>4} {name:<14}{rows:>9,}{gf:>8.2f}{rows * d * 4 / 1e6:>10.1f}{ms:>9.2f}"
+                  f"{gf / ms * 1e3:>9.1f}")
+            agree.append(np.allclose(out, ref, atol=1e-4)
+                         and rows == T * (E if name == "dense_masked" else k))
+    print("  (rows run: token rows pushed through the experts' matmuls; GFLOP: their forward FLOPs;"
+          "\n   hidden MB: the (rows, d_expert) float32 activations between the two matmuls)")
+    check(all(agree), "all four give the same output (to 1e-4); dense_masked ran T*E rows, the "
+          "others T*k")
+    lo, hi = Es[0], Es[-1]
+    grow = {n: times[hi, n] / times[lo, n] for n in ("dense_masked", "mask_loop", "sort numba")}
+    print(f"  E {lo} -> {hi} ({hi // lo}x the parameters, the same active ones): time x"
+          + ", ".join(f"{g:.1f} {n}" for n, g in grow.items()))
+    check(grow["dense_masked"] > hi / lo / 4, f"dense_masked's time grows with E (x{grow['dense_masked']:.1f}"
+          f", FLOPs x{hi // lo}): it pays for the total parameters")
+    check(grow["sort numba"] < grow["dense_masked"] / 2,
+          f"sort-based grows far less (x{grow['sort numba']:.1f}): it pays for the active ones")
+    check(times[hi, "sort numba"] < times[hi, "dense_masked"] / 4,
+          f"at E={hi} sort-based is {times[hi, 'dense_masked'] / times[hi, 'sort numba']:.0f}x "
+          f"faster than running every expert")
+
+    # Sort-based still reads every expert's weights: with few rows per expert, each small matmul
+    # runs far below the machine's speed. More tokens per call -> more rows per expert -> faster.
+    E, rates = Es[-1], {}
+    for T2 in ((64, 1024) if args.quick else (256, 1024, 4096)):
+        inp = random_moe(T2, C, E, k, d, seed=T2)
+        ms = best_ms(lambda: sort_based(*inp, NUMBA), 3 if args.quick else 5)
+        rates[T2] = matmul_flops(T2 * k, C, d) / ms / 1e6
+        print(f"  sort numba, E={E}, T={T2:>5}: {T2 * k / E:6.1f} rows per expert, {ms:7.2f} ms, "
+              f"{rates[T2]:6.1f} GFLOP/s, weights {4 * 2 * E * C * d / 1e6:.1f} MB vs activations "
+              f"{4 * T2 * k * (C + d) / 1e6:.1f} MB")
+    lo_t, hi_t = min(rates), max(rates)
+    check(rates[hi_t] > 1.5 * rates[lo_t], f"{hi_t * k // E} rows per expert run the matmuls "
+          f"{rates[hi_t] / rates[lo_t]:.1f}x faster per FLOP than {lo_t * k // E}: small batches pay for "
+          "the total weights")
+
+
+# ---- 3. The cost of each stage ----------------------------------------------------------------------
+
+def part_stages(args):
+    T = 256 if args.quick else 1024
+    shapes = [(T, 128, 64, 8, 64)] if args.quick else [(T, 128, 8, 2, 256), (T, 128, 64, 8, 64)]
+    section("3. The measured cost of each stage (timing.py), numpy vs numba, BLAS as it is")
+    print(f"  NumPy's BLAS threads: {numpy_blas_threads()}, Numba threads: "
+          f"{numba.get_num_threads()}; numba's flavour here: "
+          f"{'parallel' if parallel_pays() else 'serial'}")
+    mm_rows = ("grouped_mm", "grouped_mm_dx", "grouped_mm_dw")
+    for (T, C, E, k, d) in shapes:
+        kw = dict(T=T, n_embd=C, n_expert=E, top_k=k, d_expert=d, iters=5 if args.quick else 50)
+        res = time_primitives(["numpy", "numba"], **kw)
+        res1 = time_primitives(["numpy", "numba"], blas_threads=1, **kw)   # numba: parallel flavour
+        work = stage_work(T, C, E, k, d)
+        tot = {b: sum(res[r][b] for r in ROWS) for b in ("numpy", "numba")}
+        tot1 = {b: sum(res1[r][b] for r in ROWS) for b in ("numpy", "numba")}
+        print(f"\n  T={T}, n_embd {C}, E={E} top-{k} d_expert {d} (S = {T * k} buffer rows), median ms:")
+        print(f"    {'':<17}{'--- BLAS as it is ---':>23}{'-- BLAS 1 thread --':>20}")
+        print(f"    {'stage':<17}{'numpy':>8}{'numba':>8}{'share':>7}{'numpy':>10}{'numba':>10}"
+              f"{'MFLOP':>8}{'MB':>7}{'numba rate':>14}")
+        for r in ROWS:
+            mf, mb = work[r]
+            ms = res[r]["numba"]
+            rate = f"{mf / ms:.1f} GFLOP/s" if mf else f"{mb / ms:.1f} GB/s"
+            print(f"    {r:<17}{res[r]['numpy']:8.3f}{ms:8.3f}{ms / tot['numba']:7.0%}"
+                  f"{res1[r]['numpy']:10.3f}{res1[r]['numba']:10.3f}{mf:8.1f}{mb:7.2f}{rate:>14}")
+        print(f"    {'total':<17}{tot['numpy']:8.3f}{tot['numba']:8.3f}{'':>7}{tot1['numpy']:10.3f}"
+              f"{tot1['numba']:10.3f}")
+        print("    (share: of numba's total, BLAS as it is; numba rate: FLOP/s for the matmuls, "
+              "bytes of rows read + written per second for the rest)")
+        mm = {b: sum(res[r][b] for r in mm_rows) for b in tot}
+        move = {b: tot[b] - mm[b] for b in tot}
+        for b in tot:
+            check(mm[b] > move[b], f"{b}: the grouped matmuls ({mm[b]:.2f} ms, {mm[b] / tot[b]:.0%})"
+                  f" cost more than all the data movement together ({move[b]:.2f} ms)")
+        check(move["numba"] < move["numpy"],
+              f"numba's data movement is {move['numpy'] / move['numba']:.1f}x faster than numpy's "
+              f"(one compiled loop per stage, no temporaries)")
+        reps = 2 if args.quick else 5
+        layer = {b: time_layer(b, T, C, E, k, d, reps) for b in ("numpy", "numba")}
+        print(f"    the whole MoE layer, forward + backward: numpy {layer['numpy']:.2f} ms, numba "
+              f"{layer['numba']:.2f} ms; the stages above are {tot['numba'] / layer['numba']:.0%} "
+              f"of numba's (the rest: router, GELU, losses, autograd)")
+
+
+# ---- 4. The njit kernels ----------------------------------------------------------------------------
+
+def part_kernels(args):
+    section("4. The @njit kernels: one loop per stage, serial and parallel flavours")
+    src = inspect.getsource(K.gather_kernel).splitlines()
+    print("  numba_kernels.py, compiled twice (njit(parallel=True) and njit with prange = range):")
+    print("".join(f"    | {line}\n" for line in src))
+    with threadpool_limits(2, user_api="blas"):
+        two = parallel_pays()
+    with threadpool_limits(1, user_api="blas"):
+        one = parallel_pays()
+    print(f"  parallel_pays(): NumPy BLAS at 2 threads -> {two}, at 1 thread -> {one} "
+          f"(Numba has {numba.get_num_threads()} threads)")
+    check(not two and one == (numba.get_num_threads() > 1),
+          "auto picks parallel only when NumPy's BLAS is single-threaded and Numba has threads")
+
+    # The fight, in one kernel: a parallel gather right after a threaded NumPy matmul.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1024, 128)).astype(np.float32)
+    idx = rng.integers(0, 1024, 8192)
+    out = np.empty((8192, 128), np.float32)
+    a = rng.standard_normal((256, 256)).astype(np.float32)
+    n = 10 if args.quick else 40
+
+    def after_matmul(kernel, blas):
+        with threadpool_limits(blas, user_api="blas"):
+            kernel(x, idx, out)
+            times = []
+            for _ in range(n):
+                np.matmul(a, a)                              # any matmul of the model: router, attention
+                t0 = time.perf_counter()
+                kernel(x, idx, out)
+                times.append(time.perf_counter() - t0)
+        return 1e3 * float(np.median(times))
+    cases = {(f, b): after_matmul(getattr(K, f.upper()).gather_kernel, b)
+             for f in ("parallel", "serial") for b in (2, 1)}
+    print(f"  gather of 8192 x 128 float32 rows right after a 256^3 NumPy matmul, median ms of {n}:")
+    for (f, b), ms in cases.items():
+        print(f"    {f:<9} kernel, NumPy BLAS {b} thread(s): {ms:7.3f}")
+    print("  (on 2 cores the parallel kernel shares its cores with OpenBLAS threads that spin after "
+          "the matmul)")
+
+    # The whole layer under both BLAS settings and all three dispatch flavours.
+    T, C, E, k, d = (256, 64, 16, 4, 64) if args.quick else (1024, 128, 64, 8, 64)
+    print(f"\n  MoE layer forward + backward, T={T}, n_embd {C}, E={E} top-{k} d {d}, best ms:")
+    print(f"    {'NumPy BLAS threads':<20}" + "".join(f"{b:>16}" for b in
+                                                      ("numpy", "numba-serial", "numba-parallel")))
+    for blas in (2, 1):
+        with threadpool_limits(blas, user_api="blas"):
+            row = [time_layer(b, T, C, E, k, d, 3 if args.quick else 8)
+                   for b in ("numpy", "numba-serial", "numba-parallel")]
+        print(f"    {blas:<20}" + "".join(f"{ms:16.2f}" for ms in row))
+
+
+# ---- 5. Determinism ---------------------------------------------------------------------------------
+
+def part_determinism():
+    section("5. Determinism: no atomics, every sum in a fixed order")
+    runs = {b: (layer_step(b), layer_step(b)) for b in ("numpy", "numba-serial", "numba-parallel")}
+    for b, (r1, r2) in runs.items():
+        check(all(np.array_equal(u, v) for u, v in zip(r1, r2)),
+              f"{b}: two forward + backward runs give bitwise the same output and {len(r1) - 1} "
+              f"gradients")
+    ref = runs["numpy"][0]
+    for b in ("numba-serial", "numba-parallel"):
+        err = max(float(np.abs(u - v).max() / (np.abs(v).max() + 1e-30))
+                  for u, v in zip(runs[b][0], ref))
+        check(err < 1e-5, f"{b} agrees with numpy to {err:.1e} (relative): other BLAS calls, "
+              "other rounding")
+    if numba.config.NUMBA_NUM_THREADS > 1:
+        with threadpool_limits(1, user_api="blas"):
+            saved = numba.get_num_threads()
+            numba.set_num_threads(1)
+            one = layer_step("numba-parallel")
+            numba.set_num_threads(saved)
+            many = layer_step("numba-parallel")
+        check(all(np.array_equal(u, v) for u, v in zip(one, many)),
+              f"the parallel flavour on 1 and on {saved} Numba threads: bitwise the same")
+    v = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    seq = {float(np.cumsum(v[np.random.default_rng(s).permutation(64)])[-1]) for s in range(50)}
+    print(f"  the same 64 float32 numbers, summed left to right in 50 random orders: {len(seq)} "
+          f"different results")
+    check(len(seq) > 1, "float addition is not associative: an atomic add (order = thread arrival) "
+          "would change the bits from run to run")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats (tests)")
+    parser.add_argument("--out-dir", default="out/lesson06", help="accepted; this chapter writes nothing")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    part_walkthrough()
+    part_alternatives(args)
+    part_stages(args)
+    part_kernels(args)
+    part_determinism()
+    section("Summary")
+    print(f"  {len(FAILURES)} failed check(s) in {time.perf_counter() - start:.1f} s")
+    for what in FAILURES:
+        print(f"  FAILED: {what}")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
