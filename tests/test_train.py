@@ -17,6 +17,7 @@ from tinysparse.checkpoint import (CKPT_NAME, LOG_NAME, CheckpointError, load_ch
                                    save_checkpoint)
 from tinysparse.data import BatchSampler
 from tinysparse.gpt import GPT, GPTConfig
+import tinysparse.train as train_module
 from tinysparse.train import (PRESETS, TrainConfig, TrainingDiverged, load_run, sample, train)
 
 
@@ -186,6 +187,30 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mo
     ckpt = ckpt_of(tmp_path)
     assert ckpt["step"] == 5 and len(ckpt["history"]) == 5
     assert all(np.isfinite(a).all() for a in ckpt["model"].values())
+
+
+def test_deferred_reads_as_on_a_gpu_give_the_same_run(tmp_path, straight, monkeypatch):
+    # on a GPU the losses and norms are read every log_interval steps; the run must not change
+    monkeypatch.setattr(train_module, "_sync_interval", lambda device, cfg: 3)
+    summary = train(model_config(), train_config(tmp_path))
+    assert summary["history"] == straight[0]["history"] and len(summary["history"]) == 20
+    assert_same_state(ckpt_of(tmp_path), straight[1])
+
+
+def test_deferred_reads_still_stop_before_saving_a_diverged_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "_sync_interval", lambda device, cfg: 100)
+    real_step = optim.AdamW.step
+
+    def step_then_poison(self):
+        real_step(self)
+        if self.step_count == 7:        # steps 6, 7, 8 are read together before the save at 8
+            self.params[0].data[...] = np.nan
+
+    monkeypatch.setattr(optim.AdamW, "step", step_then_poison)
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 8.*checkpoint \(step 4\) is kept"):
+        train(model_config(), train_config(tmp_path, checkpoint_interval=4))
+    ckpt = ckpt_of(tmp_path)
+    assert ckpt["step"] == 4 and all(np.isfinite(a).all() for a in ckpt["model"].values())
 
 
 def test_bad_configs_are_refused():

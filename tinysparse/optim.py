@@ -149,13 +149,27 @@ class CosineSchedule:
 
 def clip_grad_norm(params, max_norm):
     """Scale all gradients together so their global L2 norm is at most max_norm; return the norm
-    before clipping (useful to log). Gradients are replaced, not modified in place."""
+    before clipping (useful to log). Gradients are replaced, not modified in place.
+
+    On NumPy arrays the norm is a Python float. On CuPy arrays it stays a 0-d device array and the
+    scaling happens on the device, so a training step never waits for the GPU here: float() it
+    when you log it (that is the one copy to the host)."""
     params = [p for p in params if p.grad is not None]
     if not params:
         return 0.0
-    total = math.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum()) for p in params))
-    if total > max_norm:
-        scale = max_norm / (total + 1e-6)
+    xp = backend.array_module(params[0].grad)
+    squares = [(p.grad.astype(np.float64) ** 2).sum() for p in params]   # each a 0-d array
+    if xp is np:
+        total = math.sqrt(sum(float(s) for s in squares))
+        if total > max_norm:
+            scale = max_norm / (total + 1e-6)
+            for p in params:
+                p.grad = p.grad * p.grad.dtype.type(scale)
+        return total
+    total = xp.sqrt(xp.stack(squares).sum())                             # on the device
+    # min(1, max_norm / norm): gradients under the limit are multiplied by exactly 1
+    scale = xp.minimum(1.0, max_norm / (total + 1e-6)) if max_norm < math.inf else None
+    if scale is not None:
         for p in params:
-            p.grad = p.grad * p.grad.dtype.type(scale)
+            p.grad = p.grad * scale.astype(p.grad.dtype)
     return total

@@ -7,6 +7,12 @@ Everything a run needs to continue lives in one checkpoint: parameters, AdamW's 
 step, the global generator (dropout) and the batch sampler's generators. So on the CPU,
 10 steps + resume + 10 steps gives exactly the parameters of 20 steps straight. (On a GPU,
 CuPy's dropout generator is not saved, so a resumed run there is close but not bit-identical.)
+
+On a GPU the step keeps its numbers on the device: the loss and the gradient norm are read every
+log_interval steps (see _sync_interval). What still waits for the device each step is inherent
+to dropless MoE dispatch: the buffer's size (tokens kept per expert) is data, so the host reads
+it once per MoE layer before it can allocate; a fixed capacity would avoid it at the cost of
+padding.
 """
 from __future__ import annotations
 
@@ -15,7 +21,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from tqdm import tqdm
@@ -27,78 +32,7 @@ from .checkpoint import (CKPT_NAME, CONFIG_NAME, LOG_NAME, CheckpointError, appe
 from .data import BatchSampler, ByteTokenizer, get_batch, load_corpus
 from .gpt import GPT, GPTConfig
 from .tensor import no_grad
-
-
-@dataclass
-class TrainConfig:
-    data: str = "stdlib"            # corpus: stdlib | file:PATH | synthetic
-    max_bytes: int | None = None    # cap on the corpus size in bytes (unset: stdlib 4 MB, a file whole)
-    batch_size: int = 16            # sequences per step (B); a step sees B * block_size tokens
-    max_iters: int = 5000           # optimizer steps in total (a resumed run counts from its step)
-    lr: float = 2e-3                # peak learning rate, reached after the warm-up
-    min_lr: float = 1e-4            # learning rate at the end of the cosine decay
-    warmup_iters: int = 100         # steps of linear warm-up from ~0 to lr
-    lr_decay_iters: int | None = None  # step where the cosine reaches min_lr (unset: max_iters)
-    weight_decay: float = 0.1       # AdamW decoupled weight decay (matrices only, not gains/biases)
-    grad_clip: float = 1.0          # clip the global gradient norm to this (0: no clipping)
-    eval_interval: int = 250        # evaluate every this many steps (and at the start and the end)
-    eval_iters: int = 20            # batches per evaluation (the same batches every time)
-    log_interval: int = 100         # print a progress line every this many steps (no-TTY runs)
-    checkpoint_interval: int = 500  # save a checkpoint every this many steps (and at the end)
-    out_dir: str = "out/tiny"       # run folder: ckpt.pkl, config.json, log.jsonl
-    seed: int = 1337                # seeds weight init, dropout and batch order
-    device: str = "cpu"             # cpu | cuda | auto (cuda when a GPU is available)
-    sample_tokens: int = 300        # bytes to sample after training (0: no sample)
-
-    def __post_init__(self):
-        for name in ("batch_size", "max_iters", "eval_interval", "eval_iters", "log_interval",
-                     "checkpoint_interval"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}; "
-                                 f"set --{name.replace('_', '-')} to a positive integer")
-        for name in ("warmup_iters", "sample_tokens", "weight_decay", "grad_clip", "min_lr"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TrainConfig.{name} must not be negative, got {getattr(self, name)}; "
-                                 f"fix --{name.replace('_', '-')}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr}; "
-                             f"try --lr 1e-3")
-        if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
-            raise ValueError(f"TrainConfig.lr_decay_iters must be at least 1, got "
-                             f"{self.lr_decay_iters}; fix --lr-decay-iters")
-        if self.device not in ("cpu", "cuda", "auto"):
-            raise ValueError(f"TrainConfig.device must be cpu, cuda or auto, got {self.device!r}")
-
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        """From a saved dict; keys this version does not know are ignored."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-# A preset sets fields of both configs; explicit command-line flags override it.
-PRESETS = {
-    # 0.83M parameters; ~55 ms a step on 2 CPU cores: about 5 minutes with evaluations and sample.
-    "tiny": {"model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0),
-             "train": dict(batch_size=16, max_iters=5000, lr=2e-3, min_lr=1e-4, warmup_iters=100,
-                           eval_interval=250, eval_iters=20, checkpoint_interval=500,
-                           out_dir="out/tiny")},
-    # tiny with a Mixture of Experts in every block: 16 experts of width 256, 2 per token, so a
-    # token's FFN compute is tiny's (2 x 256 = 4 x 128) while the model holds 5.5x the parameters.
-    "tiny-moe": {"model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
-                               n_expert=16, top_k=2, d_expert=256),
-                 "train": dict(batch_size=16, max_iters=5000, lr=2e-3, min_lr=1e-4, warmup_iters=100,
-                               eval_interval=250, eval_iters=20, checkpoint_interval=500,
-                               out_dir="out/tiny-moe")},
-    # ~10.7M parameters, for a GPU (--device cuda); the whole stdlib (~11 MB) as the corpus.
-    "small": {"model": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.1),
-              "train": dict(batch_size=64, max_iters=5000, lr=1e-3, min_lr=1e-4, warmup_iters=200,
-                            eval_interval=250, eval_iters=50, checkpoint_interval=500,
-                            max_bytes=64_000_000, out_dir="out/small", device="auto")},
-}
+from .train_config import PRESETS, TrainConfig  # noqa: F401  (re-exported: train.TrainConfig)
 
 
 class TrainingDiverged(RuntimeError):
@@ -151,6 +85,22 @@ class _SigintFlag:
     def __exit__(self, *exc):
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
+
+
+def _sync_interval(device, cfg):
+    """Steps between reads of the loss from the device: every step on the CPU (free there), every
+    log_interval steps on a GPU (each read makes the host wait for the device)."""
+    return 1 if device == "cpu" else cfg.log_interval
+
+
+def _host_floats(values):
+    """Python floats of scalars that may live on a GPU, copied to the host in one transfer."""
+    arrays = [v for v in values if not isinstance(v, (int, float))]
+    if not arrays:
+        return [float(v) for v in values]
+    xp = backend.array_module(arrays[0])
+    stacked = xp.stack([xp.asarray(v, dtype=xp.float64).reshape(()) for v in values])
+    return [float(v) for v in backend.to_numpy(stacked)]
 
 
 def _moe_text(moe):
@@ -238,10 +188,32 @@ def train(model_config: GPTConfig, train_config: TrainConfig, resume=False) -> d
 
     tokens_per_step = cfg.batch_size * mcfg.block_size
     st["moe"] = None
-    # MoE load statistics cost a copy to the host on a GPU: every step on the CPU, at log steps there
-    stats_every = 1 if device == "cpu" else cfg.log_interval
+    # Reading a number from the GPU makes the host wait for the device. On the CPU every step is
+    # checked at once; on a GPU the losses and gradient norms stay on the device and are read
+    # together every log_interval steps, and always before an evaluation or a checkpoint (so a
+    # diverged model is never saved). The MoE load statistics follow the same rhythm.
+    sync_every = _sync_interval(device, cfg)
+    pending = []                        # (step, loss, grad norm) not yet read and checked
     horizon = cfg.lr_decay_iters or cfg.max_iters
     step, tokens, train_time, status, last_eval = st["step"], 0, 0.0, "done", None
+    loss_value = math.nan
+
+    def read_pending():
+        """Copy the pending losses and norms to the host at once; stop on the first non-finite."""
+        nonlocal loss_value
+        if not pending:
+            return
+        values = _host_floats([v for _, loss, norm in pending for v in (loss, norm)])
+        for i, (at, _, _) in enumerate(pending):
+            loss_i, norm_i = values[2 * i], values[2 * i + 1]
+            if not math.isfinite(loss_i):
+                raise TrainingDiverged(f"loss is {loss_i} at step {at}")
+            if not math.isfinite(norm_i):
+                raise TrainingDiverged(f"gradient norm is {norm_i} at step {at}")
+            st["history"].append(loss_i)
+            loss_value = loss_i
+        pending.clear()
+
     print(f"training GPT ({model.num_parameters() / 1e6:.2f}M parameters) on {corpus!r}, {device}, "
           f"steps {step}->{cfg.max_iters} of {cfg.batch_size}x{mcfg.block_size} tokens, "
           f"run folder {cfg.out_dir}" + (" (resumed)" if ckpt else ""), flush=True)
@@ -259,26 +231,25 @@ def train(model_config: GPTConfig, train_config: TrainConfig, resume=False) -> d
                 t0 = time.perf_counter()
                 x, y = sampler.train_batch()
                 _, loss = model(x, y)
-                loss_value = float(loss.item())
-                if not math.isfinite(loss_value):
-                    raise TrainingDiverged(f"loss is {loss_value} at step {step + 1}")
                 opt.zero_grad()
                 loss.backward()
                 norm = optim.clip_grad_norm(model.parameters(), cfg.grad_clip or math.inf)
-                if not math.isfinite(norm):
-                    raise TrainingDiverged(f"gradient norm is {norm} at step {step + 1}")
+                pending.append((step + 1, loss.data, norm))
+                if sync_every == 1:         # on the CPU: a diverged step never reaches the update
+                    read_pending()
                 opt.lr = optim.cosine_lr(step, cfg.lr, cfg.warmup_iters, horizon, cfg.min_lr)
                 phase = "update"
                 opt.step()
                 if hasattr(model, "update_router_bias"):
                     model.update_router_bias()  # MoE aux-loss-free balancing; no-op when dense
                 step += 1
-                st["history"].append(loss_value)
                 phase = "after"             # from here on the state is consistent at `step`
+                if (step % sync_every == 0 or step % cfg.eval_interval == 0
+                        or step % cfg.checkpoint_interval == 0 or step == cfg.max_iters):
+                    read_pending()
+                    st["moe"] = model.moe_stats()
                 dt = time.perf_counter() - t0
                 train_time, tokens = train_time + dt, tokens + tokens_per_step
-                if step % stats_every == 0:
-                    st["moe"] = model.moe_stats()
                 bar.update(1)
                 bar.set_postfix_str(f"loss {loss_value:.4f}, {tokens_per_step / dt:,.0f} tok/s"
                                     + _moe_text(st["moe"]), refresh=False)
@@ -303,6 +274,11 @@ def train(model_config: GPTConfig, train_config: TrainConfig, resume=False) -> d
                                        f"--warmup-iters) and train again") from None
     bar.close()
     if status == "interrupted":
+        try:
+            read_pending()              # a GPU's unread steps: never save a diverged model
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{e}; training stopped, {kept()}; lower --lr (or raise "
+                                   f"--warmup-iters) and train again") from None
         save(step)
         print(f"interrupted at step {step}; checkpoint saved to {ckpt_path} "
               f"(continue with --resume)", flush=True)

@@ -1,0 +1,80 @@
+"""What a training run is told: TrainConfig (the loop's settings) and PRESETS (model and training
+settings that go together). The command line turns every field into a flag (tinysparse/__main__.py);
+train.py runs the loop.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class TrainConfig:
+    data: str = "stdlib"            # corpus: stdlib | file:PATH | synthetic
+    max_bytes: int | None = None    # cap on the corpus size in bytes (unset: stdlib 4 MB, a file whole)
+    batch_size: int = 16            # sequences per step (B); a step sees B * block_size tokens
+    max_iters: int = 5000           # optimizer steps in total (a resumed run counts from its step)
+    lr: float = 2e-3                # peak learning rate, reached after the warm-up
+    min_lr: float = 1e-4            # learning rate at the end of the cosine decay
+    warmup_iters: int = 100         # steps of linear warm-up from ~0 to lr
+    lr_decay_iters: int | None = None  # step where the cosine reaches min_lr (unset: max_iters)
+    weight_decay: float = 0.1       # AdamW decoupled weight decay (matrices only, not gains/biases)
+    grad_clip: float = 1.0          # clip the global gradient norm to this (0: no clipping)
+    eval_interval: int = 250        # evaluate every this many steps (and at the start and the end)
+    eval_iters: int = 20            # batches per evaluation (the same batches every time)
+    log_interval: int = 100         # print a progress line every this many steps (no-TTY runs)
+    checkpoint_interval: int = 500  # save a checkpoint every this many steps (and at the end)
+    out_dir: str = "out/tiny"       # run folder: ckpt.pkl, config.json, log.jsonl
+    seed: int = 1337                # seeds weight init, dropout and batch order
+    device: str = "cpu"             # cpu | cuda | auto (cuda when a GPU is available)
+    sample_tokens: int = 300        # bytes to sample after training (0: no sample)
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_iters", "eval_interval", "eval_iters", "log_interval",
+                     "checkpoint_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}; "
+                                 f"set --{name.replace('_', '-')} to a positive integer")
+        for name in ("warmup_iters", "sample_tokens", "weight_decay", "grad_clip", "min_lr"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must not be negative, got {getattr(self, name)}; "
+                                 f"fix --{name.replace('_', '-')}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr}; "
+                             f"try --lr 1e-3")
+        if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
+            raise ValueError(f"TrainConfig.lr_decay_iters must be at least 1, got "
+                             f"{self.lr_decay_iters}; fix --lr-decay-iters")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"TrainConfig.device must be cpu, cuda or auto, got {self.device!r}")
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        """From a saved dict; keys this version does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# A preset sets fields of both configs; explicit command-line flags override it.
+PRESETS = {
+    # 0.83M parameters; ~55 ms a step on 2 CPU cores: about 5 minutes with evaluations and sample.
+    "tiny": {"model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0),
+             "train": dict(batch_size=16, max_iters=5000, lr=2e-3, min_lr=1e-4, warmup_iters=100,
+                           eval_interval=250, eval_iters=20, checkpoint_interval=500,
+                           out_dir="out/tiny")},
+    # tiny with a Mixture of Experts in every block: 16 experts of width 256, 2 per token, so a
+    # token's FFN compute is tiny's (2 x 256 = 4 x 128) while the model holds 5.5x the parameters.
+    "tiny-moe": {"model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
+                               n_expert=16, top_k=2, d_expert=256),
+                 "train": dict(batch_size=16, max_iters=5000, lr=2e-3, min_lr=1e-4, warmup_iters=100,
+                               eval_interval=250, eval_iters=20, checkpoint_interval=500,
+                               out_dir="out/tiny-moe")},
+    # ~10.7M parameters, for a GPU (--device cuda); the whole stdlib (~11 MB) as the corpus.
+    "small": {"model": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.1),
+              "train": dict(batch_size=64, max_iters=5000, lr=1e-3, min_lr=1e-4, warmup_iters=200,
+                            eval_interval=250, eval_iters=50, checkpoint_interval=500,
+                            max_bytes=64_000_000, out_dir="out/small", device="auto")},
+}
