@@ -6,19 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-try:
-    from tinysparse import data
-except ImportError:
-    # data.py depends on NumPy only; while the rest of the package is being built, load the
-    # file itself so these tests do not fail for another module's reasons.
-    import importlib.util
-    import pathlib
-    import sys
-    _path = pathlib.Path(__file__).resolve().parents[1] / "tinysparse" / "data.py"
-    _spec = importlib.util.spec_from_file_location("tinysparse_data", _path)
-    data = importlib.util.module_from_spec(_spec)
-    sys.modules["tinysparse_data"] = data          # dataclasses look the module up by name
-    _spec.loader.exec_module(data)
+from tinysparse import corpora, data
 
 BatchSampler, ByteTokenizer, Corpus, DataError = (
     data.BatchSampler, data.ByteTokenizer, data.Corpus, data.DataError)
@@ -133,7 +121,7 @@ def test_file_permission_error_message(tmp_path, monkeypatch):
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(data, "open", refuse, raising=False)      # shadows the builtin in data.py
+    monkeypatch.setattr(corpora, "open", refuse, raising=False)   # shadows the builtin there
     msg = _message(f"file:{p}")
     assert str(p) in msg and "permission" in msg
 
