@@ -20,16 +20,83 @@ thread is a Python thread (~150 us to start), so launching 128 threads for 3 row
 cost 40 times what the work does.
 """
 import functools
-import os
 import sys
 
 import numpy as np
+from numba import config as _numba_config
 from numba import cuda
 
 from tinysparse import backend as _backend
 
-# True when kernels run in the CUDA simulator (Python threads on the CPU), set before numba loaded.
-SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+# True when kernels run in the CUDA simulator (Python threads on the CPU). Numba decided it from
+# NUMBA_ENABLE_CUDASIM when it was first imported; ask numba, never re-read the variable ourselves
+# (numba parses it with int(): "true" means a warning and the real GPU, not the simulator).
+SIMULATED = bool(_numba_config.ENABLE_CUDASIM)
+
+
+# ---- the simulator's shared memory, made thread-safe ---------------------------------------------
+#
+# On a GPU, `cuda.shared.array(shape, dtype)` is a declaration: the block's shared memory exists
+# before any thread runs. The simulator (numba 0.68, numba/cuda/simulator/kernelapi.py) emulates
+# it lazily, when a thread first EXECUTES that line, keyed by (file, line), once per launch:
+#
+#     res = self._allocations.get(caller)
+#     if res is None:                            # <- check ...
+#         res = np.empty(shape, dtype)
+#         self._allocations[caller] = res        # <- ... then set: not atomic
+#     return res
+#
+# The block's threads are Python threads that all reach that line at about the same time. If one
+# is preempted between its get and its store (more likely with simulator_paced's 0.1 ms switch
+# interval), another thread finds no array, makes its own, and the block's threads end up with two
+# different "shared" tiles: each sees only the elements written by threads holding the same one,
+# and np.empty's leftovers in the rest. That is a race in the simulator, not in the kernels (their
+# barriers are right), but it hits every kernel here that uses shared memory (the tiled forward,
+# dX and dW, and the plan's scan): rarely, a wrong sum or plan, gone on a rerun (the likely cause
+# of a one-off GradcheckError in test_moe_gradcheck_through_cuda, whose margins are otherwise
+# five orders of magnitude wide). test_simulated_shared_memory_survives_thread_switches in
+# tests/test_cuda_kernels.py forces the preemption: numba's version fails it nearly every launch.
+#
+# The fix: the same emulation with the get-or-create under a lock, so every thread of a block gets
+# the same array. The key is read from the caller's frame (sys._getframe), the same (file, line)
+# the original gets from traceback.extract_stack, which walks and formats the whole stack and
+# costs far more, once per thread per shared array. Only under the simulator; a GPU is untouched.
+
+def _thread_safe_simulator_shared_memory():
+    """Replace the simulator's FakeCUDAShared.array by a version whose allocation is atomic."""
+    import threading
+
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    shared_cls = kernelapi.FakeCUDAShared
+    if getattr(shared_cls.array, "thread_safe", False):
+        return                                   # installed already
+    unsafe_array = shared_cls.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype):
+        if shape == 0:                           # dynamic shared memory: one preallocated
+            return unsafe_array(self, shape, dtype)   # buffer, nothing created here, no race
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        frame = sys._getframe(1)                 # the kernel line that declares the array
+        caller = (frame.f_code.co_filename, frame.f_lineno)
+        with lock:                               # get-or-create as one step
+            res = self._allocations.get(caller)
+            if res is None:
+                res = np.empty(shape, dtype)
+                self._allocations[caller] = res
+        return res
+
+    array.thread_safe = True
+    array.__wrapped__ = unsafe_array             # numba's own, for tests that compare
+    shared_cls.array = array
+
+
+if SIMULATED:
+    _thread_safe_simulator_shared_memory()
 
 
 def ceil_div(a, b):
@@ -155,7 +222,22 @@ def launch_rows(n_rows, n_cols, col_threads=32, rows_per_block=8):
     return max(1, ceil_div(n_rows, ry)), (cx, ry)
 
 
+# CUDA's limits on a grid: 2**31 - 1 blocks along x, 65535 along y and z.
+MAX_GRID = (2 ** 31 - 1, 65535, 65535)
+
+
+def check_grid(grid, what):
+    """Refuse a grid the GPU cannot launch, with the way out, instead of a driver error."""
+    for axis, (n, limit) in enumerate(zip(grid, MAX_GRID)):
+        if n > limit:
+            raise ValueError(f"{what}: the launch needs {n} blocks along grid axis {'xyz'[axis]}, "
+                             f"over CUDA's limit of {limit}; split the batch into fewer tokens "
+                             f"per call or use a larger tile")
+    return grid
+
+
 def launch_2d(n_rows, n_cols, side=16):
     """(grid, block) for one thread per element of an (n_rows, n_cols) output: x = column, y = row."""
     bx, by = max(1, min(side, n_cols)), max(1, min(side, n_rows))
-    return (max(1, ceil_div(n_cols, bx)), max(1, ceil_div(n_rows, by))), (bx, by)
+    grid = (max(1, ceil_div(n_cols, bx)), max(1, ceil_div(n_rows, by)))
+    return check_grid(grid, f"a {n_rows} x {n_cols} output"), (bx, by)

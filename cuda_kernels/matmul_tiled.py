@@ -40,7 +40,7 @@ import functools
 import numpy as np
 from numba import cuda, from_dtype
 
-from .host import ceil_div
+from .host import ceil_div, check_grid
 
 DEFAULT_TILE = 16
 
@@ -158,18 +158,21 @@ def _row_tiles(offsets, n_rows, tile):
 
 def grouped_mm(x, w, b, offsets, zero, out, tile=DEFAULT_TILE):
     mm, _, _ = kernels(tile, out.dtype)
-    grid = (ceil_div(out.shape[1], tile), _row_tiles(offsets, out.shape[0], tile))
+    grid = check_grid((ceil_div(out.shape[1], tile), _row_tiles(offsets, out.shape[0], tile)),
+                      "tiled grouped_mm")
     has_bias = b is not None
     mm[grid, (tile, tile)](x, w, b if has_bias else w[0], has_bias, offsets, zero, out)
 
 
 def grouped_mm_dx(g, w, offsets, zero, dx, tile=DEFAULT_TILE):
     _, mm_dx, _ = kernels(tile, dx.dtype)
-    grid = (ceil_div(dx.shape[1], tile), _row_tiles(offsets, dx.shape[0], tile))
+    grid = check_grid((ceil_div(dx.shape[1], tile), _row_tiles(offsets, dx.shape[0], tile)),
+                      "tiled grouped_mm_dx")
     mm_dx[grid, (tile, tile)](g, w, offsets, zero, dx)
 
 
 def grouped_mm_dw(x, g, offsets, zero, dw, tile=DEFAULT_TILE):
     _, _, mm_dw = kernels(tile, dw.dtype)
-    grid = (ceil_div(dw.shape[2], tile), ceil_div(dw.shape[1], tile), dw.shape[0])
+    grid = check_grid((ceil_div(dw.shape[2], tile), ceil_div(dw.shape[1], tile), dw.shape[0]),
+                      "tiled grouped_mm_dw")
     mm_dw[grid, (tile, tile)](x, g, offsets, zero, dw)
