@@ -189,9 +189,9 @@ class ExpertChoiceRouter(Router):
         T, E = scores.shape
         # Zhou et al. 2022, eq. 1: k = T * c / E tokens per expert; I = TopK(S^T, k)
         cap = min(T, math.ceil(self.capacity_factor * T / E))
-        # each expert's best tokens: a stable sort down each column, so on a tie the earlier token wins
-        chosen = xp.argsort(-scores.data, axis=0, kind="stable")[:cap]     # (cap, E) token ids
-        tokens = chosen.T.reshape(-1)                                      # (E*cap,) expert-major
+        # each expert's best tokens (rows of S^T), best first; on a tie the earlier token wins
+        chosen = top_k_ids(scores.data.T, cap)                             # (E, cap) token ids
+        tokens = chosen.reshape(-1)                                        # (E*cap,) expert-major
         experts = xp.repeat(xp.arange(E), cap)                             # (E*cap,)
         # Re-index as a per-token table (T, k_max) so dispatch handles both routers alike:
         # sort the (token, expert) pairs by token (stable: experts stay ascending within a token).
