@@ -5,11 +5,13 @@
     y = layer(x)                  # (B, T, 64) -> (B, T, 64)
     loss = loss + layer.aux_loss  # load balance + router z-loss
 
-Files, in reading order: router.py (who goes where), dispatch.py (moving rows, the grouped
-matmul), experts.py (the FFNs), layer.py (all of it together).
+Files, in reading order: router.py (who goes where), dispatch.py (the plan, moving rows, the
+grouped matmul, the backend registry), primitives.py (the same as autograd Functions),
+experts.py (the FFNs), layer.py (all of it together).
 """
-from .dispatch import (DISPATCH_BACKENDS, DispatchPlan, NumpyDispatch, capacity, combine,
-                       gather_rows, get_backend, grouped_linear, register_backend)
+from .dispatch import (DISPATCH_BACKENDS, DispatchPlan, NumpyDispatch, capacity, get_backend,
+                       register_backend)
+from .primitives import combine, gather_rows, grouped_linear
 from .experts import Experts, SharedExperts
 from .layer import MoE
 from .router import ExpertChoiceRouter, Router, RoutingResult, TopKRouter

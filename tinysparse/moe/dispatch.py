@@ -9,8 +9,8 @@ The algorithm of MegaBlocks (Gale et al. 2023) and vLLM's fused MoE, in five ste
     5. un-permute and combine: out[t] = sum_j gate[t, j] * y[slot(t, j)], in the fixed order j = 0..k-1.
 
 Steps 1-2 are the PLAN: integer arrays only, nothing to differentiate. Steps 3-5 are three
-Functions (gather_rows, grouped_linear, combine) whose forward AND backward call a dispatch
-backend for the array work. Every backend implements the same interface (`NumpyDispatch` below is
+Functions (gather_rows, grouped_linear, combine, in primitives.py) whose forward AND backward
+call a dispatch backend for the array work. Every backend implements the same interface (`NumpyDispatch` below is
 the reference; later chapters add numba and cuda beside it) and passes the same tests.
 
 Determinism: a slot's rank inside its expert comes from the stable sort (a scan, never an atomic
@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import array_module, to_numpy
-from ..tensor import Function
 
 
 def capacity(capacity_factor, n_slots, n_expert):
@@ -73,8 +72,8 @@ class NumpyDispatch:
         combine(y (S, C), gates (T, k), slot_position) -> (T, C)
         combine_backward(g (T, C), y, gates, slot_position) -> (dy (S, C), dgates (T, k))
 
-    Every result is a NEW array (never an input or a view of one): GroupedLinear relies on it
-    for the expert weights' gradients (Function.new_grads).
+    Every result is a NEW array (never an input or a view of one): GroupedLinear (primitives.py)
+    relies on it for the expert weights' gradients (Function.new_grads).
     """
     name = "numpy"
 
@@ -246,72 +245,3 @@ def get_backend(name, array=None):
             raise ValueError(f"dispatch_backend {name!r} is not available here ({exc}); "
                              f"use dispatch_backend='numpy'") from None
     return DISPATCH_BACKENDS[name]
-
-
-# ---- the differentiable primitives ---------------------------------------------------------------
-
-class GatherRows(Function):
-    # buffer[i] = x[token_index[i]];  backward: dx[t] = sum over t's slots of dbuffer[slot]
-    @staticmethod
-    def forward(ctx, x, plan, backend):
-        ctx.plan, ctx.backend = plan, backend
-        return backend.gather(x, plan.token_index)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return ctx.backend.scatter(grad, ctx.plan.slot_position)
-
-
-def gather_rows(x, plan, backend="numpy"):
-    """x (T, C) -> buffer (S, C): each token's row once per kept slot, grouped by expert."""
-    return GatherRows.apply(x, plan=plan, backend=_backend(backend))
-
-
-class GroupedLinear(Function):
-    # y[off[e]:off[e+1]] = x[off[e]:off[e+1]] @ W[e] + b[e] for every expert e
-    # dx, dW, db are new arrays of the backend's: the engine keeps dW, db as the experts' .grad
-    # without copying them (at E=128, d_expert 256 that copy was 33 MB, ~1.7 ms, per step).
-    new_grads = True
-    @staticmethod
-    def forward(ctx, x, w, b, offsets, backend):
-        ctx.save_for_backward(x, w)
-        ctx.offsets, ctx.backend, ctx.has_bias = offsets, backend, b is not None
-        return backend.grouped_mm(x, w, b, offsets)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w = ctx.saved
-        need = ctx.needs_input_grad
-        dx = ctx.backend.grouped_mm_dx(grad, w, ctx.offsets) if need[0] else None
-        dw = db = None
-        if need[1] or (ctx.has_bias and need[2]):
-            dw, db = ctx.backend.grouped_mm_dw(x, grad, ctx.offsets, with_bias=ctx.has_bias)
-        return dx, dw, db
-
-
-def grouped_linear(x, w, b, offsets, backend="numpy"):
-    """x (S, d_in) with expert segments `offsets` -> (S, d_out): each segment times its own W[e]."""
-    return GroupedLinear.apply(x, w, b, offsets=offsets, backend=_backend(backend))
-
-
-class Combine(Function):
-    # out[t] = sum_j gates[t, j] * y[slot(t, j)]   (a dropped slot contributes 0)
-    @staticmethod
-    def forward(ctx, y, gates, plan, backend):
-        ctx.save_for_backward(y, gates)
-        ctx.plan, ctx.backend = plan, backend
-        return backend.combine(y, gates, plan.slot_position)
-
-    @staticmethod
-    def backward(ctx, grad):
-        y, gates = ctx.saved
-        return ctx.backend.combine_backward(grad, y, gates, ctx.plan.slot_position)
-
-
-def combine(y, gates, plan, backend="numpy"):
-    """Expert outputs y (S, C) and gates (T, k) -> (T, C), each token's k answers weighted and summed."""
-    return Combine.apply(y, gates, plan=plan, backend=_backend(backend))
-
-
-def _backend(backend):
-    return get_backend(backend) if isinstance(backend, str) else backend

@@ -15,7 +15,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from .. import random as ts_random
-from .dispatch import grouped_linear
+from .primitives import grouped_linear
 
 
 def _uniform(shape, bound, dtype):

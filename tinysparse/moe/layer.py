@@ -10,7 +10,8 @@ import numpy as np
 
 from .. import nn
 from ..backend import to_numpy
-from .dispatch import capacity, combine, gather_rows, get_backend, resolve_backend_name
+from .dispatch import capacity, get_backend, resolve_backend_name
+from .primitives import combine, gather_rows
 from .experts import Experts, SharedExperts
 from .router import SCORES, ExpertChoiceRouter, TopKRouter
 
