@@ -34,3 +34,14 @@ def test_lesson_runs_quick(script, tmp_path):
     if result.returncode != 0:
         pytest.fail(f"{script.relative_to(ROOT)} --quick exited with {result.returncode}\n"
                     f"---- stdout ----\n{result.stdout}\n---- stderr ----\n{result.stderr}")
+
+
+def test_the_shared_check_helpers_count_failures_into_the_exit_status(capsys, monkeypatch):
+    from tinysparse import lesson
+    monkeypatch.setattr(lesson, "FAILURES", [])
+    lesson.check(True, "holds")
+    assert lesson.summary(0.0) == 0
+    lesson.check(False, "does not hold")
+    assert lesson.summary(0.0) == 1
+    out = capsys.readouterr().out
+    assert "[ok] holds" in out and "[FAIL] does not hold" in out and "FAILED: does not hold" in out

@@ -15,21 +15,10 @@ import numpy as np
 
 import tinysparse as ts
 from tinysparse import functional as F
+from tinysparse.lesson import check, section, summary
 from tinysparse.tensor import _topological_order as tensor_topological_order
 from tinysparse.tensor import unbroadcast
 
-FAILURES = []
-
-
-def check(ok, what):
-    """Print a check's outcome and remember failures (the exit status reports them)."""
-    print(f"  [{'ok' if ok else 'FAIL'}] {what}")
-    if not ok:
-        FAILURES.append(what)
-
-
-def section(title):
-    print(f"\n== {title} " + "=" * max(0, 74 - len(title)))
 
 
 # =================================================================================================
@@ -482,11 +471,7 @@ def main():
     part_gradcheck(args.quick)
     part_functions()
 
-    section("Summary")
-    print(f"  {len(FAILURES)} failed check(s) in {time.perf_counter() - start:.1f} s")
-    for what in FAILURES:
-        print(f"  FAILED: {what}")
-    return 1 if FAILURES else 0
+    return summary(start)
 
 
 if __name__ == "__main__":

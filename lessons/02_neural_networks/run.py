@@ -24,19 +24,8 @@ import numpy as np  # noqa: E402
 import tinysparse as ts  # noqa: E402
 from tinysparse import functional as F  # noqa: E402
 from tinysparse import nn, optim  # noqa: E402
+from tinysparse.lesson import check, section, summary  # noqa: E402
 
-FAILURES = []
-
-
-def check(ok, what):
-    """Print a check's outcome and remember failures (the exit status reports them)."""
-    print(f"  [{'ok' if ok else 'FAIL'}] {what}")
-    if not ok:
-        FAILURES.append(what)
-
-
-def section(title):
-    print(f"\n== {title} " + "=" * max(0, 74 - len(title)))
 
 
 # ---- the data: two interleaved spirals -----------------------------------------------------------
@@ -324,11 +313,7 @@ def main():
     part_state_dict(models["AdamW"], args, Xt)
     part_plot(models, results, data, args)
 
-    section("Summary")
-    print(f"  {len(FAILURES)} failed check(s) in {time.perf_counter() - start:.1f} s")
-    for what in FAILURES:
-        print(f"  FAILED: {what}")
-    return 1 if FAILURES else 0
+    return summary(start)
 
 
 if __name__ == "__main__":

@@ -20,20 +20,9 @@ import tinysparse as ts
 from tinysparse import functional as F
 from tinysparse import optim
 from tinysparse.gpt import GPT, GPTConfig
+from tinysparse.lesson import check, section, summary
 from tinysparse.tensor import Tensor, _topological_order
 
-FAILURES = []
-
-
-def check(ok, what):
-    """Print a check's outcome and remember failures (the exit status reports them)."""
-    print(f"  [{'ok' if ok else 'FAIL'}] {what}")
-    if not ok:
-        FAILURES.append(what)
-
-
-def section(title):
-    print(f"\n== {title} " + "=" * max(0, 74 - len(title)))
 
 
 def max_diff(a, b):
@@ -479,11 +468,7 @@ def main():
     part_gpt(args)
     part_training(args)
 
-    section("Summary")
-    print(f"  {len(FAILURES)} failed check(s) in {time.perf_counter() - start:.1f} s")
-    for what in FAILURES:
-        print(f"  FAILED: {what}")
-    return 1 if FAILURES else 0
+    return summary(start)
 
 
 if __name__ == "__main__":

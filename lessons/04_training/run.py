@@ -19,20 +19,9 @@ import numpy as np
 from tinysparse import optim
 from tinysparse.data import ByteTokenizer, load_corpus
 from tinysparse.gpt import GPTConfig
+from tinysparse.lesson import check, section, summary
 from tinysparse.train import TrainConfig, bits_per_byte, load_run, sample, train
 
-FAILURES = []
-
-
-def check(ok, what):
-    """Print a check's outcome and remember failures (the exit status reports them)."""
-    print(f"  [{'ok' if ok else 'FAIL'}] {what}")
-    if not ok:
-        FAILURES.append(what)
-
-
-def section(title):
-    print(f"\n== {title} " + "=" * max(0, 74 - len(title)))
 
 
 # The model of this chapter: 2 blocks, width 64, 32-byte context (~0.1M parameters).
@@ -172,11 +161,7 @@ def main():
     part_resume(args)
     part_sampling(args, run_dir)
 
-    section("Summary")
-    print(f"  {len(FAILURES)} failed check(s) in {time.perf_counter() - start:.1f} s")
-    for what in FAILURES:
-        print(f"  FAILED: {what}")
-    return 1 if FAILURES else 0
+    return summary(start)
 
 
 if __name__ == "__main__":

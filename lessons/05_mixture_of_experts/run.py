@@ -20,23 +20,12 @@ from tinysparse import functional as F
 from tinysparse import optim
 from tinysparse.data import BatchSampler, get_batch, load_corpus
 from tinysparse.gpt import GPT, GPTConfig
+from tinysparse.lesson import check, section, summary
 from tinysparse.moe import MoE, NumpyDispatch, capacity
 from tinysparse.moe.router import RoutingResult, TopKRouter
 from tinysparse.tensor import no_grad
 from tinysparse.train import PRESETS, bits_per_byte
 
-FAILURES = []
-
-
-def check(ok, what):
-    """Print a check's outcome and remember failures (the exit status reports them)."""
-    print(f"  [{'ok' if ok else 'FAIL'}] {what}")
-    if not ok:
-        FAILURES.append(what)
-
-
-def section(title):
-    print(f"\n== {title} " + "=" * max(0, 74 - len(title)))
 
 
 def _indent(a):
@@ -339,11 +328,7 @@ def main():
     model, moe_cfg, corpus = part_training(args)
     part_expert_load(args, model, moe_cfg, corpus)
 
-    section("Summary")
-    print(f"  {len(FAILURES)} failed check(s) in {time.perf_counter() - start:.1f} s")
-    for what in FAILURES:
-        print(f"  FAILED: {what}")
-    return 1 if FAILURES else 0
+    return summary(start)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from tinysparse.lesson import check, section, summary
 from tinysparse.moe import capacity, get_backend, register_backend
 from tinysparse.moe import numba_kernels as K
 from tinysparse.moe.numba_dispatch import NumbaDispatch, numpy_blas_threads, parallel_pays
@@ -29,21 +30,9 @@ from measure import best_ms, layer_step, same_plan, stage_work, time_layer  # no
 from strategies import (dense_masked, mask_loop, matmul_flops, naive_loop,  # noqa: E402
                         random_moe, sort_based)
 
-FAILURES = []
 NUMPY, NUMBA = get_backend("numpy"), get_backend("numba")
 register_backend("numba-serial", NumbaDispatch(parallel=False))    # the two flavours, forced
 register_backend("numba-parallel", NumbaDispatch(parallel=True))
-
-
-def check(ok, what):
-    """Print a check's outcome and remember failures (the exit status reports them)."""
-    print(f"  [{'ok' if ok else 'FAIL'}] {what}")
-    if not ok:
-        FAILURES.append(what)
-
-
-def section(title):
-    print(f"\n== {title} " + "=" * max(0, 74 - len(title)))
 
 
 # ---- 1. Dispatch is data movement ----------------------------------------------------------------
@@ -296,11 +285,7 @@ def main():
     part_stages(args)
     part_kernels(args)
     part_determinism()
-    section("Summary")
-    print(f"  {len(FAILURES)} failed check(s) in {time.perf_counter() - start:.1f} s")
-    for what in FAILURES:
-        print(f"  FAILED: {what}")
-    return 1 if FAILURES else 0
+    return summary(start)
 
 
 if __name__ == "__main__":

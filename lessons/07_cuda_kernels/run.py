@@ -34,23 +34,12 @@ import toy_kernels as toy  # noqa: E402  (this folder: the chapter's small kerne
 from cuda_kernels import host, matmul_naive, matmul_tiled  # noqa: E402
 from cuda_kernels import plan as K_plan  # noqa: E402
 from cuda_kernels.dispatch import CudaDispatch  # noqa: E402
+from tinysparse.lesson import check, section, summary  # noqa: E402
 from tinysparse.moe import MoE  # noqa: E402
 from tinysparse.moe.dispatch import NumpyDispatch, capacity, register_backend  # noqa: E402
 
 REF = NumpyDispatch()
 TOL = 1e-5 if SIM else 1e-4   # float32 vs float64, relative to the largest value; GPU: long sums
-FAILURES = []
-
-
-def check(ok, what):
-    """Print a check's outcome and remember failures (the exit status reports them)."""
-    print(f"  [{'ok' if ok else 'FAIL'}] {what}")
-    if not ok:
-        FAILURES.append(what)
-
-
-def section(title):
-    print(f"\n== {title} " + "=" * max(0, 74 - len(title)))
 
 
 def rel_err(got, ref):
@@ -386,11 +375,7 @@ def main():
     part_determinism(args)
     part_moe_layer(args)
 
-    section("Summary")
-    print(f"  {len(FAILURES)} failed check(s) in {time.perf_counter() - start:.1f} s ({MODE})")
-    for what in FAILURES:
-        print(f"  FAILED: {what}")
-    return 1 if FAILURES else 0
+    return summary(start, f" ({MODE})")
 
 
 if __name__ == "__main__":
