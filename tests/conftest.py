@@ -10,8 +10,32 @@ os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import tinysparse as ts  # noqa: E402  (after the simulator switch: tinysparse may load numba)
+from tinysparse.moe import MoE  # noqa: E402
+
 
 @pytest.fixture
 def rng():
     """A fresh, fixed-seed generator for each test: same inputs every run."""
     return np.random.default_rng(1234)
+
+
+def _moe_layer_run(backend, router, x_np, w_np, capacity_factor=1.0):
+    """A tiny float64 MoE (n_embd 6, 5 experts, top-2, one shared expert), same weights for every
+    backend, forward and backward of sum(out * w_np) + aux_loss on dispatch_backend=`backend`.
+    Returns ([output, x.grad, every parameter's .grad], layer, x)."""
+    ts.manual_seed(0)
+    layer = MoE(6, 5, top_k=2, d_expert=7, n_shared=1, router=router,
+                capacity_factor=capacity_factor, dispatch_backend=backend)
+    for p in layer.parameters():
+        p.data = p.data.astype(np.float64)
+    x = ts.Tensor(x_np, requires_grad=True)
+    out = layer(x)
+    ((out * w_np).sum() + layer.aux_loss).backward()
+    return [out.data, x.grad, *(p.grad for p in layer.parameters())], layer, x
+
+
+@pytest.fixture
+def moe_layer_run():
+    """_moe_layer_run: the backends' MoE layers compared output by output, gradient by gradient."""
+    return _moe_layer_run

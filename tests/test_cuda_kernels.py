@@ -298,18 +298,6 @@ def test_bad_settings_are_refused():
 
 # ---- the whole MoE layer through dispatch_backend='cuda' -----------------------------------------
 
-def layer_run(backend, router, x_np, w_np, cf):
-    ts.manual_seed(0)
-    layer = MoE(6, 5, top_k=2, d_expert=7, n_shared=1, router=router, capacity_factor=cf,
-                dispatch_backend=backend)
-    for p in layer.parameters():
-        p.data = p.data.astype(np.float64)
-    x = ts.Tensor(x_np, requires_grad=True)
-    out = layer(x)
-    ((out * w_np).sum() + layer.aux_loss).backward()
-    return [out.data, x.grad, *(p.grad for p in layer.parameters())], layer
-
-
 @pytest.fixture
 def cuda_naive(monkeypatch):
     """'cuda naive' as a dispatch_backend name for one test (the registry is restored after)."""
@@ -318,12 +306,12 @@ def cuda_naive(monkeypatch):
 
 
 @pytest.mark.parametrize("router,cf", [("topk", 1.0), ("topk", None), ("expert_choice", 1.0)])
-def test_moe_layer_same_outputs_and_gradients_as_numpy(router, cf, cuda_naive):
+def test_moe_layer_same_outputs_and_gradients_as_numpy(router, cf, cuda_naive, moe_layer_run):
     rng = np.random.default_rng(0)
     x_np, w_np = rng.standard_normal((2, 7, 6)), rng.standard_normal((2, 7, 6))
-    ref, _ = layer_run("numpy", router, x_np, w_np, cf)
+    ref, _, _ = moe_layer_run("numpy", router, x_np, w_np, cf)
     for backend in ("cuda", cuda_naive):
-        got, layer = layer_run(backend, router, x_np, w_np, cf)
+        got, layer, _ = moe_layer_run(backend, router, x_np, w_np, cf)
         assert isinstance(get_backend(layer.backend_name), CudaDispatch)
         if router == "topk" and cf is not None:
             assert layer.stats["dropped_fraction"] > 0        # capacity really drops slots here

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinysparse as ts
-from tinysparse.moe import MoE, capacity, dispatch
+from tinysparse.moe import capacity, dispatch
 from tinysparse.moe.dispatch import NumpyDispatch, register_backend
 from tinysparse.moe import numba_kernels as K
 from tinysparse.moe.numba_dispatch import NumbaDispatch, _blas_libs, _OneBlasThread, parallel_pays
@@ -134,25 +134,13 @@ def test_chunks_cover_every_segment_in_pieces_of_about_chunk_rows(counts, chunk_
 
 # ---- the MoE layer through the backend ---------------------------------------------------------
 
-def layer_run(backend, router, x_np, w_np):
-    ts.manual_seed(0)
-    layer = MoE(6, 5, top_k=2, d_expert=7, n_shared=1, router=router, capacity_factor=1.0,
-                dispatch_backend=backend)
-    for p in layer.parameters():
-        p.data = p.data.astype(np.float64)
-    x = ts.Tensor(x_np, requires_grad=True)
-    out = layer(x)
-    ((out * w_np).sum() + layer.aux_loss).backward()
-    return [out.data, x.grad, *(p.grad for p in layer.parameters())], layer, x
-
-
 @pytest.mark.parametrize("router", ["topk", "expert_choice"])
-def test_moe_layer_same_outputs_and_gradients_on_every_backend(router):
+def test_moe_layer_same_outputs_and_gradients_on_every_backend(router, moe_layer_run):
     rng = np.random.default_rng(0)
     x_np, w_np = rng.standard_normal((2, 9, 6)), rng.standard_normal((2, 9, 6))
-    ref, _, _ = layer_run("numpy", router, x_np, w_np)
+    ref, _, _ = moe_layer_run("numpy", router, x_np, w_np)
     for backend in ("numba", *(f"numba {name}" for name in FLAVOURS), "auto"):
-        got, layer, x = layer_run(backend, router, x_np, w_np)
+        got, layer, x = moe_layer_run(backend, router, x_np, w_np)
         for a, r in zip(got, ref):
             np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-12)
         assert ts.gradcheck(lambda t: layer(t), x)   # and the gradient itself, through numba

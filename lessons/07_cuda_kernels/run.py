@@ -12,7 +12,6 @@ prints is checked, and it exits with status 1 if any check fails.
 """
 import argparse
 import math
-import os
 import sys
 import time
 
