@@ -47,8 +47,7 @@ def expert_of_row(offsets, i):
 @cuda.jit
 def mm_kernel(x, w, b, has_bias, offsets, zero, out):
     """out (S, d_out) = x (S, d_in) @ w[e] (+ b[e]) per row; thread x = column j, y = row i."""
-    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    i = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+    j, i = cuda.grid(2)                      # blockIdx * blockDim + threadIdx, in x and y
     if i >= out.shape[0] or j >= out.shape[1]:
         return
     e = expert_of_row(offsets, i)
@@ -63,8 +62,7 @@ def mm_kernel(x, w, b, has_bias, offsets, zero, out):
 @cuda.jit
 def mm_dx_kernel(g, w, offsets, zero, dx):
     """dx (S, d_in) = g (S, d_out) @ w[e]^T per row; thread x = column a, y = row i."""
-    a = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    i = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+    a, i = cuda.grid(2)                      # blockIdx * blockDim + threadIdx, in x and y
     if i >= dx.shape[0] or a >= dx.shape[1]:
         return
     e = expert_of_row(offsets, i)
@@ -81,8 +79,7 @@ def mm_dw_kernel(x, g, offsets, zero, dw):
     An expert with no rows gets zeros (the loop does not run).
     """
     e = cuda.blockIdx.z
-    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    a = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+    j, a = cuda.grid(2)                      # blockIdx * blockDim + threadIdx, in x and y
     if a >= dw.shape[1] or j >= dw.shape[2]:
         return
     acc = zero
@@ -94,8 +91,7 @@ def mm_dw_kernel(x, g, offsets, zero, dw):
 @cuda.jit
 def bias_grad_kernel(g, offsets, zero, db):
     """db (E, d_out)[e, j] = sum of g[i, j] over expert e's rows; thread x = column j, y = expert e."""
-    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    e = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+    j, e = cuda.grid(2)                      # blockIdx * blockDim + threadIdx, in x and y
     if e >= db.shape[0] or j >= db.shape[1]:
         return
     acc = zero

@@ -42,7 +42,7 @@ def chunk_histogram(ids, chunk, hist):
 
     Expert-major layout: neighbouring threads (chunks p, p+1) write neighbouring addresses.
     """
-    p = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    p = cuda.grid(1)                         # blockIdx.x * blockDim.x + threadIdx.x
     if p >= hist.shape[1]:
         return                                   # the last block is only partly used
     for e in range(hist.shape[0]):
@@ -60,7 +60,7 @@ def scan_chunks(hist, capacity, counts, kept):
     counts[e] = slots routed to e; kept[e] = min(counts[e], capacity) (capacity < 0: dropless).
     A serial scan per thread is right here: a row has only P entries, and E rows run in parallel.
     """
-    e = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    e = cuda.grid(1)                         # blockIdx.x * blockDim.x + threadIdx.x
     if e >= hist.shape[0]:
         return
     total = 0
@@ -133,7 +133,7 @@ def place_slots(ids, chunk, k, capacity, hist, offsets, rank, slot_position, tok
 
     A rank >= capacity is dropped (Switch/GShard); an empty slot gets rank and position -1.
     """
-    p = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    p = cuda.grid(1)                         # blockIdx.x * blockDim.x + threadIdx.x
     if p >= hist.shape[1]:
         return
     for s in range(p * chunk, min((p + 1) * chunk, ids.shape[0])):
