@@ -198,21 +198,25 @@ def train(model_config: GPTConfig, train_config: TrainConfig, resume=False) -> d
     step, tokens, train_time, status, last_eval = st["step"], 0, 0.0, "done", None
     loss_value = math.nan
 
+    def finite_losses(entries):
+        """The losses of (step, loss, norm) entries as floats, copied to the host in one transfer;
+        TrainingDiverged, with the way out, at the first loss or norm that is not finite."""
+        values = _host_floats([v for _, loss, norm in entries for v in (loss, norm)])
+        for i, (at, _, _) in enumerate(entries):
+            for what, value in (("loss", values[2 * i]), ("gradient norm", values[2 * i + 1])):
+                if not math.isfinite(value):
+                    raise TrainingDiverged(f"{what} is {value} at step {at}; training stopped, "
+                                           f"{kept()}; lower --lr (or raise --warmup-iters) and "
+                                           f"train again")
+        return values[0::2]
+
     def read_pending():
-        """Copy the pending losses and norms to the host at once; stop on the first non-finite."""
+        """Check and record the steps done since the last read (the loss history, the bar)."""
         nonlocal loss_value
-        if not pending:
-            return
-        values = _host_floats([v for _, loss, norm in pending for v in (loss, norm)])
-        for i, (at, _, _) in enumerate(pending):
-            loss_i, norm_i = values[2 * i], values[2 * i + 1]
-            if not math.isfinite(loss_i):
-                raise TrainingDiverged(f"loss is {loss_i} at step {at}")
-            if not math.isfinite(norm_i):
-                raise TrainingDiverged(f"gradient norm is {norm_i} at step {at}")
-            st["history"].append(loss_i)
-            loss_value = loss_i
-        pending.clear()
+        if pending:
+            st["history"].extend(finite_losses(pending))
+            loss_value = st["history"][-1]
+            pending.clear()
 
     print(f"training GPT ({model.num_parameters() / 1e6:.2f}M parameters) on {corpus!r}, {device}, "
           f"steps {step}->{cfg.max_iters} of {cfg.batch_size}x{mcfg.block_size} tokens, "
@@ -234,10 +238,11 @@ def train(model_config: GPTConfig, train_config: TrainConfig, resume=False) -> d
                 opt.zero_grad()
                 loss.backward()
                 norm = optim.clip_grad_norm(model.parameters(), cfg.grad_clip or math.inf)
-                pending.append((step + 1, loss.data, norm))
+                entry = (step + 1, loss.data, norm)
                 if sync_every == 1:         # on the CPU: a diverged step never reaches the update
-                    read_pending()
+                    finite_losses([entry])
                 opt.lr = optim.cosine_lr(step, cfg.lr, cfg.warmup_iters, horizon, cfg.min_lr)
+                pending.append(entry)       # recorded at the next read, once the step is done
                 phase = "update"
                 opt.step()
                 if hasattr(model, "update_router_bias"):
@@ -268,17 +273,12 @@ def train(model_config: GPTConfig, train_config: TrainConfig, resume=False) -> d
                 # during the update the parameters are half updated: saving them would be wrong
                 status = "aborted" if phase == "update" else "interrupted"
                 break
-            except TrainingDiverged as e:
+            except TrainingDiverged:
                 bar.close()
-                raise TrainingDiverged(f"{e}; training stopped, {kept()}; lower --lr (or raise "
-                                       f"--warmup-iters) and train again") from None
+                raise
     bar.close()
     if status == "interrupted":
-        try:
-            read_pending()              # a GPU's unread steps: never save a diverged model
-        except TrainingDiverged as e:
-            raise TrainingDiverged(f"{e}; training stopped, {kept()}; lower --lr (or raise "
-                                   f"--warmup-iters) and train again") from None
+        read_pending()                  # a GPU's unread steps: never save a diverged model
         save(step)
         print(f"interrupted at step {step}; checkpoint saved to {ckpt_path} "
               f"(continue with --resume)", flush=True)
