@@ -119,7 +119,7 @@ class NumpyDispatch:
     def grouped_mm(self, x, w, b, offsets):
         xp = array_module(x)
         out = xp.empty((x.shape[0], w.shape[2]), dtype=xp.result_type(x, w))
-        for e, (lo, hi) in enumerate(_segments(offsets)):
+        for e, lo, hi in expert_segments(offsets):
             out[lo:hi] = x[lo:hi] @ w[e]                               # (n_e, d_in) @ (d_in, d_out)
             if b is not None:
                 out[lo:hi] += b[e]
@@ -129,7 +129,7 @@ class NumpyDispatch:
         # y_e = x_e W_e  =>  dx_e = g_e W_e^T
         xp = array_module(g)
         dx = xp.empty((g.shape[0], w.shape[1]), dtype=xp.result_type(g, w))
-        for e, (lo, hi) in enumerate(_segments(offsets)):
+        for e, lo, hi in expert_segments(offsets):
             dx[lo:hi] = g[lo:hi] @ w[e].T
         return dx
 
@@ -140,11 +140,10 @@ class NumpyDispatch:
         dtype = xp.result_type(x, g)
         dw = xp.zeros((E, x.shape[1], g.shape[1]), dtype=dtype)
         db = xp.zeros((E, g.shape[1]), dtype=dtype) if with_bias else None
-        for e, (lo, hi) in enumerate(_segments(offsets)):
-            if hi > lo:
-                dw[e] = x[lo:hi].T @ g[lo:hi]
-                if with_bias:
-                    db[e] = g[lo:hi].sum(axis=0)
+        for e, lo, hi in expert_segments(offsets):
+            dw[e] = x[lo:hi].T @ g[lo:hi]
+            if with_bias:
+                db[e] = g[lo:hi].sum(axis=0)
         return dw, db
 
     # ---- 5. combine (un-permute, weight by the gates, add up) -----------------------------------
@@ -176,10 +175,11 @@ def _pad_zero_row(a):
     return xp.concatenate([a, xp.zeros((1, a.shape[1]), dtype=a.dtype)], axis=0)
 
 
-def _segments(offsets):
-    """(lo, hi) of every expert's buffer rows, as Python ints (loop bounds live on the host)."""
+def expert_segments(offsets):
+    """(e, lo, hi) of every expert that got rows, as Python ints (loop bounds live on the host):
+    expert e owns buffer rows [lo, hi). Experts without rows are left out: nothing to multiply."""
     off = to_numpy(offsets).tolist()
-    return zip(off[:-1], off[1:])
+    return [(e, lo, hi) for e, (lo, hi) in enumerate(zip(off[:-1], off[1:])) if hi > lo]
 
 
 # ---- the backend registry ------------------------------------------------------------------------

@@ -38,7 +38,7 @@ import numba
 import numpy as np
 
 from . import numba_kernels as K
-from .dispatch import DispatchPlan
+from .dispatch import DispatchPlan, expert_segments
 
 
 # ---- BLAS threads --------------------------------------------------------------------------------
@@ -95,12 +95,6 @@ def _c(a, dtype=None):
     return np.ascontiguousarray(a, dtype=dtype)
 
 
-def _segments(offsets):
-    """(e, lo, hi) of every expert that got rows, as Python ints (the serial GEMM loop)."""
-    off = offsets.tolist()
-    return [(e, lo, hi) for e, (lo, hi) in enumerate(zip(off[:-1], off[1:])) if hi > lo]
-
-
 class NumbaDispatch:
     """parallel: True or False forces a flavour; None (default) decides per call (parallel_pays)."""
     name = "numba"
@@ -145,7 +139,7 @@ class NumbaDispatch:
                 K.PARALLEL.grouped_mm_kernel(_c(x, dtype), _c(w, dtype), bias, b is not None,
                                              K.chunks(offsets, self.chunk_rows), out)
             return out
-        for e, lo, hi in _segments(offsets):
+        for e, lo, hi in expert_segments(offsets):
             np.matmul(x[lo:hi], w[e], out=out[lo:hi])            # (n_e, d_in) @ (d_in, d_out)
         if b is not None:                                        # one pass, not E calls
             K.SERIAL.add_bias_kernel(out, _c(b, dtype), offsets)
@@ -161,7 +155,7 @@ class NumbaDispatch:
                 K.PARALLEL.grouped_mm_dx_kernel(_c(g, dtype), _c(w, dtype),
                                                 K.chunks(offsets, self.chunk_rows), dx)
             return dx
-        for e, lo, hi in _segments(offsets):
+        for e, lo, hi in expert_segments(offsets):
             np.matmul(g[lo:hi], w[e].T, out=dx[lo:hi])           # a transposed view, no copy
         return dx
 
@@ -177,7 +171,7 @@ class NumbaDispatch:
             with _OneBlasThread():
                 K.PARALLEL.grouped_mm_dw_kernel(_c(x, dtype), _c(g, dtype), offsets, dw)
         else:
-            for e, lo, hi in _segments(offsets):
+            for e, lo, hi in expert_segments(offsets):
                 np.matmul(x[lo:hi].T, g[lo:hi], out=dw[e])       # (d_in, n_e) @ (n_e, d_out)
             dw[np.diff(offsets) == 0] = 0.0
         if with_bias:
