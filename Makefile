@@ -50,9 +50,9 @@ sample: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tinysparse bench $(ARGS)
 
-# Needs the cuda extra (pip install -e '.[cuda]') and a GPU; see cuda_kernels/gpu_check.py.
+# Needs the cuda extra (pip install -e '.[cuda]') and a GPU; see tinysparse/bench/gpu_check.py.
 gpu-check: $(STAMP)
-	$(PY) -m cuda_kernels.gpu_check $(ARGS)
+	$(PY) -m tinysparse.bench.gpu_check $(ARGS)
 
 lessons: $(STAMP)
 	@for d in $(LESSONS); do echo "== $$d"; $(PY) lessons/$$d/run.py --quick || exit 1; done

@@ -30,8 +30,10 @@ Files, one concept each:
     matmul_naive.py   grouped matmul, one thread per output element: forward, dX, dW, db
     matmul_tiled.py   the same with shared-memory tiles (the fast one, the default)
     combine.py        un-permute and combine with the gates, and its backward
-    dispatch.py       CudaDispatch: NumpyDispatch's interface on these kernels
-    gpu_check.py      `make gpu-check`: tests, timings and a short training on a real GPU
+
+They know arrays and launches only: no autograd, nothing imported from tinysparse. The adapter
+that gives the MoE layer its dispatch_backend='cuda' is tinysparse/moe/cuda_dispatch.py
+(CudaDispatch), and `make gpu-check` is tinysparse/bench/gpu_check.py.
 
 Without a GPU, Numba's CUDA simulator runs every kernel on the CPU, one Python thread per GPU
 thread: set NUMBA_ENABLE_CUDASIM=1 before numba is first imported (tests/conftest.py does).

@@ -11,8 +11,9 @@ A kernel reads and writes device memory only. The dispatch backend is handed eit
   call: correct, not fast. Under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) the "device" is host
   memory and this is how the whole MoE layer runs on the CPU in the tests.
 
-Either way the caller gets back the array type it gave. Nothing here imports cupy: the module of a
-CuPy array comes from tinysparse.backend, the one place that does.
+Either way the caller gets back the array type it gave. Nothing here imports cupy (or anything of
+tinysparse): a CuPy array's module is already loaded when such an array exists, and is found
+through the array's own type.
 
 Launch geometry: a launch is `kernel[grid, block](args)`, grid = blocks, block = threads per block
 (each up to 3-D). Every helper clamps the block to the work there is: under the simulator each
@@ -25,8 +26,6 @@ import sys
 import numpy as np
 from numba import config as _numba_config
 from numba import cuda
-
-from tinysparse import backend as _backend
 
 # True when kernels run in the CUDA simulator (Python threads on the CPU). Numba decided it from
 # NUMBA_ENABLE_CUDASIM when it was first imported; ask numba, never re-read the variable ourselves
@@ -151,12 +150,13 @@ def _wrap(a):
 
 
 def _cupy_of(like):
-    """The cupy module when `like` is a CuPy array, else None (asked through tinysparse.backend)."""
+    """The cupy module when `like` is a CuPy array, else None. A CuPy array exists only once its
+    module was imported, so it is looked up, never imported here (tinysparse.engine.backend is the
+    one place that imports cupy)."""
     if not on_gpu(like) or SIMULATED:
         return None
-    _backend.cuda_available()                   # imports cupy once, through the device switch
-    xp = _backend.array_module(like)
-    return None if xp is np else xp
+    package = type(like).__module__.split(".")[0]
+    return sys.modules.get("cupy") if package == "cupy" else None
 
 
 class Outputs:

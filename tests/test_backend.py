@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import tinysparse as ts
-from tinysparse import Tensor, backend, nn
+from tinysparse import Tensor, nn
+from tinysparse.engine import backend
 
 
 @pytest.fixture

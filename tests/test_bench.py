@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import tinysparse as ts
-from tinysparse.bench import add_bench_arguments, build_torch_twin, run_bench
+from tinysparse.bench import add_bench_arguments, run_bench
+from tinysparse.bench.torch_twins import build_torch_twin
 from tinysparse.gpt import GPT, GPTConfig
 
 TINY = ["--n-layer", "1", "--n-embd", "16", "--block-size", "8", "--batch-size", "2",
@@ -94,7 +95,7 @@ def test_layer_suite_compares_backends_and_scales_the_expert_count(capsys):
 
 def test_a_twin_mismatch_fails_the_bench(capsys, monkeypatch):
     pytest.importorskip("torch")
-    from tinysparse import bench_moe
+    from tinysparse.bench import moe as bench_moe
     real = bench_moe.build_torch_twin
 
     def off_by_a_bit(model):              # a twin whose weights differ: its losses must not match

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tinysparse.backend import cuda_available
+from tinysparse.engine.backend import cuda_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",

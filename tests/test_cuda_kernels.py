@@ -18,7 +18,7 @@ import pytest
 import tinysparse as ts
 from cuda_kernels import host, matmul_naive, matmul_tiled
 from cuda_kernels import plan as K_plan
-from cuda_kernels.dispatch import CudaDispatch
+from tinysparse.moe.cuda_dispatch import CudaDispatch
 from tinysparse.moe import MoE
 from tinysparse.moe.dispatch import DISPATCH_BACKENDS, NumpyDispatch, capacity, get_backend
 
@@ -344,7 +344,7 @@ NO_CUPY_GPU = pytest.mark.skipif(ts.backend.cuda_available(),
 
 @NO_CUPY_GPU
 def test_gpu_check_says_there_is_no_gpu_and_exits_2():
-    r = subprocess.run([sys.executable, "-m", "cuda_kernels.gpu_check"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "tinysparse.bench.gpu_check"], capture_output=True,
                        text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stdout.strip().splitlines()
@@ -353,7 +353,7 @@ def test_gpu_check_says_there_is_no_gpu_and_exits_2():
 
 def test_gpu_check_training_command_runs(tmp_path):
     """The flags gpu_check passes to `tinysparse train` still exist: two steps on the CPU."""
-    from cuda_kernels import gpu_check
+    from tinysparse.bench import gpu_check
     ok, detail = gpu_check.stage_train("numpy", 2, timeout=120, device="cpu")
     assert ok, detail
 

@@ -1,4 +1,4 @@
-"""Tests for tinysparse/data.py: tokenizer, corpora, synthetic tasks, batches."""
+"""Tests for tinysparse/training/data.py and corpora.py: tokenizer, corpora, synthetic tasks, batches."""
 import json
 import os
 
@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tinysparse import corpora, data
+from tinysparse.training import corpora, data
 
-BatchSampler, ByteTokenizer, Corpus, DataError = (
-    data.BatchSampler, data.ByteTokenizer, data.Corpus, data.DataError)
-SyntheticTasks, exact_match_accuracy, get_batch = (
-    data.SyntheticTasks, data.exact_match_accuracy, data.get_batch)
-load_corpus, stdlib_files = data.load_corpus, data.stdlib_files
+BatchSampler, ByteTokenizer, Corpus, get_batch, load_corpus = (
+    data.BatchSampler, data.ByteTokenizer, data.Corpus, data.get_batch, data.load_corpus)
+DataError, SyntheticTasks, exact_match_accuracy, stdlib_files = (
+    corpora.DataError, corpora.SyntheticTasks, corpora.exact_match_accuracy, corpora.stdlib_files)
 
 tok = ByteTokenizer()
 

@@ -5,7 +5,7 @@ import numpy as np
 
 import tinysparse as ts
 from tinysparse.moe import MoE
-from tinysparse.tensor import Function, Tensor
+from tinysparse.engine.tensor import Function, Tensor
 
 
 def _no_shared_memory(arrays):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import tinysparse as ts
-from tinysparse import backend
+from tinysparse.engine import backend
 from tinysparse.moe import MoE
 from tinysparse.moe.dispatch import DISPATCH_BACKENDS, NumpyDispatch, capacity
 
@@ -40,7 +40,7 @@ def cp():
 
 
 def _backends():
-    from cuda_kernels.dispatch import CudaDispatch
+    from tinysparse.moe.cuda_dispatch import CudaDispatch
     return {"naive": CudaDispatch(matmul="naive"), "tiled": CudaDispatch(matmul="tiled"),
             "tiled8": CudaDispatch(matmul="tiled", tile=8),
             "tiled32": CudaDispatch(matmul="tiled", tile=32),
@@ -117,7 +117,7 @@ def test_bitwise_repeatable_on_the_device(cp):
 
 
 def test_numpy_arrays_on_a_real_gpu_come_back_as_numpy():
-    from cuda_kernels.dispatch import CudaDispatch
+    from tinysparse.moe.cuda_dispatch import CudaDispatch
     x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
     buf = CudaDispatch().gather(x, np.array([4, 0, 0, 2]))
     assert isinstance(buf, np.ndarray)
@@ -126,7 +126,7 @@ def test_numpy_arrays_on_a_real_gpu_come_back_as_numpy():
 
 @pytest.mark.parametrize("router", ["topk", "expert_choice"])
 def test_moe_layer_on_the_device_matches_the_numpy_backend(cp, router, monkeypatch):
-    from cuda_kernels.dispatch import CudaDispatch
+    from tinysparse.moe.cuda_dispatch import CudaDispatch
     monkeypatch.setitem(DISPATCH_BACKENDS, "cuda naive", CudaDispatch(matmul="naive"))
     rng = np.random.default_rng(0)
     x_np, w_np = rng.standard_normal((4, 64, 128)), rng.standard_normal((4, 64, 128))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinysparse.scatter import index_add, index_add_by_rank, index_add_one_hot
+from tinysparse.engine.scatter import index_add, index_add_by_rank, index_add_one_hot
 
 
 def reference(shape, index, values):

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from tinysparse import optim
-from tinysparse import random as ts_random
-from tinysparse.checkpoint import (CKPT_NAME, LOG_NAME, CheckpointError, load_checkpoint,
+from tinysparse.engine import random as ts_random
+from tinysparse.training.checkpoint import (CKPT_NAME, LOG_NAME, CheckpointError, load_checkpoint,
                                    save_checkpoint)
-from tinysparse.data import BatchSampler
+from tinysparse.training.data import BatchSampler
 from tinysparse.gpt import GPT, GPTConfig
-import tinysparse.train as train_module
-from tinysparse.train import (PRESETS, TrainConfig, TrainingDiverged, load_run, sample, train)
+import tinysparse.training.loop as train_module
+from tinysparse.training import (PRESETS, TrainConfig, TrainingDiverged, load_run, sample, train)
 
 
 def model_config(**kw):

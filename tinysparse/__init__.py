@@ -3,18 +3,18 @@
     import tinysparse as ts
     from tinysparse import nn, optim, functional as F
 """
-from ._malloc import tune_malloc
+from .engine._malloc import tune_malloc
 
-tune_malloc()  # see _malloc.py: a 2-6x faster step on glibc, measured
+tune_malloc()  # see engine/_malloc.py: a 2-6x faster step on glibc, measured
 
-from . import backend, ops  # noqa: E402
-from .backend import cuda_available
-from .gradcheck import GradcheckError, gradcheck
-from .ops import (broadcast_to, cat, concatenate, exp, log, masked_fill, matmul, permute, relu,
-                  reshape, sigmoid, sqrt, stack, tanh, where)
-from .random import manual_seed
-from .tensor import Function, Tensor, is_grad_enabled, no_grad
-from . import functional, nn, optim  # noqa: E402  (they build on the names above)
+from .engine import backend, functional, ops  # noqa: E402
+from .engine.backend import cuda_available  # noqa: E402
+from .engine.gradcheck import GradcheckError, gradcheck  # noqa: E402
+from .engine.ops import (broadcast_to, cat, concatenate, exp, log, masked_fill, matmul,  # noqa: E402
+                         permute, relu, reshape, sigmoid, sqrt, stack, tanh, where)
+from .engine.random import manual_seed  # noqa: E402
+from .engine.tensor import Function, Tensor, is_grad_enabled, no_grad  # noqa: E402
+from . import nn, optim  # noqa: E402  (they build on the engine)
 
 __version__ = "0.1.0"
 

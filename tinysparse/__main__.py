@@ -20,10 +20,12 @@ import sys
 import typing
 
 from . import __version__
-from .backend import DeviceError
-from .checkpoint import CKPT_NAME, CheckpointError, load_checkpoint
+from .engine.backend import DeviceError
 from .gpt import GPTConfig
-from .train import PRESETS, TrainConfig, TrainingDiverged, sample, train
+from .training.checkpoint import CKPT_NAME, CheckpointError, load_checkpoint
+from .training.config import PRESETS, TrainConfig
+from .training.loop import TrainingDiverged, train
+from .training.sampling import sample
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 _NOT_FLAGS = {"vocab_size"}     # fixed by the byte tokenizer
@@ -111,7 +113,7 @@ def build_parser(bench_arguments=None):
     sa.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
 
     be = sub.add_parser("bench", help="time training steps and MoE layers against PyTorch",
-                        description="Benchmarks (see tinysparse/bench.py).")
+                        description="Benchmarks (see tinysparse/bench/).")
     if bench_arguments is not None:
         bench_arguments(be)
     return parser
@@ -186,12 +188,12 @@ def _load_bench():
         from . import bench
     except ModuleNotFoundError as e:
         if e.name == "tinysparse.bench":
-            return None, "the bench command is not available: tinysparse/bench.py is missing"
+            return None, "the bench command is not available: tinysparse/bench/ is missing"
         return None, f"the benchmarks need {e.name!r}, which is not installed; install it with pip"
     except ImportError as e:
         return None, f"cannot load the benchmarks ({e})"
     if not hasattr(bench, "run_bench"):
-        return None, "tinysparse/bench.py has no run_bench(args); the bench command is not ready"
+        return None, "tinysparse/bench/ has no run_bench(args); the bench command is not ready"
     return getattr(bench, "add_bench_arguments", None), None
 
 

@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import functional as F
+from .engine import functional as F
 from . import nn
-from . import random as ts_random
-from .backend import array_module, to_numpy
+from .engine import random as ts_random
+from .engine.backend import array_module, to_numpy
 from .moe import MoE
-from .tensor import Tensor, no_grad
+from .engine.tensor import Tensor, no_grad
 
 
 @dataclass

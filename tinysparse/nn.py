@@ -7,10 +7,10 @@ import math
 
 import numpy as np
 
-from . import backend
-from . import functional as F
-from . import random as ts_random
-from .tensor import Tensor
+from .engine import backend
+from .engine import functional as F
+from .engine import random as ts_random
+from .engine.tensor import Tensor
 
 
 class Parameter(Tensor):

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from . import backend
+from .engine import backend
 
 
 class Optimizer:

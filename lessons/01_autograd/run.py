@@ -16,8 +16,8 @@ import numpy as np
 import tinysparse as ts
 from tinysparse import functional as F
 from tinysparse.lesson import check, section, summary
-from tinysparse.tensor import _topological_order as tensor_topological_order
-from tinysparse.tensor import unbroadcast
+from tinysparse.engine.autograd import _topological_order as tensor_topological_order
+from tinysparse.engine.autograd import unbroadcast
 
 
 

@@ -21,7 +21,8 @@ from tinysparse import functional as F
 from tinysparse import optim
 from tinysparse.gpt import GPT, GPTConfig
 from tinysparse.lesson import check, section, summary
-from tinysparse.tensor import Tensor, _topological_order
+from tinysparse.engine.autograd import _topological_order
+from tinysparse.engine.tensor import Tensor
 
 
 

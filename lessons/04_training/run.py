@@ -17,10 +17,10 @@ import time
 import numpy as np
 
 from tinysparse import optim
-from tinysparse.data import ByteTokenizer, load_corpus
+from tinysparse.training.data import ByteTokenizer, load_corpus
 from tinysparse.gpt import GPTConfig
 from tinysparse.lesson import check, section, summary
-from tinysparse.train import TrainConfig, bits_per_byte, load_run, sample, train
+from tinysparse.training import TrainConfig, bits_per_byte, load_run, sample, train
 
 
 
@@ -39,7 +39,7 @@ def part_data(args):
     check(tok.decode(ids) == "def f(x):", "decode(encode(text)) == text (a token is a byte)")
     corpus = load_corpus("stdlib", MODEL["block_size"], MAX_BYTES, seed=args.seed)
     print(f"  corpus: {corpus!r}")
-    from tinysparse.data import get_batch
+    from tinysparse.training.data import get_batch
     x, y = get_batch(corpus.train, 4, MODEL["block_size"], np.random.default_rng(0))
     print(f"  a batch: x {x.shape}, y {y.shape}; row 0 x = {tok.decode(x[0])!r}")
     print(f"                                row 0 y = {tok.decode(y[0])!r}")

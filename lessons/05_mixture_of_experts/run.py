@@ -18,13 +18,13 @@ import numpy as np
 import tinysparse as ts
 from tinysparse import functional as F
 from tinysparse import optim
-from tinysparse.data import BatchSampler, get_batch, load_corpus
+from tinysparse.training.data import BatchSampler, get_batch, load_corpus
 from tinysparse.gpt import GPT, GPTConfig
 from tinysparse.lesson import check, section, summary
 from tinysparse.moe import MoE, NumpyDispatch, capacity
 from tinysparse.moe.router import RoutingResult, TopKRouter
-from tinysparse.tensor import no_grad
-from tinysparse.train import PRESETS, bits_per_byte
+from tinysparse.engine.tensor import no_grad
+from tinysparse.training import PRESETS, bits_per_byte
 
 
 

@@ -32,7 +32,7 @@ import tinysparse as ts  # noqa: E402
 import toy_kernels as toy  # noqa: E402  (this folder: the chapter's small kernels)
 from cuda_kernels import host, matmul_naive, matmul_tiled  # noqa: E402
 from cuda_kernels import plan as K_plan  # noqa: E402
-from cuda_kernels.dispatch import CudaDispatch  # noqa: E402
+from tinysparse.moe.cuda_dispatch import CudaDispatch  # noqa: E402
 from tinysparse.lesson import check, section, summary  # noqa: E402
 from tinysparse.moe import MoE  # noqa: E402
 from tinysparse.moe.dispatch import NumpyDispatch, capacity, register_backend  # noqa: E402

@@ -125,7 +125,7 @@ def median_ms(fn, repeats, warmup=1):
 def cupy_reference_ms(REF, x, g, w, b, offsets):
     """The NumPy reference on CuPy arrays (one cuBLAS matmul per expert), ms per op; {} without CuPy."""
     try:
-        from tinysparse import backend     # the one module that imports cupy
+        from tinysparse.engine import backend     # the one module that imports cupy
         if not backend.cuda_available():
             print("  (CuPy is not installed: no cuBLAS column; pip install -e '.[cuda]')")
             return {}

@@ -19,13 +19,13 @@ import numpy as np
 import tinysparse as ts
 from tinysparse import functional as F
 from tinysparse import optim
-from tinysparse.data import BatchSampler, ByteTokenizer, get_batch, load_corpus
+from tinysparse.training.data import BatchSampler, ByteTokenizer, get_batch, load_corpus
 from tinysparse.gpt import GPT, MLP, GPTConfig
 from tinysparse.lesson import check, section, summary
 from tinysparse.moe import MoE
 from tinysparse.moe.router import ExpertChoiceRouter
-from tinysparse.tensor import no_grad
-from tinysparse.train import bits_per_byte
+from tinysparse.engine.tensor import no_grad
+from tinysparse.training import bits_per_byte
 
 
 

@@ -6,8 +6,11 @@
     loss = loss + layer.aux_loss  # load balance + router z-loss
 
 Files, in reading order: router.py (who goes where), dispatch.py (the plan, moving rows, the
-grouped matmul, the backend registry), primitives.py (the same as autograd Functions),
-experts.py (the FFNs), layer.py (all of it together).
+grouped matmul, the NumPy reference backend and the registry), primitives.py (the same as autograd
+Functions), experts.py (the FFNs), layer.py (all of it together). The other dispatch backends,
+each NumpyDispatch's interface on faster kernels: numba_dispatch.py on numba_kernels.py (@njit,
+chapter 06), cuda_dispatch.py on the @cuda.jit kernels of cuda_kernels/ (chapter 07); timing.py
+times each primitive of a backend.
 """
 from .dispatch import (DISPATCH_BACKENDS, DispatchPlan, NumpyDispatch, capacity, get_backend,
                        register_backend)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backend import array_module, to_numpy
+from ..engine.backend import array_module, to_numpy
 
 
 def capacity(capacity_factor, n_slots, n_expert):
@@ -190,7 +190,7 @@ DISPATCH_BACKENDS = {"numpy": NumpyDispatch()}
 # kernels need numba.cuda): name -> "module:class".
 LAZY_BACKENDS = {
     "numba": "tinysparse.moe.numba_dispatch:NumbaDispatch",
-    "cuda": "cuda_kernels.dispatch:CudaDispatch",
+    "cuda": "tinysparse.moe.cuda_dispatch:CudaDispatch",
 }
 
 

@@ -12,9 +12,9 @@ import math
 
 import numpy as np
 
-from .. import functional as F
+from ..engine import functional as F
 from .. import nn
-from .. import random as ts_random
+from ..engine import random as ts_random
 from .primitives import grouped_linear
 
 

@@ -9,7 +9,7 @@ that of k small FFNs. The pieces: router.py decides, dispatch.py moves the rows,
 import numpy as np
 
 from .. import nn
-from ..backend import to_numpy
+from ..engine.backend import to_numpy
 from .dispatch import capacity, get_backend, resolve_backend_name
 from .primitives import combine, gather_rows
 from .experts import Experts, SharedExperts

@@ -6,7 +6,7 @@ NumpyDispatch, or numba / cuda by name), so every backend gets the same gradient
     h = grouped_linear(buffer, w1, b1, offsets, ...)  # each expert's rows times its own weights
     out = combine(y, gates, plan, backend)            # (S, C) -> (T, C), weighted by the gates
 """
-from ..function import Function
+from ..engine.function import Function
 from .dispatch import get_backend
 
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import functional as F
+from ..engine import functional as F
 from .. import nn
-from .. import random as ts_random
-from ..backend import array_module
-from ..tensor import Tensor
+from ..engine import random as ts_random
+from ..engine.backend import array_module
+from ..engine.tensor import Tensor
 
 SCORES = ("softmax", "sigmoid")
 

@@ -10,19 +10,19 @@ only in the feed-forward slot:
 
 Each MoE shape runs twice: tinysparse (sort-based dispatch, one grouped matmul per segment) and
 its PyTorch twin written the common way, a Python loop over the experts with torch.nonzero and
-index_add_ (tinysparse/bench_torch.py). Same weights, same batch: the first-step losses must
-agree, or the timings compare different work. All steps alternate in one run (see bench.py).
+index_add_ (tinysparse/bench/torch_twins.py). Same weights, same batch: the first-step losses must
+agree, or the timings compare different work. All steps alternate in one run (see common.py).
 """
 import functools
 
 import numpy as np
 
-from . import optim
-from .bench import LOSS_TOLERANCE, build_model, fixed_batch, import_torch, step, threads, \
-    time_alternating
-from .bench_torch import LR, WEIGHT_DECAY, build_torch_twin, torch_adamw
-from .gpt import GPTConfig
-from .moe.dispatch import resolve_backend_name
+from .. import optim
+from ..gpt import GPTConfig
+from ..moe.dispatch import resolve_backend_name
+from .common import (LOSS_TOLERANCE, build_model, fixed_batch, import_torch, step, threads,
+                     time_alternating)
+from .torch_twins import LR, WEIGHT_DECAY, build_torch_twin, torch_adamw
 
 # (label, n_expert, top_k, d_expert)
 MOE_SHAPES = [("tiny-moe", 16, 2, 256), ("E8 top-2 d128", 8, 2, 128)]

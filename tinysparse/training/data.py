@@ -13,10 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# the corpus sources live in corpora.py; importing them from here keeps data.X working
-from .corpora import (STDLIB_MAX_BYTES, DataError, SyntheticTasks,  # noqa: F401
-                      exact_match_accuracy, load_stdlib, read_text_file, stdlib_files,
-                      stdlib_root)
+from .corpora import DataError, SyntheticTasks, load_stdlib, read_text_file, stdlib_root
 
 VOCAB_SIZE = 256
 SYNTHETIC_BYTES = 220_000       # default synthetic corpus size: ~200k train + ~20k val

@@ -25,14 +25,16 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from . import backend, optim
-from . import random as ts_random
+from .. import optim
+from ..engine import backend
+from ..engine import random as ts_random
 from .checkpoint import (CKPT_NAME, CONFIG_NAME, LOG_NAME, CheckpointError, append_log,
                          load_checkpoint, save_checkpoint, save_json, truncate_log)
-from .data import BatchSampler, ByteTokenizer, get_batch, load_corpus
-from .gpt import GPT, GPTConfig
-from .tensor import no_grad
-from .train_config import PRESETS, TrainConfig  # noqa: F401  (re-exported: train.TrainConfig)
+from .data import BatchSampler, get_batch, load_corpus
+from ..engine.tensor import no_grad
+from ..gpt import GPT, GPTConfig
+from .config import TrainConfig
+from .sampling import sample_text
 
 
 class TrainingDiverged(RuntimeError):
@@ -108,13 +110,6 @@ def _moe_text(moe):
     if moe is None:
         return ""
     return f", load {moe['max_over_mean_load']:.2f} max/mean, dropped {moe['dropped_fraction']:.1%}"
-
-
-def _text(model, prompt, max_new_tokens, temperature, top_k, seed):
-    tok = ByteTokenizer()
-    ts_random.manual_seed(seed)
-    ids = model.generate(tok.encode(prompt)[None, :], max_new_tokens, temperature, top_k)
-    return tok.decode(ids[0])
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -296,35 +291,7 @@ def train(model_config: GPTConfig, train_config: TrainConfig, resume=False) -> d
                "train_time_s": train_time, "out_dir": cfg.out_dir, "checkpoint": ckpt_path,
                "moe": st["moe"]}
     if status == "done" and cfg.sample_tokens:
-        summary["sample"] = _text(model, "\n", cfg.sample_tokens, 0.8, 50, seed=0)
+        summary["sample"] = sample_text(model, "\n", cfg.sample_tokens, 0.8, 50, seed=0)
         print(f"---- sample ({cfg.sample_tokens} bytes, temperature 0.8, top_k 50) ----")
         print(summary["sample"], flush=True)
     return summary
-
-
-# ----------------------------------------------------------------------------- using a run
-
-def load_run(out_dir, device="cpu"):
-    """(model, (GPTConfig, TrainConfig), checkpoint dict) of the run saved in out_dir."""
-    ckpt = load_checkpoint(os.path.join(out_dir, CKPT_NAME))
-    mcfg = GPTConfig(**ckpt["model_config"])
-    tcfg = TrainConfig.from_dict(ckpt.get("train_config", {}))
-    model = GPT(mcfg)
-    model.load_state_dict(ckpt["model"])
-    model.to(backend.resolve_device(device)).eval()
-    return model, (mcfg, tcfg), ckpt
-
-
-def sample(out_dir, prompt="\n", max_new_tokens=500, temperature=0.8, top_k=50, seed=0,
-           device="cpu") -> str:
-    """Text from the run in out_dir: the prompt followed by max_new_tokens sampled bytes."""
-    if not temperature > 0:
-        raise ValueError(f"--temperature must be positive, got {temperature}; try 0.8")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {top_k}; try 50")
-    if max_new_tokens < 0:
-        raise ValueError(f"--max-new-tokens must not be negative, got {max_new_tokens}")
-    if not prompt:
-        raise ValueError("--prompt must not be empty; the model needs a first byte, e.g. --prompt 'def '")
-    model, _, _ = load_run(out_dir, device)
-    return _text(model, prompt, max_new_tokens, temperature, top_k, seed)

@@ -1,6 +1,6 @@
 """make gpu-check: the CUDA kernels on a real GPU, end to end, in under five minutes.
 
-    python -m cuda_kernels.gpu_check [--budget 280] [--iters 50]
+    python -m tinysparse.bench.gpu_check [--budget 280] [--iters 50]
 
 Three stages; each one reports PASS or FAIL with its reason, and a failure does not stop the next:
 
@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXIT_OK, EXIT_FAILED, EXIT_NO_GPU = 0, 1, 2
 
 # (label, tokens, n_embd, n_expert, top_k, d_expert): the tiny-moe preset's layer, and a
@@ -45,7 +45,7 @@ def _env():
 def why_no_gpu():
     """None when CuPy and Numba both see a CUDA device, else the reason in a few words."""
     try:
-        from tinysparse import backend
+        from tinysparse.engine import backend
         if not backend.cuda_available():
             return "CuPy is not installed or finds no CUDA device (pip install -e .[cuda])"
         from numba import cuda
@@ -129,9 +129,9 @@ def _time_layer(cp, backend_name, shape, deadline, repeats=10):
 
 
 def stage_timing(deadline):
-    from tinysparse import backend
+    from tinysparse.engine import backend
+    from tinysparse.moe.cuda_dispatch import CudaDispatch
     from tinysparse.moe.dispatch import register_backend
-    from cuda_kernels.dispatch import CudaDispatch
     cp = backend.get_xp("cuda")
     register_backend("cuda naive", CudaDispatch(matmul="naive"))
     register_backend("cuda tiled", CudaDispatch(matmul="tiled"))
@@ -213,7 +213,7 @@ def print_table(rows, header):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m cuda_kernels.gpu_check",
+    p = argparse.ArgumentParser(prog="python -m tinysparse.bench.gpu_check",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--budget", type=float, default=280, help="seconds for all stages (default 280)")
     p.add_argument("--iters", type=int, default=50, help="training steps per run (default 50)")

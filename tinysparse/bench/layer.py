@@ -8,7 +8,7 @@ At n_embd C, every layer below does the same multiply-adds per token:
     E64 top-8 dC/2   64 experts of width C/2, 8 per token  (fine-grained: 8 x C/2 = 4C)
 
 Each MoE runs through every dispatch backend available here (numpy, numba, ...) and as the
-PyTorch loop over experts (tinysparse/bench_torch.py), from the same weights. Then the scaling
+PyTorch loop over experts (tinysparse/bench/torch_twins.py), from the same weights. Then the scaling
 row: E = 8, 16, ..., 128 experts of width 2C, top-2: the active FLOPs never change, only the
 total parameters do (16x). If cost follows active parameters, the time stays flat.
 
@@ -19,13 +19,13 @@ import functools
 
 import numpy as np
 
-from .bench import import_torch, threads, time_alternating
-from .bench_torch import copy_weights, torch_modules
-from .gpt import MLP, GPTConfig
-from .moe import MoE
-from .moe.dispatch import DISPATCH_BACKENDS, LAZY_BACKENDS, get_backend
-from . import random as ts_random
-from .tensor import Tensor
+from ..engine import random as ts_random
+from ..engine.tensor import Tensor
+from ..gpt import MLP, GPTConfig
+from ..moe import MoE
+from ..moe.dispatch import DISPATCH_BACKENDS, LAZY_BACKENDS, get_backend
+from .common import import_torch, threads, time_alternating
+from .torch_twins import copy_weights, torch_modules
 
 SCALING_EXPERTS = (8, 16, 32, 64, 128)
 

@@ -1,6 +1,6 @@
-"""dispatch_backend='cuda': NumpyDispatch's interface on the Numba CUDA kernels of this package.
+"""dispatch_backend='cuda': NumpyDispatch's interface on the Numba CUDA kernels of cuda_kernels/.
 
-    from cuda_kernels.dispatch import CudaDispatch
+    from tinysparse.moe.cuda_dispatch import CudaDispatch
     backend = CudaDispatch(matmul="tiled", tile=16)       # or matmul="naive"
     MoE(..., dispatch_backend="cuda")                      # the registry makes CudaDispatch()
 
@@ -18,12 +18,12 @@ and one thread per row. The results do not depend on these settings beyond round
 """
 import numpy as np
 
-from tinysparse.moe.dispatch import DispatchPlan
+from cuda_kernels import combine as K_combine
+from cuda_kernels import matmul_naive, matmul_tiled, permute
+from cuda_kernels import plan as K_plan
+from cuda_kernels.host import SIMULATED, Outputs, device_view, simulator_paced, zero_of
 
-from . import combine as K_combine
-from . import matmul_naive, matmul_tiled, permute
-from . import plan as K_plan
-from .host import SIMULATED, Outputs, device_view, simulator_paced, zero_of
+from .dispatch import DispatchPlan
 
 MATMULS = {"naive": matmul_naive, "tiled": matmul_tiled}
 

@@ -1,0 +1,116 @@
+"""What every benchmark suite shares: one training step, thread limits, a float32 matmul peak,
+alternating timed steps, seeded models and batches, and the optional torch import.
+
+Fairness on a busy machine: the frameworks take turns, one step each, so a burst of someone
+else's load hits both alike; the median is the headline and the min shows the quiet-machine speed.
+Before each step a short untimed pause (--settle) lets the other framework's idle worker threads
+go to sleep: OpenBLAS's spin for about 0.1 s after a call, and on 2 cores that alone made torch's
+steps 2.4x slower when they followed a tinysparse step (measured; with the pause, each framework
+runs as fast as it does alone).
+"""
+import contextlib
+import gc
+import math
+import time
+
+import numpy as np
+
+from ..engine import random as ts_random
+from ..gpt import GPT
+
+LOSS_TOLERANCE = 1e-4               # first-step losses must agree this well: same model, same numbers
+
+
+# ---- one training step: the same code for both frameworks (zero_grad sets grads to None) --------
+
+def step(model, opt, idx, targets):
+    opt.zero_grad()
+    _, loss = model(idx, targets)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+@contextlib.contextmanager
+def threads(n, torch):
+    """Both frameworks on n threads: torch's own setting, and NumPy's BLAS via threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+        blas = threadpool_limits(n)
+    except ImportError:
+        print("note: threadpoolctl is not installed, so NumPy's BLAS threads are not limited "
+              "(pip install threadpoolctl)")
+        blas = contextlib.nullcontext()
+    previous = torch.get_num_threads() if torch else None
+    try:
+        with blas:
+            if torch:
+                torch.set_num_threads(n)
+            yield
+    finally:
+        if torch:
+            torch.set_num_threads(previous)
+
+
+def matmul_gflops(m, k, n, min_seconds=0.25):
+    """Best-of float32 NumPy (m, k) @ (k, n) in GFLOP/s: the peak a step's GEMMs could reach."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
+    out = np.empty((m, n), dtype=np.float32)
+    np.matmul(a, b, out=out)                                   # warm up (threads, pages)
+    best, reps, start = math.inf, 0, time.perf_counter()
+    while reps < 3 or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best, reps = min(best, time.perf_counter() - t0), reps + 1
+    return 2.0 * m * k * n / best / 1e9
+
+
+def time_alternating(steps, warmup, iters, settle):
+    """{name: step()} -> {name: (milliseconds, losses)}: the steps take turns, one each per round,
+    so a burst of someone else's load hits them all alike; `settle` seconds (untimed) before each
+    step let the previous one's idle BLAS threads stop spinning. The first `warmup` rounds are
+    not timed (their losses are kept: the first loss checks that twins compute the same)."""
+    runs = {name: ([], []) for name in steps}
+    gc.collect()
+    for i in range(warmup + iters):
+        for name, step in steps.items():
+            if len(steps) > 1:
+                time.sleep(settle)
+            t0 = time.perf_counter()
+            loss = step()
+            elapsed = (time.perf_counter() - t0) * 1e3
+            runs[name][1].append(float(loss.item()))
+            if i >= warmup:
+                runs[name][0].append(elapsed)
+    return runs
+
+
+def build_model(config):
+    """A tinysparse GPT with seed-0 weights, built without disturbing the caller's generator."""
+    saved = ts_random.get_state()
+    ts_random.manual_seed(0)
+    try:
+        return GPT(config).to("cpu")
+    finally:
+        ts_random.set_state(saved)
+
+
+def fixed_batch(config, batch_size):
+    """(idx, targets), each (B, T): the same random tokens for every model and framework."""
+    T = config.block_size
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(batch_size, T + 1))
+    return np.ascontiguousarray(tokens[:, :-1]), np.ascontiguousarray(tokens[:, 1:])
+
+
+def import_torch(args):
+    """The torch module, or None (with a printed reason) under --no-torch or when not installed."""
+    if args.no_torch:
+        print("PyTorch comparison skipped (--no-torch)")
+        return None
+    try:
+        import torch
+    except ImportError:
+        print("torch is not installed, so the PyTorch comparison is skipped (pip install torch==2.13.0)")
+        return None
+    return torch

@@ -1,0 +1,20 @@
+"""The engine (chapters 01 and 03): arrays with gradients, and the operations that build the graph.
+
+Files, in reading order:
+
+    backend.py     the one device switch: NumPy arrays on the CPU, CuPy arrays on a GPU
+    tensor.py      Tensor: an array, an optional .grad, and the operators that record the graph
+    function.py    Function: forward and backward on raw arrays; apply() records; no_grad()
+    autograd.py    the backward engine: reverse topological order, the chain rule
+    ops.py         the primitives: arithmetic, exp/log/tanh/..., reductions, matmul
+    ops_shape.py   reshape, permute, broadcast, indexing, concatenate, stack, where
+    scatter.py     deterministic index-add (GetItem's backward without floating-point atomics)
+    functional.py  fused ops with hand-written backwards: softmax, cross-entropy, layer norm,
+                   GELU, dropout, attention
+    gradcheck.py   analytic vs numerical gradients, every element, float64
+    random.py      the seeded generator (dropout, init) on either device
+    _malloc.py     keeps freed temporaries in glibc's heap (a 2-6x faster step, measured)
+
+The engine knows no modules, models or training: nothing here imports from the rest of tinysparse.
+The public names are re-exported by the package itself: `import tinysparse as ts; ts.Tensor`.
+"""

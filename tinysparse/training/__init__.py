@@ -1,0 +1,19 @@
+"""Training a GPT (chapter 04): the data, the loop's settings, the loop, checkpoints, sampling.
+
+    from tinysparse.training import PRESETS, TrainConfig, train, sample
+    summary = train(GPTConfig(**PRESETS["tiny"]["model"]), TrainConfig(max_iters=200))
+
+Files, in reading order: data.py (bytes -> batches; corpora.py holds the sources), config.py
+(TrainConfig, PRESETS), loop.py (train: setup, step, evaluate, log, checkpoint), checkpoint.py
+(atomic files, resume), sampling.py (load a run, sample text).
+"""
+from .checkpoint import CheckpointError
+from .config import PRESETS, TrainConfig
+from .corpora import DataError
+from .data import ByteTokenizer, load_corpus
+from .loop import TrainingDiverged, bits_per_byte, evaluate, train
+from .sampling import load_run, sample, sample_text
+
+__all__ = ["PRESETS", "TrainConfig", "train", "evaluate", "TrainingDiverged", "bits_per_byte",
+           "load_run", "sample", "sample_text", "CheckpointError", "ByteTokenizer", "DataError",
+           "load_corpus"]
