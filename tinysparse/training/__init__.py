@@ -4,14 +4,16 @@
     summary = train(GPTConfig(**PRESETS["tiny"]["model"]), TrainConfig(max_iters=200))
 
 Files, in reading order: data.py (bytes -> batches; corpora.py holds the sources), config.py
-(TrainConfig, PRESETS), loop.py (train: setup, step, evaluate, log, checkpoint), checkpoint.py
-(atomic files, resume), sampling.py (load a run, sample text).
+(TrainConfig, PRESETS), loop.py (train: setup, step, evaluate, log, checkpoint), evaluation.py
+(the loss on each split, bits per byte), checkpoint.py (atomic files, resume), sampling.py (load a
+run, sample text).
 """
 from .checkpoint import CheckpointError
 from .config import PRESETS, TrainConfig
 from .corpora import DataError
 from .data import ByteTokenizer, load_corpus
-from .loop import TrainingDiverged, bits_per_byte, evaluate, train
+from .evaluation import bits_per_byte, evaluate
+from .loop import TrainingDiverged, train
 from .sampling import load_run, sample, sample_text
 
 __all__ = ["PRESETS", "TrainConfig", "train", "evaluate", "TrainingDiverged", "bits_per_byte",

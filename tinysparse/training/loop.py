@@ -1,4 +1,4 @@
-"""Training a GPT: the loop, evaluation, checkpoints that resume bit-identically, and sampling.
+"""Training a GPT: the loop, in named steps, with checkpoints that resume bit-identically.
 
 One step: draw a batch -> forward -> loss -> backward -> clip the gradient norm -> set the
 learning rate from the schedule (linear warm-up, cosine decay) -> AdamW update.
@@ -28,12 +28,12 @@ from tqdm import tqdm
 from .. import optim
 from ..engine import backend
 from ..engine import random as ts_random
+from ..gpt import GPT, GPTConfig
 from .checkpoint import (CKPT_NAME, CONFIG_NAME, LOG_NAME, CheckpointError, append_log,
                          load_checkpoint, save_checkpoint, save_json, truncate_log)
-from .data import BatchSampler, get_batch, load_corpus
-from ..engine.tensor import no_grad
-from ..gpt import GPT, GPTConfig
 from .config import TrainConfig
+from .data import BatchSampler, load_corpus
+from .evaluation import bits_per_byte, evaluate
 from .sampling import sample_text
 
 
@@ -42,28 +42,6 @@ class TrainingDiverged(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- pieces
-
-def bits_per_byte(nats):
-    """Byte tokens: a token is a byte, so nats per token / ln 2 = bits per byte."""
-    return nats / math.log(2)
-
-
-def evaluate(model, corpus, cfg, block_size):
-    """Mean loss over eval_iters batches of each split, under no_grad in eval mode. The batches
-    come from a fresh generator each time: every evaluation scores the same text (comparable
-    over time), and evaluating never moves the training generators (resume stays exact)."""
-    model.eval()
-    out = {}
-    with no_grad():
-        for i, split in enumerate(("train", "val")):
-            rng = np.random.default_rng([cfg.seed, 7919, i])
-            data = getattr(corpus, split)
-            losses = [float(model(*get_batch(data, cfg.batch_size, block_size, rng))[1].item())
-                      for _ in range(cfg.eval_iters)]
-            out[split] = float(np.mean(losses))
-    model.train()
-    return out
-
 
 class _SigintFlag:
     """The first Ctrl-C asks the loop to stop after the current step (so the saved state is
@@ -112,186 +90,243 @@ def _moe_text(moe):
     return f", load {moe['max_over_mean_load']:.2f} max/mean, dropped {moe['dropped_fraction']:.1%}"
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- the run
 
-def train(model_config: GPTConfig, train_config: TrainConfig, resume=False) -> dict:
-    """Train (or, with resume, continue) a GPT; returns a summary dict with status "done" or
-    "interrupted". Raises TrainingDiverged on a NaN/inf loss, DataError on bad data."""
-    cfg, mcfg = train_config, model_config
-    device = backend.resolve_device(cfg.device)
-    ckpt_path = os.path.join(cfg.out_dir, CKPT_NAME)
-    ckpt = None
-    if resume:
-        if not os.path.exists(ckpt_path):
-            raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}; drop --resume to start "
-                                  f"a new run, or pass the --out-dir of the run to continue")
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt["model_config"] != mcfg.to_dict():
-            diff = {k: v for k, v in ckpt["model_config"].items() if mcfg.to_dict().get(k) != v}
-            raise ValueError(f"--resume: the checkpoint in {cfg.out_dir} has model config {diff}; "
-                             f"drop the model flags that differ, or use a new --out-dir")
-    corpus = load_corpus(cfg.data, mcfg.block_size, cfg.max_bytes, seed=cfg.seed)
-    ts_random.manual_seed(cfg.seed)
-    model = GPT(mcfg).to(device)
-    opt = optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    sampler = BatchSampler(corpus, cfg.batch_size, mcfg.block_size, seed=cfg.seed)
-    st = {"step": 0, "best_val_loss": math.inf, "history": [], "val_loss": None}
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sampler.load_state_dict(ckpt["sampler"])
-        ts_random.set_state(ckpt["rng"])
-        st.update({k: ckpt[k] for k in st if k in ckpt})
-        st["history"] = list(st["history"])
-    save_json(os.path.join(cfg.out_dir, CONFIG_NAME),
-              {"model": mcfg.to_dict(), "train": cfg.to_dict(), "device": device,
-               "n_params": model.num_parameters(), "corpus": repr(corpus)})
-    st["saved_step"] = st["step"] if ckpt is not None else None
-    log_path = os.path.join(cfg.out_dir, LOG_NAME)
-    truncate_log(log_path, st["step"] if ckpt is not None else -1)   # drop steps to be redone
+class TrainingRun:
+    """One training run, in the named steps train() calls: setup (__init__), step, evaluate,
+    save, finish. It holds what they share: the model, the optimizer, the batch sampler, the run
+    state that goes into checkpoints (`st`) and the steps whose losses are not read yet."""
 
-    def kept():
-        if st["saved_step"] is not None:
-            return f"the last good checkpoint (step {st['saved_step']}) is kept in {ckpt_path}"
+    def __init__(self, model_config: GPTConfig, train_config: TrainConfig, resume=False):
+        """Setup: load the checkpoint when resuming, build model, optimizer and sampler, restore
+        their state, write config.json and drop the log lines of steps about to be redone."""
+        cfg, mcfg = self.cfg, self.mcfg = train_config, model_config
+        self.device = backend.resolve_device(cfg.device)
+        self.ckpt_path = os.path.join(cfg.out_dir, CKPT_NAME)
+        ckpt = _load_for_resume(self.ckpt_path, cfg, mcfg) if resume else None
+        self.resumed = ckpt is not None
+        self.corpus = load_corpus(cfg.data, mcfg.block_size, cfg.max_bytes, seed=cfg.seed)
+        ts_random.manual_seed(cfg.seed)
+        self.model = GPT(mcfg).to(self.device)
+        self.opt = optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+                               weight_decay=cfg.weight_decay)
+        self.sampler = BatchSampler(self.corpus, cfg.batch_size, mcfg.block_size, seed=cfg.seed)
+        self.st = {"step": 0, "best_val_loss": math.inf, "history": [], "val_loss": None}
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            self.sampler.load_state_dict(ckpt["sampler"])
+            ts_random.set_state(ckpt["rng"])
+            self.st.update({k: ckpt[k] for k in self.st if k in ckpt})
+            self.st["history"] = list(self.st["history"])
+        save_json(os.path.join(cfg.out_dir, CONFIG_NAME),
+                  {"model": mcfg.to_dict(), "train": cfg.to_dict(), "device": self.device,
+                   "n_params": self.model.num_parameters(), "corpus": repr(self.corpus)})
+        self.saved_step = self.st["step"] if ckpt is not None else None
+        self.log_path = os.path.join(cfg.out_dir, LOG_NAME)
+        truncate_log(self.log_path, self.st["step"] if ckpt is not None else -1)  # steps to redo
+        self.step_count = self.st["step"]
+        self.tokens_per_step = cfg.batch_size * mcfg.block_size
+        self.tokens, self.train_time = 0, 0.0
+        self.moe = None                 # load statistics of the last read training step
+        # Reading a number from the GPU makes the host wait for the device. On the CPU every
+        # step is checked at once; on a GPU the losses and gradient norms stay on the device and
+        # are read together every log_interval steps, and always before an evaluation or a
+        # checkpoint (so a diverged model is never saved). MoE load statistics follow suit.
+        self.sync_every = _sync_interval(self.device, cfg)
+        self.pending = []               # (step, loss, grad norm) not yet read and checked
+        self.loss_value = math.nan      # the last loss read
+        self.horizon = cfg.lr_decay_iters or cfg.max_iters
+
+    # ---- what a message says about the saved state ----------------------------------------------
+    def kept(self):
+        if self.saved_step is not None:
+            return (f"the last good checkpoint (step {self.saved_step}) is kept in "
+                    f"{self.ckpt_path}")
         return "no checkpoint of this run was written yet"
 
-    def save(step):
-        st["saved_step"] = step
-        save_checkpoint(ckpt_path, {
-            "version": 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "model_config": mcfg.to_dict(), "train_config": cfg.to_dict(), "step": step,
-            "rng": ts_random.get_state(), "sampler": sampler.state_dict(), **{
-                k: st[k] for k in ("best_val_loss", "history", "val_loss")}})
+    # ---- checkpoint ---------------------------------------------------------------------------------
+    def save(self, step):
+        self.saved_step = step
+        save_checkpoint(self.ckpt_path, {
+            "version": 1, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "model_config": self.mcfg.to_dict(), "train_config": self.cfg.to_dict(),
+            "step": step, "rng": ts_random.get_state(), "sampler": self.sampler.state_dict(),
+            **{k: self.st[k] for k in ("best_val_loss", "history", "val_loss")}})
 
-    def run_eval(step):
-        losses = evaluate(model, corpus, cfg, mcfg.block_size)
-        best = losses["val"] < st["best_val_loss"]
-        st["best_val_loss"] = min(st["best_val_loss"], losses["val"])
-        st["val_loss"] = losses["val"]
-        rate = tokens / train_time if train_time else None
+    # ---- evaluate and log ----------------------------------------------------------------------------
+    def evaluate(self, step):
+        """Score both splits, append a line to log.jsonl, print it; returns step."""
+        losses = evaluate(self.model, self.corpus, self.cfg, self.mcfg.block_size)
+        best = losses["val"] < self.st["best_val_loss"]
+        self.st["best_val_loss"] = min(self.st["best_val_loss"], losses["val"])
+        self.st["val_loss"] = losses["val"]
+        rate = self.tokens / self.train_time if self.train_time else None
         record = {"step": step, "train_loss": losses["train"], "val_loss": losses["val"],
-                  "val_bpb": bits_per_byte(losses["val"]), "lr": opt.lr if step else None,
+                  "val_bpb": bits_per_byte(losses["val"]), "lr": self.opt.lr if step else None,
                   "tokens_per_s": rate}
-        if st["moe"] is not None:       # load balance of the last training step
-            record.update({f"moe_{k}": v for k, v in st["moe"].items()})
-        append_log(log_path, record)
+        if self.moe is not None:        # load balance of the last training step
+            record.update({f"moe_{k}": v for k, v in self.moe.items()})
+        append_log(self.log_path, record)
         tqdm.write(f"step {step:>6}: train {losses['train']:.4f}, val {losses['val']:.4f} nats "
                    f"= {bits_per_byte(losses['val']):.3f} bits/byte{'  (best)' if best else ''}"
-                   + _moe_text(st["moe"]))
+                   + _moe_text(self.moe))
         sys.stdout.flush()              # show it now, also when stdout is a pipe (| tee log)
         return step
 
-    tokens_per_step = cfg.batch_size * mcfg.block_size
-    st["moe"] = None
-    # Reading a number from the GPU makes the host wait for the device. On the CPU every step is
-    # checked at once; on a GPU the losses and gradient norms stay on the device and are read
-    # together every log_interval steps, and always before an evaluation or a checkpoint (so a
-    # diverged model is never saved). The MoE load statistics follow the same rhythm.
-    sync_every = _sync_interval(device, cfg)
-    pending = []                        # (step, loss, grad norm) not yet read and checked
-    horizon = cfg.lr_decay_iters or cfg.max_iters
-    step, tokens, train_time, status, last_eval = st["step"], 0, 0.0, "done", None
-    loss_value = math.nan
-
-    def finite_losses(entries):
-        """The losses of (step, loss, norm) entries as floats, copied to the host in one transfer;
-        TrainingDiverged, with the way out, at the first loss or norm that is not finite."""
+    # ---- the losses of finished steps --------------------------------------------------------------
+    def finite_losses(self, entries):
+        """The losses of (step, loss, norm) entries as floats, copied to the host in one
+        transfer; TrainingDiverged, with the way out, at the first loss or norm not finite."""
         values = _host_floats([v for _, loss, norm in entries for v in (loss, norm)])
         for i, (at, _, _) in enumerate(entries):
             for what, value in (("loss", values[2 * i]), ("gradient norm", values[2 * i + 1])):
                 if not math.isfinite(value):
                     raise TrainingDiverged(f"{what} is {value} at step {at}; training stopped, "
-                                           f"{kept()}; lower --lr (or raise --warmup-iters) and "
-                                           f"train again")
+                                           f"{self.kept()}; lower --lr (or raise --warmup-iters) "
+                                           f"and train again")
         return values[0::2]
 
-    def read_pending():
+    def read_pending(self):
         """Check and record the steps done since the last read (the loss history, the bar)."""
-        nonlocal loss_value
-        if pending:
-            st["history"].extend(finite_losses(pending))
-            loss_value = st["history"][-1]
-            pending.clear()
+        if self.pending:
+            self.st["history"].extend(self.finite_losses(self.pending))
+            self.loss_value = self.st["history"][-1]
+            self.pending.clear()
 
-    print(f"training GPT ({model.num_parameters() / 1e6:.2f}M parameters) on {corpus!r}, {device}, "
-          f"steps {step}->{cfg.max_iters} of {cfg.batch_size}x{mcfg.block_size} tokens, "
-          f"run folder {cfg.out_dir}" + (" (resumed)" if ckpt else ""), flush=True)
-    bar = tqdm(total=cfg.max_iters, initial=step, unit="step", dynamic_ncols=True, disable=None)
-    with _SigintFlag() as sigint, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        if step == 0:
-            last_eval = run_eval(0)
-        while step < cfg.max_iters:
-            if sigint.requested:
-                status = "interrupted"
-                break
-            before = (sampler.state_dict(), ts_random.get_state())
-            phase = "step"
+    # ---- one step --------------------------------------------------------------------------------------
+    def step(self, progress):
+        """batch -> forward -> backward -> clip -> learning rate -> AdamW update. `progress["phase"]`
+        says how far it got ("step", then "update", then "after"), for the Ctrl-C handler."""
+        cfg, step = self.cfg, self.step_count
+        x, y = self.sampler.train_batch()
+        _, loss = self.model(x, y)
+        self.opt.zero_grad()
+        loss.backward()
+        norm = optim.clip_grad_norm(self.model.parameters(), cfg.grad_clip or math.inf)
+        entry = (step + 1, loss.data, norm)
+        if self.sync_every == 1:        # on the CPU: a diverged step never reaches the update
+            self.finite_losses([entry])
+        self.opt.lr = optim.cosine_lr(step, cfg.lr, cfg.warmup_iters, self.horizon, cfg.min_lr)
+        self.pending.append(entry)      # recorded at the next read, once the step is done
+        progress["phase"] = "update"
+        self.opt.step()
+        if hasattr(self.model, "update_router_bias"):
+            self.model.update_router_bias()  # MoE aux-loss-free balancing; no-op when dense
+        self.step_count = step = step + 1
+        progress["phase"] = "after"     # from here on the state is consistent at `step`
+        if (step % self.sync_every == 0 or step % cfg.eval_interval == 0
+                or step % cfg.checkpoint_interval == 0 or step == cfg.max_iters):
+            self.read_pending()
+            self.moe = self.model.moe_stats()
+
+    def show_progress(self, bar, dt):
+        """The bar's postfix (on a terminal), or a printed line every log_interval steps."""
+        step = self.step_count
+        bar.update(1)
+        bar.set_postfix_str(f"loss {self.loss_value:.4f}, {self.tokens_per_step / dt:,.0f} tok/s"
+                            + _moe_text(self.moe), refresh=False)
+        if bar.disable and step % self.cfg.log_interval == 0:
+            print(f"step {step}/{self.cfg.max_iters}: loss {self.loss_value:.4f}, lr "
+                  f"{self.opt.lr:.2e}, {1000 * dt:.1f} ms/step, "
+                  f"{self.tokens / self.train_time:,.0f} tok/s" + _moe_text(self.moe), flush=True)
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+    def loop(self):
+        """Steps until max_iters, evaluating and saving on their intervals. Returns "done",
+        "interrupted" (Ctrl-C between steps: the state is consistent) or "aborted" (Ctrl-C
+        during an update: the parameters are half updated and must not be saved)."""
+        cfg, last_eval = self.cfg, None
+        with _SigintFlag() as sigint, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            bar = tqdm(total=cfg.max_iters, initial=self.step_count, unit="step",
+                       dynamic_ncols=True, disable=None)
             try:
-                t0 = time.perf_counter()
-                x, y = sampler.train_batch()
-                _, loss = model(x, y)
-                opt.zero_grad()
-                loss.backward()
-                norm = optim.clip_grad_norm(model.parameters(), cfg.grad_clip or math.inf)
-                entry = (step + 1, loss.data, norm)
-                if sync_every == 1:         # on the CPU: a diverged step never reaches the update
-                    finite_losses([entry])
-                opt.lr = optim.cosine_lr(step, cfg.lr, cfg.warmup_iters, horizon, cfg.min_lr)
-                pending.append(entry)       # recorded at the next read, once the step is done
-                phase = "update"
-                opt.step()
-                if hasattr(model, "update_router_bias"):
-                    model.update_router_bias()  # MoE aux-loss-free balancing; no-op when dense
-                step += 1
-                phase = "after"             # from here on the state is consistent at `step`
-                if (step % sync_every == 0 or step % cfg.eval_interval == 0
-                        or step % cfg.checkpoint_interval == 0 or step == cfg.max_iters):
-                    read_pending()
-                    st["moe"] = model.moe_stats()
-                dt = time.perf_counter() - t0
-                train_time, tokens = train_time + dt, tokens + tokens_per_step
-                bar.update(1)
-                bar.set_postfix_str(f"loss {loss_value:.4f}, {tokens_per_step / dt:,.0f} tok/s"
-                                    + _moe_text(st["moe"]), refresh=False)
-                if bar.disable and step % cfg.log_interval == 0:
-                    print(f"step {step}/{cfg.max_iters}: loss {loss_value:.4f}, lr {opt.lr:.2e}, "
-                          f"{1000 * dt:.1f} ms/step, {tokens / train_time:,.0f} tok/s"
-                          + _moe_text(st["moe"]), flush=True)
-                if step % cfg.eval_interval == 0:
-                    last_eval = run_eval(step)
-                if step % cfg.checkpoint_interval == 0:
-                    save(step)
-            except KeyboardInterrupt:
-                if phase == "step":         # the step never happened: undo its batch draw
-                    sampler.load_state_dict(before[0])
-                    ts_random.set_state(before[1])
-                # during the update the parameters are half updated: saving them would be wrong
-                status = "aborted" if phase == "update" else "interrupted"
-                break
-            except TrainingDiverged:
+                if self.step_count == 0:
+                    last_eval = self.evaluate(0)
+                while self.step_count < cfg.max_iters:
+                    if sigint.requested:
+                        return "interrupted"
+                    before = (self.sampler.state_dict(), ts_random.get_state())
+                    progress = {"phase": "step"}
+                    try:
+                        t0 = time.perf_counter()
+                        self.step(progress)
+                        dt = time.perf_counter() - t0
+                        self.train_time += dt
+                        self.tokens += self.tokens_per_step
+                        self.show_progress(bar, dt)
+                        step = self.step_count
+                        if step % cfg.eval_interval == 0:
+                            last_eval = self.evaluate(step)
+                        if step % cfg.checkpoint_interval == 0:
+                            self.save(step)
+                    except KeyboardInterrupt:
+                        if progress["phase"] == "step":   # the step never happened: undo its draw
+                            self.sampler.load_state_dict(before[0])
+                            ts_random.set_state(before[1])
+                        # during the update the parameters are half updated: never save them
+                        return "aborted" if progress["phase"] == "update" else "interrupted"
+            finally:
                 bar.close()
-                raise
-    bar.close()
-    if status == "interrupted":
-        read_pending()                  # a GPU's unread steps: never save a diverged model
-        save(step)
-        print(f"interrupted at step {step}; checkpoint saved to {ckpt_path} "
-              f"(continue with --resume)", flush=True)
-    elif status == "aborted":
-        status = "interrupted"
-        print(f"interrupted during the update of step {step + 1}; nothing saved, {kept()}", flush=True)
-    else:
-        if last_eval != step:
-            run_eval(step)
-        save(step)
-    summary = {"status": status, "step": step, "val_loss": st["val_loss"],
-               "val_bpb": None if st["val_loss"] is None else bits_per_byte(st["val_loss"]),
-               "best_val_loss": st["best_val_loss"], "history": list(st["history"]),
-               "tokens_per_s": tokens / train_time if train_time else None,
-               "train_time_s": train_time, "out_dir": cfg.out_dir, "checkpoint": ckpt_path,
-               "moe": st["moe"]}
-    if status == "done" and cfg.sample_tokens:
-        summary["sample"] = sample_text(model, "\n", cfg.sample_tokens, 0.8, 50, seed=0)
-        print(f"---- sample ({cfg.sample_tokens} bytes, temperature 0.8, top_k 50) ----")
-        print(summary["sample"], flush=True)
-    return summary
+                self.last_eval = last_eval
+        return "done"
+
+    # ---- the end -------------------------------------------------------------------------------------------
+    def finish(self, status):
+        """Save (or say why not), evaluate a finished run, sample; the summary dict."""
+        step = self.step_count
+        if status == "interrupted":
+            self.read_pending()         # a GPU's unread steps: never save a diverged model
+            self.save(step)
+            print(f"interrupted at step {step}; checkpoint saved to {self.ckpt_path} "
+                  f"(continue with --resume)", flush=True)
+        elif status == "aborted":
+            status = "interrupted"
+            print(f"interrupted during the update of step {step + 1}; nothing saved, "
+                  f"{self.kept()}", flush=True)
+        else:
+            if self.last_eval != step:
+                self.evaluate(step)
+            self.save(step)
+        st = self.st
+        summary = {"status": status, "step": step, "val_loss": st["val_loss"],
+                   "val_bpb": None if st["val_loss"] is None else bits_per_byte(st["val_loss"]),
+                   "best_val_loss": st["best_val_loss"], "history": list(st["history"]),
+                   "tokens_per_s": self.tokens / self.train_time if self.train_time else None,
+                   "train_time_s": self.train_time, "out_dir": self.cfg.out_dir,
+                   "checkpoint": self.ckpt_path, "moe": self.moe}
+        if status == "done" and self.cfg.sample_tokens:
+            n = self.cfg.sample_tokens
+            summary["sample"] = sample_text(self.model, "\n", n, 0.8, 50, seed=0)
+            print(f"---- sample ({n} bytes, temperature 0.8, top_k 50) ----")
+            print(summary["sample"], flush=True)
+        return summary
+
+
+def _load_for_resume(ckpt_path, cfg, mcfg):
+    """The checkpoint a resumed run continues; its model config must be this run's."""
+    if not os.path.exists(ckpt_path):
+        raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}; drop --resume to start "
+                              f"a new run, or pass the --out-dir of the run to continue")
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt["model_config"] != mcfg.to_dict():
+        diff = {k: v for k, v in ckpt["model_config"].items() if mcfg.to_dict().get(k) != v}
+        raise ValueError(f"--resume: the checkpoint in {cfg.out_dir} has model config {diff}; "
+                         f"drop the model flags that differ, or use a new --out-dir")
+    return ckpt
+
+
+def train(model_config: GPTConfig, train_config: TrainConfig, resume=False) -> dict:
+    """Train (or, with resume, continue) a GPT; returns a summary dict with status "done" or
+    "interrupted". Raises TrainingDiverged on a NaN/inf loss, DataError on bad data.
+
+    The steps, each a method of TrainingRun: setup, then loop (step, show progress, evaluate
+    and log on eval_interval, save on checkpoint_interval), then finish (a last evaluation and
+    checkpoint, the sample)."""
+    run = TrainingRun(model_config, train_config, resume)
+    cfg = run.cfg
+    print(f"training GPT ({run.model.num_parameters() / 1e6:.2f}M parameters) on {run.corpus!r}, "
+          f"{run.device}, steps {run.step_count}->{cfg.max_iters} of {cfg.batch_size}x"
+          f"{run.mcfg.block_size} tokens, run folder {cfg.out_dir}"
+          + (" (resumed)" if run.resumed else ""), flush=True)
+    return run.finish(run.loop())
