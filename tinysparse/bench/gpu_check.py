@@ -58,9 +58,11 @@ def why_no_gpu():
 
 def device_line():
     try:
-        import cupy
         import numba
         from numba import cuda
+
+        from tinysparse.engine import backend
+        cupy = backend.get_xp("cuda")           # the device switch is the one place that imports it
         props = cupy.cuda.runtime.getDeviceProperties(0)
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         cc = cuda.get_current_device().compute_capability
