@@ -9,7 +9,7 @@ ARGS   ?=
 
 LESSONS := $(sort $(notdir $(wildcard lessons/[0-9][0-9]_*)))
 
-.PHONY: help install test train sample bench gpu-check lessons clean
+.PHONY: help install test train sample bench gpu-check lessons transcripts clean
 
 help:  ## list every target and every chapter
 	@echo "tinysparse: a course and library for sparse-activation models"
@@ -24,6 +24,8 @@ help:  ## list every target and every chapter
 	@echo "  make install    create .venv and install tinysparse with its dev extra"
 	@echo "  make lessons    run every chapter's script in quick mode"
 	@echo "  make lesson-NN  run chapter NN's script in full (ARGS=--quick for a fast run)"
+	@echo "  make transcript-NN  record chapter NN's full and quick runs (the figures its text"
+	@echo "                  quotes; lessons/transcripts.py); make transcripts: every chapter"
 	@echo "  make clean      remove the venv, caches and run folders"
 	@echo ""
 	@echo "Chapters:"
@@ -61,6 +63,13 @@ lesson-%: $(STAMP)
 	@d=$$(ls -d lessons/$*_* 2>/dev/null | head -n 1); \
 	if [ -z "$$d" ]; then echo "no chapter $* yet: see 'make help'"; exit 2; fi; \
 	$(PY) $$d/run.py $(ARGS)
+
+# The runs each chapter's text quotes from (lessons/transcripts.py explains the checks).
+transcripts: $(STAMP)
+	$(PY) lessons/transcripts.py record all
+
+transcript-%: $(STAMP)
+	$(PY) lessons/transcripts.py record $*
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info out
