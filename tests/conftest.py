@@ -7,11 +7,16 @@ import os
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import tinysparse as ts  # noqa: E402  (after the simulator switch: tinysparse may load numba)
+from checkpoint_helpers import KINDS, model_config, train_config  # noqa: E402
 from tinysparse.moe import MoE  # noqa: E402
+from tinysparse.training import train  # noqa: E402
 
 
 @pytest.fixture
@@ -39,3 +44,19 @@ def _moe_layer_run(backend, router, x_np, w_np, capacity_factor=1.0):
 def moe_layer_run():
     """_moe_layer_run: the backends' MoE layers compared output by output, gradient by gradient."""
     return _moe_layer_run
+
+
+@pytest.fixture(scope="session")
+def ckpt_runs(tmp_path_factory):
+    """A 4-step run of each checkpoint_helpers.KINDS (dense, MoE with bias balancing, MoE with
+    dropout): {kind: run folder}. Shared by the checkpoint tests; copy a folder to damage it."""
+    root = tmp_path_factory.mktemp("runs")
+    for kind, kw in KINDS.items():
+        train(model_config(**kw), train_config(root / kind))
+    return {kind: root / kind for kind in KINDS}
+
+
+@pytest.fixture
+def ckpt_run(ckpt_runs, tmp_path):
+    """A fresh copy of the dense run, to damage."""
+    return Path(shutil.copytree(ckpt_runs["dense"], tmp_path / "run"))

@@ -5,6 +5,7 @@ never a traceback. argparse's own errors (unknown choice, not a number) keep arg
 a usage line and "tinysparse ...: error: ...", status 2.
 """
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,7 +62,9 @@ def test_train_then_sample(run_dir):
     out, proc = run_dir
     assert "done: step 3" in proc.stdout and "bits/byte" in proc.stdout
     assert "---- sample" in proc.stdout
-    assert sorted(os.listdir(out)) == ["ckpt.pkl", "config.json", "log.jsonl"]
+    names = sorted(os.listdir(out))
+    assert names[1:] == ["ckpt.json", "config.json", "log.jsonl"]
+    assert re.fullmatch(r"ckpt-000003-[0-9a-f]{12}\.safetensors", names[0])
     s = run("sample", "--out-dir", out, "--prompt", "add:", "--max-new-tokens", 30)
     assert s.returncode == 0 and s.stderr == ""
     assert s.stdout.startswith("add:") and len(s.stdout) > 4
@@ -81,7 +84,7 @@ def test_train_then_sample(run_dir):
 ])
 def test_bad_train_input(tmp_path, args, words):
     assert_one_line_error(run("train", *TINY, "--max-iters", 2, "--out-dir", tmp_path, *args), *words)
-    assert not (tmp_path / "ckpt.pkl").exists()
+    assert not (tmp_path / "ckpt.json").exists()
 
 
 def test_file_too_short_for_the_block_size(tmp_path):
@@ -113,8 +116,14 @@ def test_sample_without_a_run(tmp_path):
 
 
 def test_sample_from_a_corrupt_checkpoint(tmp_path):
-    (tmp_path / "ckpt.pkl").write_bytes(b"not a pickle")
-    assert_one_line_error(run("sample", "--out-dir", tmp_path), "not a readable checkpoint")
+    (tmp_path / "ckpt.json").write_bytes(b"{not json")
+    assert_one_line_error(run("sample", "--out-dir", tmp_path), "ckpt.json", "not valid JSON")
+
+
+def test_an_old_pickle_checkpoint_is_named_never_opened(tmp_path):
+    (tmp_path / "ckpt.pkl").write_bytes(b"not even a pickle")
+    assert_one_line_error(run("sample", "--out-dir", tmp_path), "ckpt.pkl", "old pickle format",
+                          "convert-checkpoint")
 
 
 @pytest.mark.parametrize("args, words", [
@@ -133,6 +142,7 @@ def test_bad_sample_input(run_dir, args, words):
     (["train", "--max-iters", "many"], ["--max-iters"]),
     (["train", "--device", "tpu"], ["--device"]),
     (["fly"], ["fly"]),
+    (["convert-checkpoint"], ["--out-dir"]),
     ([], ["required"]),
 ])
 def test_argparse_errors(args, words):
@@ -160,4 +170,4 @@ def test_ctrl_c_saves_and_exits_130(tmp_path):
         proc.kill()
     assert proc.returncode == 130, err
     assert "interrupted at step" in out and "checkpoint saved to" in out
-    assert "Traceback" not in err and (tmp_path / "ckpt.pkl").exists()
+    assert "Traceback" not in err and (tmp_path / "ckpt.json").exists()

@@ -1,9 +1,11 @@
-"""Command line: python -m tinysparse train | sample | bench  (also installed as `tinysparse`).
+"""Command line: python -m tinysparse train | sample | bench | convert-checkpoint
+(also installed as `tinysparse`).
 
     python -m tinysparse train                      # the tiny preset on the stdlib corpus
     python -m tinysparse train --preset small --device cuda
     python -m tinysparse train --resume --max-iters 6000
     python -m tinysparse sample --prompt "def " --max-new-tokens 300
+    python -m tinysparse convert-checkpoint --out-dir out/tiny --i-trust-this-file   # old ckpt.pkl
 
 The flags of `train` are made from the fields of GPTConfig and TrainConfig (their comments are the
 help text), so a new field is a new flag with nothing to keep in sync. A preset sets both configs;
@@ -22,7 +24,8 @@ import typing
 from . import __version__
 from .engine.backend import DeviceError
 from .gpt import GPTConfig
-from .training.checkpoint import CKPT_NAME, CheckpointError, load_checkpoint
+from .training.checkpoint import LEGACY_NAME, load_checkpoint
+from .training.convert import TRUST_FLAG, convert_checkpoint
 from .training.config import PRESETS, TrainConfig
 from .training.loop import TrainingDiverged, train
 from .training.sampling import sample
@@ -30,7 +33,8 @@ from .training.sampling import sample
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 _NOT_FLAGS = {"vocab_size"}     # fixed by the byte tokenizer
 _EXTRA = {"device": {"choices": ["cpu", "cuda", "auto"], "metavar": "{cpu,cuda,auto}"}, "data": {"metavar": "SPEC"},
-          "out_dir": {"help": "run folder: ckpt.pkl, config.json, log.jsonl (default out/<preset>)"}}
+          "out_dir": {"help": "run folder: ckpt.json and its ckpt-*.safetensors, config.json, "
+                              "log.jsonl (default out/<preset>)"}}
 
 
 class UsageError(ValueError):
@@ -84,7 +88,8 @@ def build_parser(bench_arguments=None):
     parser = argparse.ArgumentParser(prog="tinysparse", description="Train and sample tiny GPTs "
                                      "(and, later, sparse models) on a from-scratch NumPy engine.")
     parser.add_argument("--version", action="version", version=f"tinysparse {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,bench}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{train,sample,bench,convert-checkpoint}")
 
     presets = "; ".join(f"{k}: {v['model']}" for k, v in PRESETS.items())
     tr = sub.add_parser("train", help="train a GPT (then print a sample)",
@@ -112,6 +117,14 @@ def build_parser(bench_arguments=None):
     sa.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sa.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
 
+    cv = sub.add_parser("convert-checkpoint", help="convert an old pickle checkpoint (ckpt.pkl) "
+                        "that you made yourself", description="Convert the ckpt.pkl of a run "
+                        "folder (tinysparse's old format) into ckpt.json + a safetensors file. "
+                        "Reading a pickle can run any code in it: convert only your own files.")
+    cv.add_argument("--out-dir", required=True, help="the run folder that holds ckpt.pkl")
+    cv.add_argument(TRUST_FLAG, action="store_true", dest="trust",
+                    help="you made this file yourself and accept that reading it runs its code")
+
     be = sub.add_parser("bench", help="time training steps and MoE layers against PyTorch",
                         description="Benchmarks (see tinysparse/bench/).")
     if bench_arguments is not None:
@@ -137,11 +150,7 @@ def cmd_train(args):
     model_flags, train_flags = _given(args, GPTConfig), _given(args, TrainConfig)
     out_dir = train_flags.get("out_dir", preset["train"]["out_dir"])
     if args.resume:
-        path = os.path.join(out_dir, CKPT_NAME)
-        if not os.path.exists(path):
-            raise CheckpointError(f"--resume: no checkpoint at {path}; drop --resume to start a new "
-                                  f"run, or pass the --out-dir of the run to continue")
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(out_dir, resume=True)
         saved = ckpt["model_config"]
         differ = [k for k, v in model_flags.items() if saved.get(k) != v]
         if differ:
@@ -149,7 +158,7 @@ def cmd_train(args):
                              f"{', '.join(f'{k}={saved.get(k)}' for k in differ)}; drop "
                              f"{' '.join(_flag(k) for k in differ)} or train anew in another --out-dir")
         model_values = saved
-        train_values = {**ckpt.get("train_config", {}), **train_flags, "out_dir": out_dir}
+        train_values = {**ckpt["train_config"], **train_flags, "out_dir": out_dir}
         del ckpt
     else:
         model_values = {**preset["model"], **model_flags}
@@ -174,6 +183,13 @@ def cmd_sample(args):
     text = sample(args.out_dir, prompt, args.max_new_tokens, args.temperature,
                   args.top_k or None, args.seed, args.device)
     print(text)
+    return 0
+
+
+def cmd_convert(args):
+    path = convert_checkpoint(args.out_dir, trust=args.trust)
+    print(f"converted: {path} (and its arrays file); the old {LEGACY_NAME} is left as it was: "
+          f"delete it once `python -m tinysparse sample --out-dir {args.out_dir}` works")
     return 0
 
 
@@ -211,7 +227,8 @@ def main(argv=None) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return EXIT_ERROR
     args = build_parser(bench_arguments).parse_args(argv)
-    command = {"train": cmd_train, "sample": cmd_sample, "bench": cmd_bench}[args.command]
+    command = {"train": cmd_train, "sample": cmd_sample, "bench": cmd_bench,
+               "convert-checkpoint": cmd_convert}[args.command]
     try:
         return int(command(args))
     except KeyboardInterrupt:

@@ -100,7 +100,8 @@ class Module:
 
     # ---- state dicts -------------------------------------------------------------------------
     def state_dict(self):
-        """{name: NumPy array copy} of every parameter and buffer: device-independent, picklable."""
+        """{name: NumPy array copy} of every parameter and buffer: device-independent plain arrays
+        (training checkpoints store them in a safetensors file)."""
         state = {name: np.array(backend.to_numpy(p.data)) for name, p in self.named_parameters()}
         state.update({name: np.array(backend.to_numpy(b.data)) for name, b in self.named_buffers()})
         return state

@@ -5,8 +5,9 @@
 
 Files, in reading order: data.py (bytes -> batches; corpora.py holds the sources), config.py
 (TrainConfig, PRESETS), loop.py (train: setup, step, evaluate, log, checkpoint), evaluation.py
-(the loss on each split, bits per byte), checkpoint.py (atomic files, resume), sampling.py (load a
-run, sample text).
+(the loss on each split, bits per byte), checkpoint.py (safetensors + JSON checkpoints; with
+atomic.py, files written atomically, and checkpoint_schema.py, the checks made on loading),
+sampling.py (load a run, sample text), convert.py (old pickle checkpoints, with consent).
 """
 from .checkpoint import CheckpointError
 from .config import PRESETS, TrainConfig

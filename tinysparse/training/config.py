@@ -24,7 +24,7 @@ class TrainConfig:
     eval_iters: int = 20            # batches per evaluation (the same batches every time)
     log_interval: int = 100         # print a progress line every this many steps (no-TTY runs)
     checkpoint_interval: int = 500  # save a checkpoint every this many steps (and at the end)
-    out_dir: str = "out/tiny"       # run folder: ckpt.pkl, config.json, log.jsonl
+    out_dir: str = "out/tiny"       # run folder: ckpt.json + arrays, config.json, log.jsonl
     seed: int = 1337                # seeds weight init, dropout and batch order
     device: str = "cpu"             # cpu | cuda | auto (cuda when a GPU is available)
     sample_tokens: int = 300        # bytes to sample after training (0: no sample)

@@ -29,8 +29,9 @@ from .. import optim
 from ..engine import backend
 from ..engine import random as ts_random
 from ..gpt import GPT, GPTConfig
-from .checkpoint import (CKPT_NAME, CONFIG_NAME, LOG_NAME, CheckpointError, append_log,
-                         load_checkpoint, save_checkpoint, save_json, truncate_log)
+from .atomic import append_log, save_json, truncate_log
+from .checkpoint import (CKPT_NAME, CONFIG_NAME, LOG_NAME, load_checkpoint, load_state,
+                         save_checkpoint)
 from .config import TrainConfig
 from .data import BatchSampler, load_corpus
 from .evaluation import bits_per_byte, evaluate
@@ -103,7 +104,7 @@ class TrainingRun:
         cfg, mcfg = self.cfg, self.mcfg = train_config, model_config
         self.device = backend.resolve_device(cfg.device)
         self.ckpt_path = os.path.join(cfg.out_dir, CKPT_NAME)
-        ckpt = _load_for_resume(self.ckpt_path, cfg, mcfg) if resume else None
+        ckpt = _load_for_resume(cfg, mcfg) if resume else None
         self.resumed = ckpt is not None
         self.corpus = load_corpus(cfg.data, mcfg.block_size, cfg.max_bytes, seed=cfg.seed)
         ts_random.manual_seed(cfg.seed)
@@ -113,8 +114,7 @@ class TrainingRun:
         self.sampler = BatchSampler(self.corpus, cfg.batch_size, mcfg.block_size, seed=cfg.seed)
         self.st = {"step": 0, "best_val_loss": math.inf, "history": [], "val_loss": None}
         if ckpt is not None:
-            self.model.load_state_dict(ckpt["model"])
-            self.opt.load_state_dict(ckpt["optimizer"])
+            load_state(ckpt, self.model, self.opt)
             self.sampler.load_state_dict(ckpt["sampler"])
             ts_random.set_state(ckpt["rng"])
             self.st.update({k: ckpt[k] for k in self.st if k in ckpt})
@@ -148,8 +148,10 @@ class TrainingRun:
     # ---- checkpoint ---------------------------------------------------------------------------------
     def save(self, step):
         self.saved_step = step
-        save_checkpoint(self.ckpt_path, {
-            "version": 1, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+        params = [name for name, _ in self.model.named_parameters()]   # the optimizer's order
+        save_checkpoint(self.cfg.out_dir, {
+            "model": self.model.state_dict(),
+            "optimizer": {**self.opt.state_dict(), "params": params},
             "model_config": self.mcfg.to_dict(), "train_config": self.cfg.to_dict(),
             "step": step, "rng": ts_random.get_state(), "sampler": self.sampler.state_dict(),
             **{k: self.st[k] for k in ("best_val_loss", "history", "val_loss")}})
@@ -303,12 +305,9 @@ class TrainingRun:
         return summary
 
 
-def _load_for_resume(ckpt_path, cfg, mcfg):
+def _load_for_resume(cfg, mcfg):
     """The checkpoint a resumed run continues; its model config must be this run's."""
-    if not os.path.exists(ckpt_path):
-        raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}; drop --resume to start "
-                              f"a new run, or pass the --out-dir of the run to continue")
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(cfg.out_dir, resume=True)
     if ckpt["model_config"] != mcfg.to_dict():
         diff = {k: v for k, v in ckpt["model_config"].items() if mcfg.to_dict().get(k) != v}
         raise ValueError(f"--resume: the checkpoint in {cfg.out_dir} has model config {diff}; "

@@ -3,12 +3,10 @@
     model, (model_config, train_config), ckpt = load_run("out/tiny")
     print(sample("out/tiny", prompt="def ", max_new_tokens=200))
 """
-import os
-
 from ..engine import backend
 from ..engine import random as ts_random
 from ..gpt import GPT, GPTConfig
-from .checkpoint import CKPT_NAME, load_checkpoint
+from .checkpoint import load_checkpoint, load_state
 from .config import TrainConfig
 from .data import ByteTokenizer
 
@@ -23,12 +21,15 @@ def sample_text(model, prompt, max_new_tokens, temperature, top_k, seed):
 
 
 def load_run(out_dir, device="cpu"):
-    """(model, (GPTConfig, TrainConfig), checkpoint dict) of the run saved in out_dir."""
-    ckpt = load_checkpoint(os.path.join(out_dir, CKPT_NAME))
+    """(model, (GPTConfig, TrainConfig), checkpoint dict) of the run saved in out_dir, the model
+    in eval mode. Commands that use a trained model (sample; the ledger and map commands to come)
+    load it here, so they inherit every check of checkpoint.load_checkpoint: CheckpointError,
+    one line naming the file and the fix, for a missing, damaged or mismatched checkpoint."""
+    ckpt = load_checkpoint(out_dir)
     mcfg = GPTConfig(**ckpt["model_config"])
-    tcfg = TrainConfig.from_dict(ckpt.get("train_config", {}))
+    tcfg = TrainConfig.from_dict(ckpt["train_config"])
     model = GPT(mcfg)
-    model.load_state_dict(ckpt["model"])
+    load_state(ckpt, model)
     model.to(backend.resolve_device(device)).eval()
     return model, (mcfg, tcfg), ckpt
 
