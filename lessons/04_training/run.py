@@ -4,17 +4,20 @@
     python lessons/04_training/run.py --quick    # fewer training steps (the tests use it)
     python lessons/04_training/run.py --out-dir somewhere/   # where the run folders go
 
-Read lessons/04_training/README.md alongside; it explains tinysparse/train.py, data.py, optim.py
-and checkpoint.py. Every claim the script prints is checked, and it exits with status 1 if any
-check fails.
+Read lessons/04_training/README.md alongside; it explains tinysparse/training/ (data.py, loop.py,
+checkpoint.py) and optim.py. Every claim the script prints is checked, and it exits with status 1
+if any check fails.
 """
 import argparse
+import hashlib
+import json
 import math
 import os
 import sys
 import time
 
 import numpy as np
+import safetensors.numpy
 
 from tinysparse import optim
 from tinysparse.training.data import ByteTokenizer, load_corpus
@@ -78,7 +81,6 @@ def part_training(args):
     t0 = time.perf_counter()
     summary = train(GPTConfig(**MODEL), tcfg)
     dt = time.perf_counter() - t0
-    import json
     with open(os.path.join(out_dir, "log.jsonl")) as fh:
         log = [json.loads(line) for line in fh if line.strip()]
     before, after = log[0], log[-1]
@@ -94,6 +96,17 @@ def part_training(args):
     check(os.path.exists(summary["checkpoint"]), f"checkpoint written to {summary['checkpoint']}")
     leftovers = [f for f in os.listdir(out_dir) if f.endswith(".tmp")]
     check(not leftovers, "no temporary files left behind (atomic write + os.replace)")
+    with open(summary["checkpoint"]) as fh:
+        meta = json.load(fh)                        # plain JSON: configs, step, generator states
+    arrays = os.path.join(out_dir, meta["arrays"]["file"])
+    with open(arrays, "rb") as fh:
+        digest = hashlib.sha256(fh.read()).hexdigest()
+    saved = safetensors.numpy.load_file(arrays)     # the arrays: names, dtypes, shapes, numbers
+    print(f"  run folder: {', '.join(sorted(os.listdir(out_dir)))}")
+    print(f"  {os.path.basename(arrays)}: {len(saved)} arrays, e.g. "
+          f"{', '.join(f'{k} {v.shape}' for k, v in list(saved.items())[:2])}")
+    check(digest == meta["arrays"]["sha256"],
+          "ckpt.json names its arrays file with the SHA-256 it has (two files, one checkpoint)")
     return out_dir
 
 
