@@ -146,6 +146,7 @@ def _fake_tree(tmp_path, relpath, source):
     ("tinysparse/training/loop.py", "import lessons\n", "imports lessons"),
     ("tinysparse/gpt.py", "import cupy\n", "which only tinysparse.engine.backend may"),
     ("tinysparse/training/loop.py", "import torch\n", "which only tinysparse.bench may"),
+    ("tinysparse/training/sampling.py", "import pickle\n", "which only tinysparse.training.convert"),
     ("tinysparse/newthing.py", "import numpy\n", "has no row"),
     ("tinysparse/bench/dense.py", "from tinysparse import lesson\n", "imports tinysparse.lesson"),
 ])

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -102,8 +103,10 @@ def part_training(args):
     with open(arrays, "rb") as fh:
         digest = hashlib.sha256(fh.read()).hexdigest()
     saved = safetensors.numpy.load_file(arrays)     # the arrays: names, dtypes, shapes, numbers
-    print(f"  run folder: {', '.join(sorted(os.listdir(out_dir)))}")
-    print(f"  {os.path.basename(arrays)}: {len(saved)} arrays, e.g. "
+    # the arrays file is named after the step and its SHA-256, which varies with the machine's BLAS
+    files = [re.sub(r"-[0-9a-f]{12}\.", "-<sha256>.", f) for f in sorted(os.listdir(out_dir))]
+    print(f"  run folder: {', '.join(files)}")
+    print(f"  the arrays file holds {len(saved)} arrays, e.g. "
           f"{', '.join(f'{k} {v.shape}' for k, v in list(saved.items())[:2])}")
     check(digest == meta["arrays"]["sha256"],
           "ckpt.json names its arrays file with the SHA-256 it has (two files, one checkpoint)")
