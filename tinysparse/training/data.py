@@ -174,8 +174,9 @@ class BatchSampler:
         return get_batch(self.corpus.val, self.batch_size, self.block_size, self.val_rng)
 
     def state_dict(self) -> dict:
-        """The generators' exact positions (plain dicts of ints/strings: picklable, JSON-able),
-        so a resumed run draws bit-identical batches."""
+        """The generators' exact positions (PCG64 state dicts of ints and strings; checkpoints
+        write them as JSON, checkpoint_schema.bitgen_to_json), so a resumed run draws
+        bit-identical batches."""
         return {"train": self.train_rng.bit_generator.state,
                 "val": self.val_rng.bit_generator.state}
 
