@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from ._checks import check_int, check_number
 from .engine import backend
 from .engine import functional as F
 from .engine import random as ts_random
@@ -27,10 +28,25 @@ class Module:
     training = True
 
     def forward(self, *args, **kwargs):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} has no forward(); a Module subclass "
+                                  f"must define forward(self, ...)")
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+    # ---- printing, as PyTorch prints a model ---------------------------------------------------
+    def extra_repr(self):
+        """The settings shown between the parentheses of repr (override in subclasses)."""
+        return ""
+
+    def __repr__(self):
+        """Name(settings), then each child indented on its own line: print(model) shows the tree."""
+        children = [f"({name}): " + repr(child).replace("\n", "\n  ")
+                    for name, child in self.named_children()]
+        if not children:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = ([self.extra_repr()] if self.extra_repr() else []) + children
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
 
     # ---- discovery ---------------------------------------------------------------------------
     def named_children(self):
@@ -126,12 +142,23 @@ class Module:
             tensor.data = xp.asarray(state[name], dtype=tensor.dtype).copy()
 
 
+def _as_module(m, where, i):
+    """m, if it is a Module: anything else would be skipped by discovery and by forward alike."""
+    if not isinstance(m, Module):
+        fix = " (wrap a function in a Module: nn.GELU(), nn.ReLU(), nn.Tanh())" if callable(m) else ""
+        raise TypeError(f"{where} item {i} is a {type(m).__name__}, not an nn.Module{fix}")
+    return m
+
+
 class ModuleList(Module):
     """A list of modules whose parameters are named 0, 1, 2, ..."""
 
     def __init__(self, modules=()):
+        if isinstance(modules, Module):
+            raise TypeError(f"ModuleList takes a list of modules, got a single "
+                            f"{type(modules).__name__}; write ModuleList([module])")
         for i, m in enumerate(modules):
-            setattr(self, str(i), m)
+            setattr(self, str(i), _as_module(m, type(self).__name__, i))
 
     def __len__(self):
         return sum(1 for _ in self.named_children())
@@ -143,10 +170,18 @@ class ModuleList(Module):
         return list(self)[i]
 
     def append(self, module):
-        setattr(self, str(len(self)), module)
+        setattr(self, str(len(self)), _as_module(module, f"{type(self).__name__}.append:", len(self)))
 
 
 class Sequential(ModuleList):
+    """Modules applied in order. Both spellings work: Sequential(a, b, c) as in PyTorch, and
+    Sequential([a, b, c]) (a list, as ModuleList takes it)."""
+
+    def __init__(self, *modules):
+        if len(modules) == 1 and not isinstance(modules[0], Module):
+            modules = modules[0]             # Sequential([a, b, c]) or any iterable
+        super().__init__(list(modules))
+
     def forward(self, x):
         for m in self:
             x = m(x)
@@ -158,53 +193,111 @@ def _uniform(shape, bound, dtype):
 
 
 class Linear(Module):
-    """y = x @ W + b. W is stored (d_in, d_out), the layout the matmul reads directly.
+    """y = x @ W + b: (..., d_in) -> (..., d_out). W is stored (d_in, d_out), the layout the matmul
+    reads directly (PyTorch stores its transpose, (out_features, in_features)).
 
-    Init as PyTorch does: U(-1/sqrt(d_in), 1/sqrt(d_in)) for both W and b.
+    Init as PyTorch does: U(-1/sqrt(d_in), 1/sqrt(d_in)) for both W and b. d_in and d_out are
+    integers >= 1 (ValueError or TypeError otherwise).
     """
 
     def __init__(self, d_in, d_out, bias=True, dtype=np.float32):
+        check_int("Linear d_in (in_features)", d_in, low=1)
+        check_int("Linear d_out (out_features)", d_out, low=1)
         bound = 1.0 / math.sqrt(d_in)
         self.weight = Parameter(_uniform((d_in, d_out), bound, dtype))
         self.bias = Parameter(_uniform((d_out,), bound, dtype)) if bias else None
 
+    def extra_repr(self):
+        d_in, d_out = self.weight.shape
+        return f"in_features={d_in}, out_features={d_out}, bias={self.bias is not None}"
+
     def forward(self, x):
+        _check_last_axis(self, x, self.weight.shape[0])
         y = x @ self.weight
         return y + self.bias if self.bias is not None else y
 
 
+def _check_last_axis(module, x, size):
+    """A clear error where the matmul or the broadcast would give a confusing one (or none)."""
+    shape = tuple(getattr(x, "shape", ()))
+    if not shape or shape[-1] != size:
+        raise ValueError(f"{module!r} got an input of shape {shape}; its last axis must be {size}")
+
+
+def _check_indices(what, idx, n):
+    """Integer indices in [0, n): NumPy would read a negative one from the end, silently.
+    One reduction each for min and max; on a GPU that is one wait for the device."""
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"{what} must be integer token ids, got dtype {idx.dtype}; "
+                        f"convert them with .astype(np.int64)")
+    if idx.size:
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= n:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{what} holds {bad}, outside the valid range [0, {n})")
+
+
 class Embedding(Module):
-    """A lookup table: row i of the (n, d) weight is the vector of token i. Init N(0, 1)."""
+    """A lookup table: row i of the (n, d) weight is the vector of token i. Init N(0, 1).
+
+    forward(idx): integer ids (...) in [0, n) -> (..., d). An id outside [0, n) is a ValueError
+    (never NumPy's reading of -1 as the last row); a float id is a TypeError.
+    """
 
     def __init__(self, n, d, dtype=np.float32):
+        check_int("Embedding n (num_embeddings)", n, low=1)
+        check_int("Embedding d (embedding_dim)", d, low=1)
         self.weight = Parameter(ts_random.generator().standard_normal((n, d)).astype(dtype))
+
+    def extra_repr(self):
+        return f"{self.weight.shape[0]}, {self.weight.shape[1]}"
 
     def forward(self, idx):
         idx = idx.data if isinstance(idx, Tensor) else idx
+        if not hasattr(idx, "dtype"):                     # a list of ids
+            idx = np.asarray(idx)
+        _check_indices("Embedding input", idx, self.weight.shape[0])   # before the copy to a GPU
         return self.weight[backend.array_module(self.weight.data).asarray(idx)]
 
 
 class LayerNorm(Module):
+    """Ba et al. 2016 over the last axis of size d: (..., d) -> (..., d); eps > 0 keeps the
+    division finite on a constant row."""
+
     def __init__(self, d, eps=1e-5, bias=True, dtype=np.float32):
+        check_int("LayerNorm d (normalized_shape)", d, low=1)
+        check_number("LayerNorm eps", eps, low=0, low_open=True, hint="the usual value is 1e-5")
         self.weight = Parameter(np.ones(d, dtype=dtype))
         self.bias = Parameter(np.zeros(d, dtype=dtype)) if bias else None
         self.eps = eps
 
+    def extra_repr(self):
+        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"
+
     def forward(self, x):
+        _check_last_axis(self, x, self.weight.shape[0])
         return F.layer_norm(x, self.weight, self.bias, self.eps)
 
 
 class Dropout(Module):
+    """Zero each element with probability p in training (scaling the rest by 1/(1-p)); identity
+    in eval mode. p in [0, 1)."""
+
     def __init__(self, p=0.1):
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout p must be in [0, 1), got {p}")
+        check_number("Dropout p", p, low=0, high=1, high_open=True)
         self.p = p
+
+    def extra_repr(self):
+        return f"p={self.p}"
 
     def forward(self, x):
         return F.dropout(x, self.p, self.training)
 
 
 class GELU(Module):
+    """GELU, tanh approximation (Hendrycks & Gimpel 2016; GPT-2's): PyTorch's
+    nn.GELU(approximate='tanh'), not its default exact erf form."""
+
     def forward(self, x):
         return F.gelu(x)
 

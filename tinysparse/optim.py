@@ -8,16 +8,44 @@ import math
 
 import numpy as np
 
+from ._checks import check_number
 from .engine import backend
+from .engine.tensor import Tensor
+
+
+def _parameter_list(params, who):
+    """The list of Tensors an optimizer updates; a Module, a dict, a duplicate or an empty list is
+    refused with the fix (a parameter listed twice would be updated twice per step)."""
+    if isinstance(params, Tensor) or hasattr(params, "named_parameters"):
+        what = "a single Tensor" if isinstance(params, Tensor) else f"a {type(params).__name__} module"
+        fix = "[tensor]" if isinstance(params, Tensor) else "model.parameters()"
+        raise TypeError(f"{who} takes an iterable of parameters, got {what}; pass {fix}, "
+                        f"e.g. {who}({fix}, lr=...)")
+    params = list(params)
+    for i, p in enumerate(params):
+        if isinstance(p, dict):
+            raise TypeError(f"{who}: parameter groups (dicts) are not supported; make one "
+                            f"optimizer per group, or pass the parameters as one list")
+        if not isinstance(p, Tensor):
+            raise TypeError(f"{who}: item {i} of the parameters is a {type(p).__name__}, not a "
+                            f"Tensor; pass model.parameters()")
+    if not params:
+        raise ValueError(f"{who} got an empty parameter list; did a generator of parameters "
+                         f"get used up before? pass model.parameters()")
+    if len({id(p) for p in params}) != len(params):
+        raise ValueError(f"{who}: a parameter is listed more than once (it would be updated "
+                         f"twice a step); list each once, as model.parameters() does")
+    return params
 
 
 class Optimizer:
+    """Holds the parameters (an iterable of Tensors, usually model.parameters()) and the
+    learning rate (a positive finite number; schedules set it before each step)."""
+
     def __init__(self, params, lr):
-        self.params = [p for p in params]
-        if not self.params:
-            raise ValueError("optimizer got an empty parameter list")
-        if lr <= 0:
-            raise ValueError(f"learning rate must be positive, got {lr}")
+        who = type(self).__name__
+        self.params = _parameter_list(params, who)
+        check_number(f"{who} lr", lr, low=0, low_open=True, hint="try 1e-3")
         self.lr = lr
         self.step_count = 0
 
@@ -53,6 +81,8 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=0.01, momentum=0.0, weight_decay=0.0):
         super().__init__(params, lr)
+        check_number("SGD momentum", momentum, low=0, high=1, high_open=True)
+        check_number("SGD weight_decay", weight_decay, low=0)
         self.momentum, self.weight_decay = momentum, weight_decay
         self.velocity = [backend.array_module(p.data).zeros_like(p.data) for p in self.params]
 
@@ -80,11 +110,25 @@ class AdamW(Optimizer):
 
     Parameters with fewer than two dimensions (biases, layer-norm gains) are not decayed unless
     decay_1d=True, as in nanoGPT: shrinking a gain toward 0 is not a useful prior.
+
+    Ranges (ValueError otherwise): lr > 0, betas each in [0, 1), eps > 0 (0 would make a
+    parameter whose gradient is always 0 NaN: 0/0), weight_decay >= 0 with lr * weight_decay < 1
+    (the factor 1 - lr*wd must keep a weight's sign).
     """
 
     def __init__(self, params, lr=3e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
                  decay_1d=False):
         super().__init__(params, lr)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise TypeError(f"AdamW betas must be a pair (beta1, beta2), got {betas!r}")
+        for i, b in enumerate(betas):
+            check_number(f"AdamW betas[{i}]", b, low=0, high=1, high_open=True,
+                         hint="the usual values are (0.9, 0.999)")
+        check_number("AdamW eps", eps, low=0, low_open=True, hint="the usual value is 1e-8")
+        check_number("AdamW weight_decay", weight_decay, low=0)
+        if lr * weight_decay >= 1:
+            raise ValueError(f"AdamW lr * weight_decay = {lr * weight_decay:g} must be below 1 "
+                             f"(each step multiplies the weights by 1 - lr*wd); lower weight_decay")
         self.beta1, self.beta2 = betas
         self.eps, self.weight_decay, self.decay_1d = eps, weight_decay, decay_1d
         self.m = [backend.array_module(p.data).zeros_like(p.data) for p in self.params]
@@ -117,7 +161,10 @@ class AdamW(Optimizer):
 
 
 def cosine_lr(step, max_lr, warmup_steps, max_steps, min_lr=0.0):
-    """Linear warm-up to max_lr over warmup_steps, then cosine decay to min_lr at max_steps."""
+    """Linear warm-up to max_lr over warmup_steps, then cosine decay to min_lr at max_steps.
+
+    With max_steps <= warmup_steps there is no decay: the rate jumps from the warm-up to min_lr
+    at warmup_steps (training/loop.py warns when a run is set up that way)."""
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     if step >= max_steps:
@@ -130,6 +177,10 @@ class CosineSchedule:
     """Sets optimizer.lr from cosine_lr each time step() is called (call it before optimizer.step)."""
 
     def __init__(self, optimizer, max_lr, warmup_steps, max_steps, min_lr=0.0):
+        check_number("CosineSchedule max_lr", max_lr, low=0, low_open=True)
+        check_number("CosineSchedule min_lr", min_lr, low=0, high=max_lr)
+        for name, value in (("warmup_steps", warmup_steps), ("max_steps", max_steps)):
+            check_number(f"CosineSchedule {name}", value, low=0)
         self.optimizer, self.max_lr, self.min_lr = optimizer, max_lr, min_lr
         self.warmup_steps, self.max_steps = warmup_steps, max_steps
         self.step_count = 0
@@ -153,7 +204,15 @@ def clip_grad_norm(params, max_norm):
 
     On NumPy arrays the norm is a Python float. On CuPy arrays it stays a 0-d device array and the
     scaling happens on the device, so a training step never waits for the GPU here: float() it
-    when you log it (that is the one copy to the host)."""
+    when you log it (that is the one copy to the host).
+
+    max_norm: a positive number; math.inf measures the norm without clipping. A NaN or infinite
+    gradient gives a NaN or infinite norm and is left as it is (the caller decides: train() stops).
+    """
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float, np.floating, np.integer)) \
+            or not max_norm > 0:
+        raise ValueError(f"clip_grad_norm max_norm must be a positive number (math.inf: no "
+                         f"clipping), got {max_norm!r}")
     params = [p for p in params if p.grad is not None]
     if not params:
         return 0.0
