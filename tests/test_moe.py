@@ -8,7 +8,7 @@ import tinysparse as ts
 from tinysparse import functional as F
 from tinysparse import optim
 from tinysparse.gpt import GPT, GPTConfig
-from tinysparse.moe import MoE, RoutingResult, TopKRouter
+from tinysparse.moe import MoE, RoutingResult, TopKRouter, capacity
 
 
 def _f64(module):
@@ -342,3 +342,104 @@ def test_gpt_counts_active_parameters():
     mlp0 = moe.h[0].mlp.experts
     assert np.all(mlp0.b1.data == 0) and np.all(mlp0.b2.data == 0)
     assert mlp0.w2.data.std() < mlp0.w1.data.std()
+
+
+# ---- a batch without tokens (issue 11, kind 3) --------------------------------------------------
+
+def test_the_issues_empty_batch_gives_an_empty_output_a_zero_aux_loss_and_zero_gradients():
+    ts.manual_seed(0)
+    layer = MoE(8, 4, 2)                              # n_embd 8, 4 experts, top-2, aux + z-loss
+    x = ts.Tensor(np.zeros((1, 0, 8), dtype=np.float32), requires_grad=True)
+    out = layer(x)
+    assert out.shape == (1, 0, 8)
+    assert layer.aux_loss.item() == 0.0               # was NaN: a mean over zero tokens
+    (out.sum() + layer.aux_loss).backward()
+    assert x.grad.shape == (1, 0, 8)
+    for name, p in layer.named_parameters():          # every gradient an array of zeros, never None
+        assert p.grad is not None and p.grad.shape == p.shape, name
+        assert np.all(p.grad == 0), name
+    s = layer.stats
+    assert s["router_entropy"] == 0.0 and s["max_over_mean_load"] == 0.0
+    assert s["dropped_fraction"] == 0.0 and s["tokens_per_expert"].tolist() == [0, 0, 0, 0]
+
+
+EMPTY_SETTINGS = [dict(router=router, score=score, capacity_factor=cf, balance=balance,
+                       n_shared=shared)
+                  for router in ("topk", "expert_choice") for score in ("softmax", "sigmoid")
+                  for cf in (None, 1.0) for balance in ("aux", "bias", "none") for shared in (0, 1)
+                  if not (router == "expert_choice" and balance == "bias")]
+
+
+def _empty_batch_run(backend, jitter=0.0, dropout=0.0, **settings):
+    ts.manual_seed(0)
+    layer = MoE(8, 4, 2, d_expert=5, dispatch_backend=backend, jitter=jitter, dropout=dropout,
+                **settings)
+    x = ts.Tensor(np.zeros((2, 0, 8), dtype=np.float32), requires_grad=True)
+    out = layer(x)
+    loss = out.sum() if layer.aux_loss is None else out.sum() + layer.aux_loss
+    loss.backward()
+    return layer, x, out, loss
+
+
+@pytest.mark.parametrize("settings", EMPTY_SETTINGS,
+                         ids=["-".join(str(v) for v in s.values()) for s in EMPTY_SETTINGS])
+def test_every_moe_setting_handles_an_empty_batch(settings):
+    layer, x, out, loss = _empty_batch_run("numpy", jitter=0.1, dropout=0.1, **settings)
+    assert out.shape == (2, 0, 8) and x.grad.shape == (2, 0, 8)
+    assert loss.item() == 0.0
+    assert layer.aux_loss is not None and layer.aux_loss.item() == 0.0   # the z-loss is on
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and np.all(p.grad == 0), name
+    if settings["balance"] == "bias":                  # no load: the bias must not move (or NaN)
+        layer.update_bias()
+        assert layer.router.bias.data.tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert all(np.isfinite(v).all() for v in layer.stats.values())
+
+
+@pytest.mark.parametrize("backend", ["numba", "cuda"])
+@pytest.mark.parametrize("router,cf", [("topk", None), ("topk", 1.0), ("expert_choice", None)])
+def test_every_dispatch_backend_handles_an_empty_batch(backend, router, cf):
+    layer, x, out, loss = _empty_batch_run(backend, router=router, capacity_factor=cf, n_shared=1)
+    assert out.shape == (2, 0, 8) and loss.item() == 0.0
+    assert all(p.grad is not None and np.all(p.grad == 0) for p in layer.parameters())
+
+
+def test_an_empty_batch_between_real_ones_changes_nothing():
+    layer = _layer(balance="bias", n_expert=4, top_k=2)
+    x = ts.Tensor(np.random.default_rng(11).standard_normal((1, 6, 4)))
+    before = layer(x).data
+    layer(ts.Tensor(np.zeros((1, 0, 4))))
+    layer.update_bias()
+    np.testing.assert_array_equal(layer(x).data, before)
+
+
+# ---- inputs and settings outside their domain (issue 11, kind 2) --------------------------------
+
+def test_an_input_of_the_wrong_width_is_refused():
+    # (2, 3, 8) reshaped to (-1, 4) would silently be 12 tokens of width 4
+    layer = MoE(4, 3, 2)
+    with pytest.raises(ValueError, match=r"MoE\(n_embd=4\) got an input of shape \(2, 3, 8\)"):
+        layer(ts.Tensor(np.zeros((2, 3, 8), dtype=np.float32)))
+
+
+@pytest.mark.parametrize("setting,value", [
+    ("capacity_factor", math.inf), ("capacity_factor", math.nan), ("capacity_factor", True),
+    ("jitter", math.nan), ("jitter", -0.1), ("aux_coef", math.nan), ("aux_coef", math.inf),
+    ("z_coef", math.nan), ("bias_update_rate", math.nan), ("bias_update_rate", -1e-3),
+    ("top_k", 2.0), ("n_shared", 0.5), ("d_expert", 4.0),
+])
+def test_non_finite_and_meaningless_settings_are_refused(setting, value):
+    with pytest.raises(ValueError, match=rf"MoE {setting}=.* is invalid: {setting} must be"):
+        MoE(8, 4, **{"top_k": 2, setting: value})
+
+
+def test_capacity_is_capped_at_the_number_of_slots():
+    assert capacity(0.75, 8, 3) == 2
+    assert capacity(1e300, 8, 4) == 8             # was an int too large for the plan's arrays
+    assert capacity(1.0, 0, 4) == 1
+    with pytest.raises(ValueError, match="capacity_factor"):
+        capacity(math.inf, 8, 4)
+    huge, dropless = _layer(capacity_factor=1e300), _layer()
+    x = ts.Tensor(np.random.default_rng(12).standard_normal((1, 5, 4)))
+    np.testing.assert_array_equal(huge(x).data, dropless(x).data)
+    assert huge.stats["dropped_fraction"] == 0.0

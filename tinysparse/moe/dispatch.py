@@ -28,11 +28,17 @@ from ..engine.backend import array_module, to_numpy
 def capacity(capacity_factor, n_slots, n_expert):
     """Expert capacity C (Switch Transformer, Fedus et al. 2021, section 2.2), None = dropless:
 
-        C = ceil(capacity_factor * T*k / E)
-    """
+        C = ceil(capacity_factor * T*k / E),  at least 1 and at most T*k
+
+    (C >= T*k drops nothing: the cap keeps a huge factor from overflowing the int64 arrays of a
+    plan). capacity_factor: None or a positive finite number (ValueError otherwise)."""
     if capacity_factor is None:
         return None
-    return max(1, math.ceil(capacity_factor * n_slots / n_expert))
+    if not (isinstance(capacity_factor, (int, float, np.integer, np.floating))
+            and math.isfinite(capacity_factor) and capacity_factor > 0):
+        raise ValueError(f"capacity_factor must be None (dropless) or a positive finite number, "
+                         f"got {capacity_factor!r}")
+    return max(1, min(n_slots, math.ceil(capacity_factor * n_slots / n_expert)))
 
 
 @dataclass

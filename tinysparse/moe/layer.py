@@ -6,9 +6,12 @@
 chosen experts run on a token, so parameters grow with n_expert while compute per token stays
 that of k small FFNs. The pieces: router.py decides, dispatch.py moves the rows, experts.py computes.
 """
+import math
+
 import numpy as np
 
 from .. import nn
+from .._checks import describe, is_int
 from ..engine.backend import to_numpy
 from .dispatch import capacity, get_backend, resolve_backend_name
 from .primitives import combine, gather_rows
@@ -19,13 +22,51 @@ ROUTERS = ("topk", "expert_choice")
 BALANCES = ("aux", "bias", "none")
 
 
-def _is_int(v):
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
 def _check(ok, setting, value, allowed):
     if not ok:
         raise ValueError(f"MoE {setting}={value!r} is invalid: {setting} must be {allowed}")
+
+
+def _check_range(setting, value, low, high=None, low_open=False, high_open=False, none=None):
+    """A finite number in the range (NaN and the infinities never are); none: what None means,
+    when None is allowed."""
+    if none is not None and value is None:
+        return
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+          and math.isfinite(value) and (value > low if low_open else value >= low)
+          and (high is None or (value < high if high_open else value <= high)))
+    allowed = describe(low, high, low_open, high_open)
+    _check(ok, setting, value, allowed if none is None else f"None ({none}) or {allowed}")
+
+
+def check_settings(n_embd, n_expert, top_k, d_expert=None, n_shared=0, router="topk",
+                   score="softmax", capacity_factor=None, balance="aux", aux_coef=0.01,
+                   z_coef=0.001, jitter=0.0, dispatch_backend="auto", bias_update_rate=0.001):
+    """Refuse a MoE setting outside its domain, with a ValueError that names it and its range.
+    n_expert=None checks everything that does not depend on the number of experts (GPTConfig
+    of a dense model: the MoE flags must still make sense, though no MoE is built)."""
+    _check(is_int(n_embd) and n_embd >= 1, "n_embd", n_embd, "an integer >= 1")
+    if n_expert is not None:
+        _check(is_int(n_expert) and n_expert >= 1, "n_expert", n_expert, "an integer >= 1")
+    top_range = "an integer >= 1" if n_expert is None else f"an integer in [1, n_expert={n_expert}]"
+    _check(is_int(top_k) and 1 <= top_k <= (n_expert or top_k), "top_k", top_k, top_range)
+    _check(is_int(n_shared) and n_shared >= 0, "n_shared", n_shared, "an integer >= 0")
+    _check(d_expert is None or (is_int(d_expert) and d_expert >= 1), "d_expert", d_expert,
+           "None (the dense MLP's compute) or an integer >= 1")
+    _check(router in ROUTERS, "router", router, f"one of {', '.join(ROUTERS)}")
+    _check(score in SCORES, "score", score, f"one of {', '.join(SCORES)}")
+    _check(balance in BALANCES, "balance", balance, f"one of {', '.join(BALANCES)}")
+    _check_range("capacity_factor", capacity_factor, 0, low_open=True, none="dropless")
+    _check(not (router == "expert_choice" and balance == "bias"), "balance", balance,
+           "'aux' or 'none' with router='expert_choice' (it is balanced by construction)")
+    for name, value in (("aux_coef", aux_coef), ("z_coef", z_coef),
+                        ("bias_update_rate", bias_update_rate)):
+        _check_range(name, value, 0)
+    _check_range("jitter", jitter, 0, 1, high_open=True)
+    try:
+        resolve_backend_name(dispatch_backend)                     # refuse an unknown name now
+    except ValueError as exc:
+        raise ValueError(f"MoE dispatch_backend={dispatch_backend!r} is invalid: {exc}") from None
 
 
 class MoE(nn.Module):
@@ -47,36 +88,24 @@ class MoE(nn.Module):
 
     After a forward: `aux_loss` (a scalar Tensor to add to the training loss, or None) and
     `stats` (tokens per expert, dropped fraction, router entropy, max/mean load).
+
+    A batch without tokens, x of shape (B, 0, n_embd), is valid on every router and backend: the
+    output is empty, aux_loss is 0 (the losses are means over tokens, taken as sums / max(T, 1)),
+    every parameter's gradient is an array of zeros, and balance='bias' moves no bias.
+    Settings outside their domain (NaN, inf, negative rates, top_k > n_expert, ...) are refused
+    by check_settings with a ValueError naming the setting and its range.
     """
 
     def __init__(self, n_embd, n_expert, top_k=2, d_expert=None, n_shared=0, router="topk",
                  score="softmax", capacity_factor=None, balance="aux", aux_coef=0.01, z_coef=0.001,
                  jitter=0.0, dispatch_backend="auto", normalize_gates=None, bias=True,
                  dropout=0.0, bias_update_rate=0.001):
-        _check(_is_int(n_embd) and n_embd >= 1, "n_embd", n_embd, "an integer >= 1")
-        _check(_is_int(n_expert) and n_expert >= 1, "n_expert", n_expert, "an integer >= 1")
-        _check(_is_int(top_k) and 1 <= top_k <= n_expert, "top_k", top_k,
-               f"an integer in [1, n_expert={n_expert}]")
-        _check(_is_int(n_shared) and n_shared >= 0, "n_shared", n_shared, "an integer >= 0")
+        check_settings(n_embd, n_expert, top_k, d_expert, n_shared, router, score,
+                       capacity_factor, balance, aux_coef, z_coef, jitter, dispatch_backend,
+                       bias_update_rate)
         if d_expert is None:
             d_expert = max(1, 4 * n_embd // (top_k + n_shared))
-        _check(_is_int(d_expert) and d_expert >= 1, "d_expert", d_expert, "an integer >= 1")
-        _check(router in ROUTERS, "router", router, f"one of {', '.join(ROUTERS)}")
-        _check(score in SCORES, "score", score, f"one of {', '.join(SCORES)}")
-        _check(balance in BALANCES, "balance", balance, f"one of {', '.join(BALANCES)}")
-        _check(capacity_factor is None or capacity_factor > 0, "capacity_factor", capacity_factor,
-               "None (dropless) or a number > 0")
-        _check(not (router == "expert_choice" and balance == "bias"), "balance", balance,
-               "'aux' or 'none' with router='expert_choice' (it is balanced by construction)")
-        for name, value in (("aux_coef", aux_coef), ("z_coef", z_coef),
-                            ("bias_update_rate", bias_update_rate)):
-            _check(value >= 0, name, value, "a number >= 0")
-        _check(0 <= jitter < 1, "jitter", jitter, "a number in [0, 1)")
-        try:
-            resolve_backend_name(dispatch_backend)                 # refuse an unknown name now
-            self.backend_name = dispatch_backend                    # 'auto' is resolved per forward
-        except ValueError as exc:
-            raise ValueError(f"MoE dispatch_backend={dispatch_backend!r} is invalid: {exc}") from None
+        self.backend_name = dispatch_backend                        # 'auto' is resolved per forward
 
         self.n_embd, self.n_expert, self.top_k, self.d_expert = n_embd, n_expert, top_k, d_expert
         self.n_shared, self.router_kind, self.capacity_factor = n_shared, router, capacity_factor
@@ -94,6 +123,9 @@ class MoE(nn.Module):
 
     def forward(self, x):
         shape = x.shape
+        if not shape or shape[-1] != self.n_embd:    # reshape alone would regroup the numbers silently
+            raise ValueError(f"MoE(n_embd={self.n_embd}) got an input of shape {tuple(shape)}; "
+                             f"its last axis must be {self.n_embd}")
         x2 = x.reshape(-1, self.n_embd)                              # (B*T, C): routing is per token
         backend = get_backend(self.backend_name, x2.data)            # 'auto': by array type, dtype
         r = self.router(x2)                                          # expert_ids, gates (B*T, k)
@@ -128,7 +160,9 @@ class MoE(nn.Module):
         probs, plan = self._last_routing
         counts = to_numpy(plan.counts).astype(np.int64)
         p = to_numpy(probs).astype(np.float64)
-        entropy = float(-(p * np.log(np.maximum(p, 1e-30))).sum(axis=-1).mean())
+        # mean over tokens; a batch without tokens has no entropy to average: 0
+        per_token = -(p * np.log(np.maximum(p, 1e-30))).sum(axis=-1)          # (T,) each >= 0
+        entropy = abs(float(per_token.sum() / max(p.shape[0], 1)))           # abs: no -0.0
         mean = counts.mean()
         return {"tokens_per_expert": counts,
                 "dropped_fraction": plan.n_dropped / max(plan.n_routed, 1),

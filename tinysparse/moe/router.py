@@ -100,7 +100,8 @@ class Router(nn.Module):
         xp = array_module(r.expert_ids)
         ids = r.expert_ids[r.expert_ids >= 0]
         f = xp.bincount(ids, minlength=self.n_expert) / max(ids.size, 1)  # (E,) constants
-        P = r.probs.mean(axis=0)                                          # (E,)
+        # the mean over tokens as sum / max(T, 1): a batch without tokens gives 0, not 0/0
+        P = r.probs.sum(axis=0) / max(r.probs.shape[0], 1)                # (E,)
         return (P * f.astype(P.dtype)).sum() * self.n_expert
 
     def z_loss(self, r):
@@ -110,7 +111,7 @@ class Router(nn.Module):
         """
         m = r.logits.data.max(axis=-1, keepdims=True)                     # a constant shift, for overflow
         lse = (r.logits - m).exp().sum(axis=-1).log() + m[:, 0]           # (T,) logsumexp
-        return (lse * lse).mean()
+        return (lse * lse).sum() / max(lse.shape[0], 1)                   # 0 without tokens
 
 
 class TopKRouter(Router):
@@ -201,7 +202,7 @@ class ExpertChoiceRouter(Router):
         start = xp.zeros(T + 1, dtype=xp.int64)
         start[1:] = xp.cumsum(per_token)
         column = xp.arange(tokens.shape[0]) - start[tokens]                # slot j of the pair in its row
-        k_max = max(1, int(per_token.max()))
+        k_max = max(1, int(per_token.max())) if T else 1                   # T = 0: one empty column
         expert_ids = xp.full((T, k_max), -1, dtype=xp.int64)
         expert_ids[tokens, column] = experts
         rows = xp.arange(T)[:, None]                                       # (T, 1)
