@@ -1,4 +1,7 @@
 """The GPT: fused attention gradients, a whole 1-layer model gradchecked, shapes, causality, generate."""
+import math
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -133,3 +136,113 @@ def test_generate_is_seeded_and_respects_top_k():
         logits, _ = model(ctx[:, -4:])
         ctx = np.concatenate([ctx, logits.data[:, -1].argmax(-1)[:, None]], axis=1)
     np.testing.assert_array_equal(greedy, ctx)
+
+
+# ---- bad input is refused, naming it (issue 11, kind 2) ------------------------------------------
+
+def _small_gpt(**kw):
+    ts.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=11, n_layer=1, n_head=2, n_embd=8, block_size=6, **kw))
+
+
+def test_a_padding_target_of_minus_one_is_refused_naming_it_and_the_range():
+    # nanoGPT pads targets with -1; NumPy would read -1 as token 10 and train towards it
+    model = _small_gpt()
+    idx = np.array([[1, 2, 3, 4]])
+    with pytest.raises(ValueError, match=re.escape(
+            "GPT targets[0, 2] = -1 is outside the valid token ids [0, vocab_size=11); to leave "
+            "padding out of the loss, pass ignore_index=-1")):
+        model(idx, np.array([[2, 3, -1, 5]]))
+
+
+def test_ignore_index_leaves_the_padding_out_of_the_mean():
+    model = _small_gpt()
+    idx, targets = np.array([[1, 2, 3, 4], [5, 6, 7, 8]]), np.array([[2, 3, -1, 5], [6, -1, 8, 9]])
+    logits, loss = model(idx, targets, ignore_index=-1)
+    z = logits.data.astype(np.float64)
+    logp = z - z.max(-1, keepdims=True) - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    kept = targets != -1
+    expected = -logp[kept, targets[kept]].mean()            # 6 positions, not 8, and never token 10
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    _, as_last_token = model(idx, np.where(kept, targets, 10))   # what NumPy's -1 used to mean
+    assert abs(as_last_token.item() - loss.item()) > 1e-3
+
+
+@pytest.mark.parametrize("targets, ignore, match", [
+    ([[2, 3, 11, 5]], -1, r"targets\[0, 2\] = 11 is outside the valid token ids \[0, vocab_size=11\)$"),
+    ([[2, 3, -100, 5]], -1, r"targets\[0, 2\] = -100 .* pass ignore_index=-100"),
+    ([[2, 3, 4, 5]], 3, r"ignore_index=3 is a real token id"),
+    ([[2], [3], [4], [5]], None, r"targets have shape \(4, 1\) but idx has \(1, 4\)"),
+    ([[2.0, 3.0, 4.0, 5.0]], None, r"targets must be integer token ids"),
+])
+def test_other_bad_targets_are_refused(targets, ignore, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        _small_gpt()(np.array([[1, 2, 3, 4]]), np.array(targets), ignore_index=ignore)
+
+
+@pytest.mark.parametrize("idx, error, match", [
+    ([[1, 11, 3]], ValueError, r"GPT idx\[0, 1\] = 11 is outside the valid token ids \[0, vocab_size=11\)"),
+    ([[1, -1, 3]], ValueError, r"GPT idx\[0, 1\] = -1 is outside"),   # was read as token 10
+    ([[1.0, 2.0]], TypeError, r"GPT idx must be integer token ids, got dtype float64"),
+    ([1, 2, 3], ValueError, r"2-D array \(B, T\) .* got shape \(3,\); add a batch axis: idx\[None, :\]"),
+    (np.zeros((2, 0), dtype=np.int64), ValueError, r"GPT idx has shape \(2, 0\): no tokens"),
+    (np.zeros((1, 7), dtype=np.int64), ValueError, r"sequence length 7 exceeds block_size 6"),
+])
+def test_bad_token_ids_are_refused(idx, error, match):
+    with pytest.raises(error, match=match):
+        _small_gpt()(np.asarray(idx))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(temperature=math.nan), ValueError, r"^temperature must be a positive finite number, got nan"),
+    (dict(temperature=math.inf), ValueError, r"^temperature must be a positive finite number, got inf"),
+    (dict(temperature=0.0), ValueError, r"^temperature must be a positive finite number, got 0.0"),
+    (dict(temperature=-1.0), ValueError, r"^temperature must be"),
+    (dict(top_k=0), ValueError, r"^top_k must be an integer >= 1, got 0; None keeps every token"),
+    (dict(top_k=-3), ValueError, r"^top_k must be an integer >= 1, got -3"),
+    (dict(top_k=2.5), TypeError, r"^top_k must be an integer >= 1, got 2.5 \(float\)"),
+    (dict(top_k=True), TypeError, r"^top_k must be an integer"),
+    (dict(max_new_tokens=-1), ValueError, r"^max_new_tokens must be an integer >= 0, got -1"),
+    (dict(max_new_tokens=2.0), TypeError, r"^max_new_tokens must be an integer >= 0"),
+])
+def test_generate_refuses_meaningless_settings_naming_them(kwargs, error, match):
+    args = dict(max_new_tokens=3, temperature=1.0, top_k=None)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        _small_gpt().generate(np.zeros((1, 1), dtype=np.int64), **args)
+
+
+def test_generate_refuses_an_empty_prompt():
+    with pytest.raises(ValueError, match=r"prompt has shape \(1, 0\): no tokens; generate needs "
+                                         r"a prompt of at least one token"):
+        _small_gpt().generate(np.zeros((1, 0), dtype=np.int64), 3)
+
+
+def test_generate_edge_values_that_keep_a_meaning():
+    model, prompt = _small_gpt(), np.array([[3, 4]])
+    assert np.array_equal(model.generate(prompt, 0), prompt)             # nothing to add
+    ts.manual_seed(9)
+    everything = model.generate(prompt, 8, top_k=None)
+    ts.manual_seed(9)
+    beyond = model.generate(prompt, 8, top_k=np.int64(500))             # k > vocab: every token
+    assert np.array_equal(everything, beyond)
+
+
+@pytest.mark.parametrize("field, value, error", [
+    ("capacity_factor", math.inf, ValueError), ("capacity_factor", math.nan, ValueError),
+    ("jitter", math.nan, ValueError), ("aux_coef", math.nan, ValueError),
+    ("z_coef", -1.0, ValueError), ("bias_update_rate", math.inf, ValueError),
+    ("router", "hash", ValueError), ("dropout", math.nan, ValueError),
+    ("n_embd", 8.0, TypeError), ("top_k", 0, ValueError),
+])
+def test_config_refuses_bad_moe_fields_even_in_a_dense_model(field, value, error):
+    kwargs = dict(n_embd=8, n_head=2, n_expert=0)
+    kwargs[field] = value
+    with pytest.raises(error, match=rf"GPTConfig\.{field}"):
+        GPTConfig(**kwargs)
+
+
+def test_config_refuses_top_k_above_n_expert():
+    with pytest.raises(ValueError, match=r"GPTConfig.top_k=5 is invalid: top_k must be an "
+                                         r"integer in \[1, n_expert=4\]"):
+        GPTConfig(n_embd=8, n_head=2, n_expert=4, top_k=5)

@@ -10,11 +10,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ._checks import check_int, check_number, is_int
 from .engine import functional as F
 from . import nn
 from .engine import random as ts_random
 from .engine.backend import array_module, to_numpy
 from .moe import MoE
+from .moe.layer import check_settings as check_moe_settings
 from .engine.tensor import Tensor, no_grad
 
 
@@ -46,17 +48,24 @@ class GPTConfig:
                                     # 'auto' (numba on float32/64 NumPy arrays, else numpy)
 
     def __post_init__(self):
+        """Refuse a field outside its domain: a ValueError (TypeError for a wrong type) that names
+        the field and its range. The MoE fields are checked even when n_expert = 0, so a flag that
+        could never be right (--capacity-factor inf, --router hash) is refused in a dense model too."""
         for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"GPTConfig.{name} must be at least 1, got {getattr(self, name)}")
+            check_int(f"GPTConfig.{name}", getattr(self, name), low=1)
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by "
                              f"n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
-        for name in ("n_expert", "d_expert"):  # 0 has a meaning for both; the MoE checks the rest
-            if getattr(self, name) < 0:
-                raise ValueError(f"GPTConfig.{name} must be at least 0, got {getattr(self, name)}")
+        check_number("GPTConfig.dropout", self.dropout, low=0, high=1, high_open=True)
+        for name in ("n_expert", "d_expert"):  # 0 has a meaning for both
+            check_int(f"GPTConfig.{name}", getattr(self, name), low=0)
+        try:
+            check_moe_settings(self.n_embd, self.n_expert or None, self.top_k, self.d_expert or None,
+                               self.n_shared, self.router, self.score, self.capacity_factor,
+                               self.balance, self.aux_coef, self.z_coef, self.jitter,
+                               self.dispatch_backend, self.bias_update_rate)
+        except ValueError as e:               # "MoE top_k=5 is invalid: ..." -> "GPTConfig.top_k=5 ..."
+            raise ValueError(str(e).replace("MoE ", "GPTConfig.", 1)) from None
 
     def to_dict(self):
         return asdict(self)
@@ -194,15 +203,26 @@ class GPT(nn.Module):
         T = T or c.block_size
         return 6 * self.num_active_parameters() + 12 * c.n_layer * T * c.n_embd
 
-    def forward(self, idx, targets=None):
-        idx = idx.data if isinstance(idx, Tensor) else idx
+    def forward(self, idx, targets=None, ignore_index=None):
+        """Logits (B, T, vocab_size) of token ids idx (B, T), and the loss when targets are given.
+
+        idx       integer ids in [0, vocab_size), 1 <= T <= block_size (a NumPy or CuPy array, a
+                  list, or a Tensor); anything else is a ValueError (TypeError for float ids)
+        targets   None, or integer ids of idx's shape, each in [0, vocab_size): the loss is the
+                  mean cross-entropy (plus the MoE auxiliary losses in training mode)
+        ignore_index
+                  None (default): every target must be a real token, so a -1 is an error that
+                  names it, never NumPy's silent reading of -1 as the last token. An integer
+                  outside [0, vocab_size), e.g. -1 (nanoGPT's padding) or -100 (PyTorch's
+                  default): targets equal to it are left out of the loss, whose mean is then
+                  over the other positions (F.cross_entropy's rule).
+        Returns (logits, loss), loss None without targets.
+        """
+        idx = self._checked_ids("idx", idx)
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         xp = array_module(self.wte.weight.data)
-        idx = xp.asarray(idx)
         tok = self.wte(idx)                                       # (B, T, C)
-        pos = self.wpe(xp.arange(T))                              # (T, C), broadcast over B
+        pos = self.wpe(np.arange(T))                              # (T, C), broadcast over B
         x = self.drop(tok + pos)
         for block in self.h:
             x = block(x)
@@ -210,8 +230,8 @@ class GPT(nn.Module):
         logits = x @ self.wte.weight.T                            # (B, T, vocab_size)
         loss = None
         if targets is not None:
-            targets = targets.data if isinstance(targets, Tensor) else targets
-            loss = F.cross_entropy(logits, xp.asarray(targets))
+            targets = self._checked_targets(targets, idx.shape, ignore_index)
+            loss = F.cross_entropy(logits, xp.asarray(targets), ignore_index=ignore_index)
             aux = [m.aux_loss for m in self.moe_layers() if m.aux_loss is not None]
             # load balance + router z-loss of every MoE layer join the loss while training; in
             # eval mode the loss is the cross-entropy alone, comparable with a dense model's
@@ -223,11 +243,73 @@ class GPT(nn.Module):
                 self._aux_total = total
         return logits, loss
 
+    def _checked_ids(self, what, idx):
+        """idx as an integer array (B, T) with 1 <= T <= block_size and every id in [0, vocab_size).
+        Checked where the array is (on the host for NumPy input, before any copy to a GPU)."""
+        idx = idx.data if isinstance(idx, Tensor) else idx
+        if not hasattr(idx, "dtype"):
+            idx = np.asarray(idx)
+        if idx.ndim != 2:
+            fix = "; add a batch axis: idx[None, :]" if idx.ndim == 1 else ""
+            raise ValueError(f"GPT {what} must be a 2-D array (B, T) of token ids, got shape "
+                             f"{tuple(idx.shape)}{fix}")
+        T = idx.shape[1]
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        if T == 0:
+            need = ("generate needs a prompt of at least one token" if what == "prompt"
+                    else "a sequence needs at least one")
+            raise ValueError(f"GPT {what} has shape {tuple(idx.shape)}: no tokens; {need}")
+        self._check_range(what, idx, None)
+        return idx
+
+    def _checked_targets(self, targets, shape, ignore_index):
+        targets = targets.data if isinstance(targets, Tensor) else targets
+        if not hasattr(targets, "dtype"):
+            targets = np.asarray(targets)
+        if tuple(targets.shape) != tuple(shape):      # a transposed (T, B) would be read silently
+            raise ValueError(f"GPT targets have shape {tuple(targets.shape)} but idx has "
+                             f"{tuple(shape)}; they must match: targets[b, t] is the token after "
+                             f"idx[b, t]")
+        if ignore_index is not None:
+            check_int("GPT ignore_index", ignore_index)
+            if 0 <= ignore_index < self.config.vocab_size:
+                raise ValueError(f"GPT ignore_index={ignore_index} is a real token id "
+                                 f"(vocab_size {self.config.vocab_size}): the loss would skip "
+                                 f"that token everywhere; use -1 or -100")
+        self._check_range("targets", targets, ignore_index)
+        return targets
+
+    def _check_range(self, what, ids, ignore_index):
+        V = self.config.vocab_size
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"GPT {what} must be integer token ids, got dtype {ids.dtype}")
+        xp = array_module(ids)
+        valid = ids if ignore_index is None else ids[ids != ignore_index]
+        if valid.size:
+            lo, hi = int(valid.min()), int(valid.max())
+            if lo < 0 or hi >= V:
+                bad = lo if lo < 0 else hi
+                at = tuple(int(i) for i in xp.argwhere(ids == bad)[0])
+                fix = ("; to leave padding out of the loss, pass ignore_index="
+                       f"{bad}" if what == "targets" and bad < 0 else "")
+                raise ValueError(f"GPT {what}{list(at)} = {bad} is outside the valid token ids "
+                                 f"[0, vocab_size={V}){fix}")
+
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Extend idx (B, T) by max_new_tokens sampled tokens; returns a NumPy int64 array."""
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        idx = np.asarray(to_numpy(idx.data if isinstance(idx, Tensor) else idx), dtype=np.int64)
+        """Extend idx (B, T) by max_new_tokens sampled tokens; returns a NumPy int64 array (B, T +
+        max_new_tokens). The context is cropped to the last block_size tokens each step.
+
+        idx             token ids (B, T), T >= 1 (a prompt of at least one token), in [0, vocab_size)
+        max_new_tokens  an integer >= 0
+        temperature     a positive finite number: logits are divided by it (1: the model's own
+                        distribution; lower: more conservative)
+        top_k           None (every token), or an integer >= 1: sample among the k likeliest; a k
+                        above vocab_size keeps every token (as nanoGPT's min(top_k, V))
+        Each bad argument is a ValueError (TypeError for a wrong type) naming it and its range.
+        """
+        check_generate_args(max_new_tokens, temperature, top_k)
+        idx = np.asarray(to_numpy(self._checked_ids("prompt", idx)), dtype=np.int64)
         rng = ts_random.generator()
         was_training = self.training
         self.eval()
@@ -245,3 +327,16 @@ class GPT(nn.Module):
                 idx = np.concatenate([idx, nxt], axis=1)
         self.train(was_training)
         return idx
+
+
+def check_generate_args(max_new_tokens, temperature, top_k, names=None):
+    """Refuse sampling settings without a meaning, naming each: max_new_tokens an integer >= 0,
+    temperature a positive finite number, top_k None or an integer >= 1. `names` maps an argument
+    to the name to show (the command line passes its flags: {"top_k": "--top-k", ...})."""
+    names = names or {}
+    check_int(names.get("max_new_tokens", "max_new_tokens"), max_new_tokens, low=0)
+    check_number(names.get("temperature", "temperature"), temperature, low=0, low_open=True,
+                 hint="try 0.8 (1: the model's own distribution)")
+    if top_k is not None:
+        check_int(names.get("top_k", "top_k"), top_k, low=1,
+                  hint="None keeps every token; 1 is greedy decoding")

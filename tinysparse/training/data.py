@@ -28,8 +28,12 @@ class ByteTokenizer:
     vocab_size = VOCAB_SIZE
 
     def encode(self, text: str | bytes) -> np.ndarray:
-        """str (UTF-8 encoded) or bytes -> int64 array of token ids in [0, 256)."""
-        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        """str (UTF-8 encoded) or bytes -> int64 array of token ids in [0, 256).
+
+        A str that carries bytes which are not UTF-8 as surrogate escapes (what os.fsdecode and
+        sys.argv make of them on POSIX) encodes back to those bytes: the tokens are bytes, so
+        every byte string is a valid input."""
+        data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else bytes(text)
         return np.frombuffer(data, dtype=np.uint8).astype(np.int64)
 
     def decode_bytes(self, ids) -> bytes:

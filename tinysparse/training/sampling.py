@@ -5,7 +5,7 @@
 """
 from ..engine import backend
 from ..engine import random as ts_random
-from ..gpt import GPT, GPTConfig
+from ..gpt import GPT, GPTConfig, check_generate_args
 from .checkpoint import load_checkpoint, load_state
 from .config import TrainConfig
 from .data import ByteTokenizer
@@ -18,6 +18,17 @@ def sample_text(model, prompt, max_new_tokens, temperature, top_k, seed):
     ts_random.manual_seed(seed)
     ids = model.generate(tok.encode(prompt)[None, :], max_new_tokens, temperature, top_k)
     return tok.decode(ids[0])
+
+
+def causality_warning(model_config):
+    """None, or why this model's samples are not what its losses promise: expert-choice routing
+    is not causal (moe/router.py, chapter 08)."""
+    if model_config.n_expert and model_config.router == "expert_choice":
+        return ("router expert_choice is not causal: in training, which experts a token got "
+                "depended on later tokens (the future leaks, chapter 08), so the losses are "
+                "optimistic, and sampling, which has no future to read, runs a different "
+                "function; use --router topk for a language model")
+    return None
 
 
 def load_run(out_dir, device="cpu"):
@@ -36,14 +47,14 @@ def load_run(out_dir, device="cpu"):
 
 def sample(out_dir, prompt="\n", max_new_tokens=500, temperature=0.8, top_k=50, seed=0,
            device="cpu") -> str:
-    """Text from the run in out_dir: the prompt followed by max_new_tokens sampled bytes."""
-    if not temperature > 0:
-        raise ValueError(f"--temperature must be positive, got {temperature}; try 0.8")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {top_k}; try 50")
-    if max_new_tokens < 0:
-        raise ValueError(f"--max-new-tokens must not be negative, got {max_new_tokens}")
+    """Text from the run in out_dir: the prompt followed by max_new_tokens sampled bytes.
+
+    prompt is a str (UTF-8; surrogate escapes, as os.fsdecode makes them from bytes that are not
+    UTF-8, turn back into those bytes) or bytes, at least one byte. max_new_tokens, temperature
+    and top_k as in GPT.generate (top_k None: every byte). Each bad argument is a ValueError
+    naming it, raised before the checkpoint is read."""
+    check_generate_args(max_new_tokens, temperature, top_k)
     if not prompt:
-        raise ValueError("--prompt must not be empty; the model needs a first byte, e.g. --prompt 'def '")
+        raise ValueError("prompt must not be empty; the model needs a first byte, e.g. prompt='def '")
     model, _, _ = load_run(out_dir, device)
     return sample_text(model, prompt, max_new_tokens, temperature, top_k, seed)
