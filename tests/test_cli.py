@@ -150,8 +150,9 @@ def test_argparse_errors(args, words):
 
 
 def test_diverging_run_exits_non_zero(tmp_path):
+    # weight decay 0: with it, lr 1e10 is refused up front (lr * weight_decay must stay below 1)
     proc = run("train", *TINY, "--max-iters", 50, "--lr", "1e10", "--warmup-iters", 0,
-               "--out-dir", tmp_path)
+               "--weight-decay", 0, "--out-dir", tmp_path)
     assert_one_line_error(proc, "is nan at step", "--lr")
 
 
@@ -171,3 +172,109 @@ def test_ctrl_c_saves_and_exits_130(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted at step" in out and "checkpoint saved to" in out
     assert "Traceback" not in err and (tmp_path / "ckpt.json").exists()
+
+
+# ---- every numeric flag refuses values outside its domain (issue 11, kind 4) --------------------
+# In-process (main(argv)), with the work each command would start replaced by a failure: a flag
+# that is not refused up front fails the test instead of training or benchmarking.
+
+def _numeric_flags(kind):
+    """(command, --flag) of every option of every command whose argparse type is `kind`: a flag
+    added later is covered without editing this file."""
+    from tinysparse.__main__ import build_parser
+    from tinysparse.bench import add_bench_arguments
+    parser = build_parser(add_bench_arguments)
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    return [(name, action.option_strings[-1]) for name, sub in commands.items()
+            for action in sub._actions if action.option_strings and action.type is kind]
+
+
+@pytest.fixture
+def nothing_may_start(monkeypatch):
+    import tinysparse.__main__ as cli
+    import tinysparse.bench as bench
+
+    def started(*args, **kwargs):
+        raise AssertionError("the command started its work with a bad flag")
+    for module, name in ((cli, "train"), (cli, "load_run"), (bench, "run_bench")):
+        monkeypatch.setattr(module, name, started)
+
+
+def _run_in_process(capsys, argv):
+    from tinysparse.__main__ import main
+    status = main(argv)
+    return status, [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+
+
+FLOAT_FLAGS = _numeric_flags(float)
+INT_FLAGS = _numeric_flags(int)
+
+
+def test_the_flag_lists_are_complete():
+    assert {f for _, f in FLOAT_FLAGS} >= {"--lr", "--min-lr", "--weight-decay", "--grad-clip",
+                                           "--dropout", "--capacity-factor", "--aux-coef",
+                                           "--z-coef", "--bias-update-rate", "--jitter",
+                                           "--temperature", "--settle"}
+    assert {c for c, _ in INT_FLAGS} == {"train", "sample", "bench"}
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("command, flag", FLOAT_FLAGS, ids=[f"{c} {f}" for c, f in FLOAT_FLAGS])
+def test_every_float_flag_refuses_nan_and_inf(command, flag, value, nothing_may_start, capsys):
+    status, lines = _run_in_process(capsys, [command, f"{flag}={value}"])
+    assert status == 1 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert flag in lines[0] and "finite" in lines[0], lines[0]        # the flag and its range
+
+
+@pytest.mark.parametrize("command, flag", INT_FLAGS, ids=[f"{c} {f}" for c, f in INT_FLAGS])
+def test_every_int_flag_refuses_a_negative_value(command, flag, nothing_may_start, capsys):
+    status, lines = _run_in_process(capsys, [command, f"{flag}=-1"])
+    assert status == 1 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert flag in lines[0] and "integer" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("flag, value, line", [
+    # was accepted, and training then stopped with "loss is nan ... lower --lr"
+    ("--weight-decay", "nan", "error: TrainConfig.weight_decay must be a finite number >= 0, got "
+                              "nan; fix --weight-decay"),
+    # was a traceback (OverflowError)
+    ("--capacity-factor", "inf", "error: GPTConfig.capacity_factor=inf is invalid: capacity_factor "
+                                 "must be None (dropless) or a positive finite number; change "
+                                 "--capacity-factor"),
+    # silently turned clipping off
+    ("--grad-clip", "nan", "error: TrainConfig.grad_clip must be a finite number >= 0, got nan; "
+                           "fix --grad-clip (0: no clipping)"),
+])
+def test_the_issues_flags_get_one_error_line_before_training(tmp_path, flag, value, line):
+    proc = run("train", *TINY, "--max-iters", 2, "--out-dir", tmp_path, flag, value)
+    assert_one_line_error(proc)
+    assert proc.stderr.strip() == line and proc.stdout == ""      # nothing started
+    assert not tmp_path.joinpath("config.json").exists()
+
+
+def test_a_device_error_gets_the_command_lines_hint(monkeypatch, capsys):
+    # the library's message names no flag (a Python user has none); the command line adds it
+    from tinysparse.engine import backend
+    from tinysparse.training import loop
+
+    def no_gpu(device):
+        raise backend.DeviceError("device 'cuda' was requested but there is no GPU")
+    monkeypatch.setattr(loop.backend, "resolve_device", no_gpu)
+    status, lines = _run_in_process(capsys, ["train", *TINY, "--device", "cuda", "--out-dir", "x"])
+    assert status == 1 and lines == ["error: device 'cuda' was requested but there is no GPU; "
+                                     "use --device cpu"]
+
+
+def test_a_prompt_that_is_not_utf8_is_sampled_from_its_bytes(run_dir, capsys):
+    from tinysparse.__main__ import main
+    from tinysparse.training.sampling import load_run, sample_text
+    raw = b"\xff\xfe def"                    # not UTF-8: sys.argv holds it as surrogate escapes
+    model, _, _ = load_run(run_dir[0])
+    expected = sample_text(model, raw, 12, 0.8, 50, seed=0)        # the model reads bytes 255, 254
+    assert expected.startswith("\ufffd\ufffd def")                  # (printed as U+FFFD each)
+    assert main(["sample", "--out-dir", str(run_dir[0]), "--prompt", os.fsdecode(raw),
+                 "--max-new-tokens", "12"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+    proc = run("sample", "--out-dir", run_dir[0], "--max-new-tokens", 12, "--prompt",
+               os.fsdecode(raw))                # through a real argv (was a UnicodeEncodeError)
+    assert proc.returncode == 0 and proc.stderr == "" and proc.stdout == expected + "\n"

@@ -5,8 +5,10 @@ Every run here is a 1-layer, 16-wide GPT on a 20 kB synthetic corpus: a step tak
 millisecond, so a whole 20-step run with evaluations is well under a second.
 """
 import json
+import math
 import os
 import signal
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -261,3 +263,82 @@ def test_same_seed_same_numbers_for_a_moe_model(tmp_path):
     assert a["history"] == b["history"]
     assert_same_state(ckpt_of(tmp_path / "a"), ckpt_of(tmp_path / "b"))
     assert any(name.endswith("router.bias") for name in ckpt_of(tmp_path / "a")["model"])
+
+
+# ----------------------------------------------------------------------------- issue 11
+
+@pytest.mark.parametrize("field, value, match", [
+    ("weight_decay", math.nan, r"TrainConfig.weight_decay must be a finite number >= 0, got nan; fix --weight-decay"),
+    ("grad_clip", math.nan, r"TrainConfig.grad_clip must be a finite number >= 0, got nan; fix --grad-clip"),
+    ("grad_clip", math.inf, r"TrainConfig.grad_clip must be a finite number >= 0, got inf"),
+    ("lr", math.inf, r"TrainConfig.lr must be a positive finite number, got inf; try --lr 1e-3"),
+    ("min_lr", 0.1, r"TrainConfig.min_lr must be a finite number in \[0, 0.01\], got 0.1; fix --min-lr"),
+    ("weight_decay", 100.0, r"TrainConfig.lr \* weight_decay = 1 must be below 1"),
+    ("seed", -1, r"TrainConfig.seed must be an integer >= 0, got -1; fix --seed"),
+    ("max_bytes", 0, r"TrainConfig.max_bytes must be an integer >= 1, got 0; fix --max-bytes"),
+    ("warmup_iters", 2.5, r"TrainConfig.warmup_iters must be an integer >= 0, got 2.5"),
+])
+def test_non_finite_and_meaningless_training_settings_are_refused(field, value, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        train_config("x", **{field: value})
+
+
+def test_progress_line_reports_step_time_and_token_rate_over_the_same_steps(capsys):
+    class Bar:                                   # tqdm without a terminal: lines are printed
+        disable = True
+
+        def update(self, n):
+            pass
+
+        def set_postfix_str(self, text, refresh):
+            pass
+
+    run = SimpleNamespace(step_count=0, cfg=SimpleNamespace(log_interval=2, max_iters=4),
+                          loss_value=2.0, opt=SimpleNamespace(lr=1e-3), tokens_per_step=256,
+                          moe=None, window_steps=0, window_time=0.0, tokens=0, train_time=0.0)
+    for dt in (0.1, 0.3, 1.0, 1.0):
+        run.step_count += 1
+        run.tokens, run.train_time = run.tokens + 256, run.train_time + dt
+        train_module.TrainingRun.show_progress(run, Bar(), dt)
+    # mean step time and tokens / time of the same 2 steps: 256 / 0.2 s, then 256 / 1 s
+    # (the old line said "1000.0 ms/step, 427 tok/s": the last step next to the run's average)
+    assert capsys.readouterr().out.splitlines() == [
+        "step 2/4: loss 2.0000, lr 1.00e-03, 200.0 ms/step, 1,280 tok/s over the last 2 steps",
+        "step 4/4: loss 2.0000, lr 1.00e-03, 1000.0 ms/step, 256 tok/s over the last 2 steps"]
+
+
+def test_schedule_warnings():
+    assert train_config("x").warnings() == []
+    assert all(TrainConfig(**p["train"]).warnings() == [] for p in PRESETS.values())
+    assert train_config("x", max_iters=2, warmup_iters=3, lr_decay_iters=None).warnings() == [
+        "--max-iters 2 is below --warmup-iters 3: the learning rate never leaves its warm-up (it "
+        "ends at 6.67e-03, not --lr 0.01); lower --warmup-iters"]
+    assert train_config("x", warmup_iters=8, lr_decay_iters=5).warnings() == [
+        "--lr-decay-iters 5 is not above --warmup-iters 8: there is no cosine decay, the learning "
+        "rate drops from the warm-up straight to --min-lr; raise --lr-decay-iters"]
+
+
+def test_a_run_that_never_leaves_warm_up_is_warned_about_at_the_start(tmp_path, capsys):
+    train(model_config(), train_config(tmp_path, max_iters=2, warmup_iters=3))
+    out, err = capsys.readouterr()
+    assert [line for line in err.splitlines() if line.startswith("warning:")] == [
+        "warning: --max-iters 2 is below --warmup-iters 3: the learning rate never leaves its "
+        "warm-up (it ends at 6.67e-03, not --lr 0.01); lower --warmup-iters"]
+    train(model_config(), train_config(tmp_path / "fine", max_iters=4))
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_expert_choice_training_and_sampling_say_the_model_is_not_causal(tmp_path, capsys):
+    from tinysparse.__main__ import main
+    train(model_config(dropout=0.0, n_expert=4, top_k=2, router="expert_choice"),
+          train_config(tmp_path, max_iters=2, sample_tokens=5))
+    out, err = capsys.readouterr()
+    warning = ("warning: router expert_choice is not causal: in training, which experts a token "
+               "got depended on later tokens (the future leaks, chapter 08), so the losses are "
+               "optimistic, and sampling, which has no future to read, runs a different function; "
+               "use --router topk for a language model")
+    assert warning in err.splitlines()
+    assert "\n(not causal: router expert_choice is not causal" in out     # under the sample header
+    assert main(["sample", "--out-dir", str(tmp_path), "--max-new-tokens", "5"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [warning] and out.startswith("\n")

@@ -10,8 +10,11 @@
 The flags of `train` are made from the fields of GPTConfig and TrainConfig (their comments are the
 help text), so a new field is a new flag with nothing to keep in sync. A preset sets both configs;
 flags given explicitly override it. Bad input ends with exit status 1 and one line on stderr,
-"error: <the problem>; <the fix>", never a traceback (TINYSPARSE_DEBUG=1 shows it). Ctrl-C during
-training saves a checkpoint and exits with status 130.
+"error: <the problem>; <the fix>", never a traceback (TINYSPARSE_DEBUG=1 shows it), before any
+work starts: every numeric flag has a range (NaN and inf are outside all of them), checked by
+the configs (GPTConfig, TrainConfig), by check_generate_args for `sample` and by
+check_bench_arguments for `bench`. Valid settings that are probably not meant get a "warning:"
+line instead. Ctrl-C during training saves a checkpoint and exits with status 130.
 """
 import argparse
 import dataclasses
@@ -22,13 +25,14 @@ import sys
 import typing
 
 from . import __version__
+from ._checks import check_int
 from .engine.backend import DeviceError
-from .gpt import GPTConfig
+from .gpt import GPTConfig, check_generate_args
 from .training.checkpoint import LEGACY_NAME, load_checkpoint
 from .training.convert import TRUST_FLAG, convert_checkpoint
 from .training.config import PRESETS, TrainConfig
 from .training.loop import TrainingDiverged, train
-from .training.sampling import sample
+from .training.sampling import causality_warning, load_run, sample_text
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 _NOT_FLAGS = {"vocab_size"}     # fixed by the byte tokenizer
@@ -176,13 +180,28 @@ def cmd_train(args):
     return 0
 
 
+SAMPLE_FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
+                "top_k": "--top-k"}
+
+
 def cmd_sample(args):
     if args.top_k < 0:
-        raise UsageError(f"--top-k must be at least 0, got {args.top_k}; use e.g. 50 (0: no cut-off)")
-    prompt = args.prompt.replace("\\n", "\n").replace("\\t", "\t")
-    text = sample(args.out_dir, prompt, args.max_new_tokens, args.temperature,
-                  args.top_k or None, args.seed, args.device)
-    print(text)
+        raise UsageError(f"--top-k must be an integer >= 0, got {args.top_k}; use e.g. 50 "
+                         f"(0: no cut-off)")
+    top_k = args.top_k or None
+    check_generate_args(args.max_new_tokens, args.temperature, top_k, names=SAMPLE_FLAGS)
+    check_int("--seed", args.seed, low=0)
+    # The tokens are bytes: take the prompt's own bytes, as the shell gave them (os.fsencode
+    # undoes the surrogate escapes Python puts in sys.argv for bytes that are not UTF-8).
+    prompt = os.fsencode(args.prompt).replace(b"\\n", b"\n").replace(b"\\t", b"\t")
+    if not prompt:
+        raise UsageError("--prompt must not be empty; the model needs a first byte, "
+                         "e.g. --prompt 'def '")
+    model, (model_config, _), _ = load_run(args.out_dir, args.device)
+    leak = causality_warning(model_config)
+    if leak:
+        print(f"warning: {leak}", file=sys.stderr, flush=True)
+    print(sample_text(model, prompt, args.max_new_tokens, args.temperature, top_k, args.seed))
     return 0
 
 
@@ -194,7 +213,8 @@ def cmd_convert(args):
 
 
 def cmd_bench(args):
-    from .bench import run_bench       # lazy: benchmarks may import torch, which is slow to load
+    from .bench import check_bench_arguments, run_bench   # lazy: benchmarks may import torch
+    check_bench_arguments(args)        # a bad flag is an error line before anything is timed
     return run_bench(args) or 0
 
 
@@ -234,12 +254,22 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, KeyError, DeviceError, TrainingDiverged, OSError) as e:
+    except (ValueError, KeyError, DeviceError, TrainingDiverged, OSError, MemoryError) as e:
         if os.environ.get("TINYSPARSE_DEBUG"):
             raise
-        hint = "; check the path and its permissions" if isinstance(e, OSError) else ""
-        print(f"error: {_one_line(e)}{hint}", file=sys.stderr)
+        print(f"error: {_one_line(e)}{_hint(e)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _hint(e):
+    """The command line's way out, for errors whose message (the library's) cannot know it."""
+    if isinstance(e, OSError):
+        return "; check the path and its permissions"
+    if isinstance(e, DeviceError) and "--device" not in str(e):
+        return "; use --device cpu"
+    if isinstance(e, MemoryError):
+        return "; out of memory: use a smaller model or batch (--n-embd, --block-size, --batch-size)"
+    return ""
 
 
 if __name__ == "__main__":

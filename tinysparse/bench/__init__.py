@@ -40,10 +40,29 @@ def add_bench_arguments(parser):
     return parser
 
 
+# the smallest value each numeric flag takes (argparse makes them ints, --settle a float)
+_AT_LEAST = {"iters": 1, "warmup": 0, "batch_size": 1, "n_layer": 1, "n_head": 1, "n_embd": 1,
+             "block_size": 1, "vocab_size": 1, "threads": 1, "layer_tokens": 1}
+
+
+def check_bench_arguments(args):
+    """A ValueError naming the first flag outside its range (NaN and inf included)."""
+    from .._checks import check_int, check_number
+    for name, low in _AT_LEAST.items():
+        if hasattr(args, name):
+            check_int(f"--{name.replace('_', '-')}", getattr(args, name), low=low)
+    if hasattr(args, "settle"):
+        check_number("--settle", args.settle, low=0, hint="it is in seconds (0: no pause)")
+    if hasattr(args, "n_embd") and args.n_embd % args.n_head:
+        raise ValueError(f"--n-embd {args.n_embd} must be divisible by --n-head {args.n_head}")
+
+
 def run_bench(args):
     """Run the chosen suites (default: all); 0 when every twin agreed, 1 otherwise, 2 on bad flags."""
-    if args.iters < 1 or args.warmup < 0:
-        print(f"bench: --iters must be at least 1 and --warmup at least 0, got {args.iters}, {args.warmup}")
+    try:
+        check_bench_arguments(args)
+    except ValueError as e:
+        print(f"bench: {e}")
         return 2
     suites = getattr(args, "suite", ["step"])
     status = 0

@@ -4,8 +4,9 @@ train.py runs the loop.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
+
+from .._checks import check_int, check_number
 
 
 @dataclass
@@ -30,23 +31,46 @@ class TrainConfig:
     sample_tokens: int = 300        # bytes to sample after training (0: no sample)
 
     def __post_init__(self):
+        """Refuse a field outside its domain before anything runs: a ValueError (TypeError for a
+        wrong type) naming the field, its range and the flag that sets it."""
+        def fix(name):
+            return f"fix --{name.replace('_', '-')}"
+
         for name in ("batch_size", "max_iters", "eval_interval", "eval_iters", "log_interval",
                      "checkpoint_interval"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}; "
-                                 f"set --{name.replace('_', '-')} to a positive integer")
-        for name in ("warmup_iters", "sample_tokens", "weight_decay", "grad_clip", "min_lr"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TrainConfig.{name} must not be negative, got {getattr(self, name)}; "
-                                 f"fix --{name.replace('_', '-')}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr}; "
-                             f"try --lr 1e-3")
-        if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
-            raise ValueError(f"TrainConfig.lr_decay_iters must be at least 1, got "
-                             f"{self.lr_decay_iters}; fix --lr-decay-iters")
+            check_int(f"TrainConfig.{name}", getattr(self, name), low=1, hint=fix(name))
+        for name in ("warmup_iters", "sample_tokens", "seed"):
+            check_int(f"TrainConfig.{name}", getattr(self, name), low=0, hint=fix(name))
+        for name in ("max_bytes", "lr_decay_iters"):        # unset (None) has a meaning
+            if getattr(self, name) is not None:
+                check_int(f"TrainConfig.{name}", getattr(self, name), low=1, hint=fix(name))
+        check_number("TrainConfig.lr", self.lr, low=0, low_open=True, hint="try --lr 1e-3")
+        check_number("TrainConfig.min_lr", self.min_lr, low=0, high=self.lr,
+                     hint="fix --min-lr (the cosine decays from --lr down to it)")
+        check_number("TrainConfig.weight_decay", self.weight_decay, low=0, hint=fix("weight_decay"))
+        if self.lr * self.weight_decay >= 1:
+            raise ValueError(f"TrainConfig.lr * weight_decay = {self.lr * self.weight_decay:g} "
+                             f"must be below 1 (each AdamW step multiplies the weights by "
+                             f"1 - lr*wd); lower --weight-decay (the usual value is 0.1)")
+        check_number("TrainConfig.grad_clip", self.grad_clip, low=0,
+                     hint="fix --grad-clip (0: no clipping)")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"TrainConfig.device must be cpu, cuda or auto, got {self.device!r}")
+
+    def warnings(self):
+        """Settings that are valid but probably not meant, as one-line messages (train() prints
+        them before the first step)."""
+        out = []
+        if self.max_iters < self.warmup_iters:
+            out.append(f"--max-iters {self.max_iters} is below --warmup-iters {self.warmup_iters}: "
+                       f"the learning rate never leaves its warm-up (it ends at "
+                       f"{self.lr * self.max_iters / self.warmup_iters:.2e}, not --lr {self.lr:g}); "
+                       f"lower --warmup-iters")
+        elif (self.lr_decay_iters or self.max_iters) <= self.warmup_iters < self.max_iters:
+            out.append(f"--lr-decay-iters {self.lr_decay_iters} is not above --warmup-iters "
+                       f"{self.warmup_iters}: there is no cosine decay, the learning rate drops "
+                       f"from the warm-up straight to --min-lr; raise --lr-decay-iters")
+        return out
 
     def to_dict(self):
         return asdict(self)

@@ -35,7 +35,7 @@ from .checkpoint import (CKPT_NAME, CONFIG_NAME, LOG_NAME, load_checkpoint, load
 from .config import TrainConfig
 from .data import BatchSampler, load_corpus
 from .evaluation import bits_per_byte, evaluate
-from .sampling import sample_text
+from .sampling import causality_warning, sample_text
 
 
 class TrainingDiverged(RuntimeError):
@@ -128,6 +128,7 @@ class TrainingRun:
         self.step_count = self.st["step"]
         self.tokens_per_step = cfg.batch_size * mcfg.block_size
         self.tokens, self.train_time = 0, 0.0
+        self.window_steps, self.window_time = 0, 0.0   # steps since the last printed progress line
         self.moe = None                 # load statistics of the last read training step
         # Reading a number from the GPU makes the host wait for the device. On the CPU every
         # step is checked at once; on a GPU the losses and gradient norms stay on the device and
@@ -223,15 +224,22 @@ class TrainingRun:
             self.moe = self.model.moe_stats()
 
     def show_progress(self, bar, dt):
-        """The bar's postfix (on a terminal), or a printed line every log_interval steps."""
+        """The bar's postfix (on a terminal: this step's time and rate), or a printed line every
+        log_interval steps (without a terminal). The line's ms/step and tok/s are both over the
+        same window, the steps since the previous line: mean step time, and tokens / time."""
         step = self.step_count
+        self.window_steps += 1
+        self.window_time += dt
         bar.update(1)
         bar.set_postfix_str(f"loss {self.loss_value:.4f}, {self.tokens_per_step / dt:,.0f} tok/s"
                             + _moe_text(self.moe), refresh=False)
         if bar.disable and step % self.cfg.log_interval == 0:
+            mean = self.window_time / self.window_steps
             print(f"step {step}/{self.cfg.max_iters}: loss {self.loss_value:.4f}, lr "
-                  f"{self.opt.lr:.2e}, {1000 * dt:.1f} ms/step, "
-                  f"{self.tokens / self.train_time:,.0f} tok/s" + _moe_text(self.moe), flush=True)
+                  f"{self.opt.lr:.2e}, {1000 * mean:.1f} ms/step, "
+                  f"{self.tokens_per_step / mean:,.0f} tok/s over the last "
+                  f"{self.window_steps} steps" + _moe_text(self.moe), flush=True)
+            self.window_steps, self.window_time = 0, 0.0
 
     # ---- the loop ----------------------------------------------------------------------------------------
     def loop(self):
@@ -300,7 +308,9 @@ class TrainingRun:
         if status == "done" and self.cfg.sample_tokens:
             n = self.cfg.sample_tokens
             summary["sample"] = sample_text(self.model, "\n", n, 0.8, 50, seed=0)
-            print(f"---- sample ({n} bytes, temperature 0.8, top_k 50) ----")
+            leak = causality_warning(self.mcfg)
+            print(f"---- sample ({n} bytes, temperature 0.8, top_k 50) ----"
+                  + (f"\n(not causal: {leak})" if leak else ""))
             print(summary["sample"], flush=True)
         return summary
 
@@ -321,11 +331,16 @@ def train(model_config: GPTConfig, train_config: TrainConfig, resume=False) -> d
 
     The steps, each a method of TrainingRun: setup, then loop (step, show progress, evaluate
     and log on eval_interval, save on checkpoint_interval), then finish (a last evaluation and
-    checkpoint, the sample)."""
+    checkpoint, the sample). Between setup and the first step, a "warning: ..." line on stderr
+    for each setting that is valid but probably not meant (TrainConfig.warnings: a run that
+    never leaves warm-up; expert-choice routing, which is not causal)."""
     run = TrainingRun(model_config, train_config, resume)
     cfg = run.cfg
     print(f"training GPT ({run.model.num_parameters() / 1e6:.2f}M parameters) on {run.corpus!r}, "
           f"{run.device}, steps {run.step_count}->{cfg.max_iters} of {cfg.batch_size}x"
           f"{run.mcfg.block_size} tokens, run folder {cfg.out_dir}"
           + (" (resumed)" if run.resumed else ""), flush=True)
+    for warning in cfg.warnings() + [causality_warning(run.mcfg)]:
+        if warning:                     # valid settings that are probably not meant
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
     return run.finish(run.loop())
