@@ -8,7 +8,8 @@ import tinysparse as ts
 from tinysparse import functional as F
 from tinysparse import optim
 from tinysparse.gpt import GPT, GPTConfig
-from tinysparse.moe import MoE, RoutingResult, TopKRouter, capacity
+from tinysparse.moe import (ExpertChoiceRouter, Experts, MoE, RoutingResult, TopKRouter,
+                            capacity)
 
 
 def _f64(module):
@@ -443,3 +444,82 @@ def test_capacity_is_capped_at_the_number_of_slots():
     x = ts.Tensor(np.random.default_rng(12).standard_normal((1, 5, 4)))
     np.testing.assert_array_equal(huge(x).data, dropless(x).data)
     assert huge.stats["dropped_fraction"] == 0.0
+
+
+# ---- sigmoid scores where sigmoid underflows or saturates (issue 11, kind 1, the router's part) ---
+
+def _sigmoid_router(logits, top_k, dtype):
+    """A TopKRouter whose logits for the one token are exactly `logits` (identity weights)."""
+    E = len(logits)
+    router = TopKRouter(E, E, top_k, score="sigmoid")
+    router.weight.data = np.eye(E, dtype=dtype)
+    return router(ts.Tensor(np.array([logits], dtype=dtype), requires_grad=True))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("base", [-20.0, -200.0, -2000.0])
+def test_sigmoid_gates_of_very_negative_logits_are_their_ratio_not_nan(base, dtype):
+    # s_i / (s_1 + s_2) with s = sigmoid(logit): the issue's -20, -20.5 -> [0.6225, 0.3775]; the
+    # same far below, where sigmoid underflows to 0 (0/0 gave [nan, nan])
+    r = _sigmoid_router([base, base - 0.5], 2, dtype)
+    np.testing.assert_allclose(r.gates.data, [[0.6224593, 0.3775407]], rtol=1e-6)
+    np.testing.assert_allclose(r.probs.data, [[0.6224593, 0.3775407]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("logits, chosen, gates", [
+    ([-300.0, -200.0, -250.0, -201.0], [1, 3], [0.7310586, 0.2689414]),   # sigmoid is 0 for all
+    ([20.0, 25.0, 18.0, 30.0], [3, 1], [0.5, 0.5]),                        # sigmoid is 1.0 for all
+])
+def test_sigmoid_selection_follows_the_logits_where_float32_sigmoid_ties(logits, chosen, gates):
+    r = _sigmoid_router(logits, 2, np.float32)
+    assert r.expert_ids.tolist() == [chosen]                 # was [0, 1]: ties went to the lowest id
+    np.testing.assert_allclose(r.gates.data, [gates], rtol=1e-6)
+
+
+def test_a_sigmoid_moe_far_below_zero_has_finite_output_loss_and_gradients():
+    ts.manual_seed(0)
+    layer = MoE(4, 4, 2, d_expert=3, score="sigmoid")
+    layer.router.weight.data = np.eye(4, dtype=np.float32) * 100.0
+    x = ts.Tensor(-3.0 - np.random.default_rng(0).random((1, 5, 4)).astype(np.float32),
+                  requires_grad=True)                        # logits between -400 and -300
+    out = layer(x)
+    (out.sum() + layer.aux_loss).backward()
+    assert np.isfinite(out.data).all() and np.isfinite(layer.aux_loss.item())
+    assert np.isfinite(x.grad).all() and all(np.isfinite(p.grad).all() for p in layer.parameters())
+
+
+def test_routers_built_directly_check_their_settings():
+    with pytest.raises(ValueError, match=r"TopKRouter top_k must be an integer in \[1, 4\], got 5"):
+        TopKRouter(8, 4, 5)
+    with pytest.raises(ValueError, match=r"ExpertChoiceRouter capacity_factor must be a positive "
+                                         r"finite number, got inf"):
+        ExpertChoiceRouter(8, 4, math.inf)
+    with pytest.raises(ValueError, match=r"router jitter must be a finite number in \[0, 1\)"):
+        TopKRouter(8, 4, 2, jitter=math.nan)
+    with pytest.raises(ValueError, match=r"Experts d_expert must be an integer >= 1, got 0"):
+        Experts(4, 8, 0)
+
+
+def test_print_a_moe_model():
+    ts.manual_seed(0)
+    text = repr(MoE(8, 4, 2, d_expert=5, n_shared=1, capacity_factor=1.25))
+    assert text.splitlines()[:4] == [
+        "MoE(",
+        "  n_embd=8, n_expert=4, top_k=2, d_expert=5, n_shared=1, router='topk', "
+        "capacity_factor=1.25, balance='aux'",
+        "  (router): TopKRouter(8 -> 4 experts, score='softmax')",
+        "  (experts): Experts(n_expert=4, n_embd=8, d_expert=5, bias=True)"]
+
+
+def test_log_sigmoid_is_finite_and_gradchecks_over_the_whole_float64_range():
+    from tinysparse.moe.router import log_sigmoid
+    x = ts.Tensor(np.array([-1e300, -700.0, -50.0, -1.5, 0.25, 40.0, 700.0, 1e300]), requires_grad=True)
+    y = log_sigmoid(x).data
+    with np.errstate(over="ignore"):
+        expected = -np.logaddexp(0.0, -x.data)               # log sigmoid, by NumPy
+    # (above ~37, log(1 + e^-x) rounds to 0 where the true value is ~ -e^-x: absolute error < 1e-16)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-16)
+    assert ts.gradcheck(log_sigmoid, ts.Tensor(x.data[1:-1], requires_grad=True))
+    log_sigmoid(x).sum().backward()                          # d/dx log sigmoid = 1 - sigmoid(x)
+    np.testing.assert_allclose(x.grad, [1.0, 1.0, 1.0, 0.8175745, 0.4378235, 0.0, 0.0, 0.0],
+                               rtol=1e-6, atol=1e-17)

@@ -78,6 +78,9 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
+    def extra_repr(self):
+        return f"n_head={self.n_head}"
+
     def forward(self, x):
         qkv = self.c_attn(x)                                      # (B, T, 3C)
         # split into heads, softmax(q k^T / sqrt(hd)) v per head, heads side by side again:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..engine import functional as F
 from .. import nn
+from .._checks import check_int
 from ..engine import random as ts_random
 from .primitives import grouped_linear
 
@@ -26,6 +27,8 @@ class Experts(nn.Module):
     """A bank of n_expert FFNs, n_embd -> d_expert -> n_embd, run on a dispatch buffer."""
 
     def __init__(self, n_expert, n_embd, d_expert, bias=True, dtype=np.float32):
+        for name, value in (("n_expert", n_expert), ("n_embd", n_embd), ("d_expert", d_expert)):
+            check_int(f"Experts {name}", value, low=1)
         self.n_expert, self.n_embd, self.d_expert = n_expert, n_embd, d_expert
         # PyTorch's Linear init per expert: U(-1/sqrt(d_in), 1/sqrt(d_in)); GPT re-initialises.
         b_in, b_hid = 1.0 / math.sqrt(n_embd), 1.0 / math.sqrt(d_expert)
@@ -33,6 +36,10 @@ class Experts(nn.Module):
         self.b1 = nn.Parameter(_uniform((n_expert, d_expert), b_in, dtype)) if bias else None
         self.w2 = nn.Parameter(_uniform((n_expert, d_expert, n_embd), b_hid, dtype))
         self.b2 = nn.Parameter(_uniform((n_expert, n_embd), b_hid, dtype)) if bias else None
+
+    def extra_repr(self):
+        return (f"n_expert={self.n_expert}, n_embd={self.n_embd}, d_expert={self.d_expert}, "
+                f"bias={self.b1 is not None}")
 
     def forward(self, buffer, offsets, backend="numpy"):
         """buffer (S, n_embd), rows [offsets[e], offsets[e+1]) routed to expert e -> (S, n_embd)."""

@@ -121,6 +121,12 @@ class MoE(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.aux_loss, self._last_routing = None, None
 
+    def extra_repr(self):
+        cf = "dropless" if self.capacity_factor is None else self.capacity_factor
+        return (f"n_embd={self.n_embd}, n_expert={self.n_expert}, top_k={self.top_k}, "
+                f"d_expert={self.d_expert}, n_shared={self.n_shared}, router={self.router_kind!r}, "
+                f"capacity_factor={cf}, balance={self.balance!r}")
+
     def forward(self, x):
         shape = x.shape
         if not shape or shape[-1] != self.n_embd:    # reshape alone would regroup the numbers silently

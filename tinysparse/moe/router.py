@@ -17,11 +17,23 @@ import numpy as np
 
 from ..engine import functional as F
 from .. import nn
+from .._checks import check_int, check_number
 from ..engine import random as ts_random
 from ..engine.backend import array_module
 from ..engine.tensor import Tensor
 
 SCORES = ("softmax", "sigmoid")
+
+
+def log_sigmoid(x):
+    """log sigmoid(x) = min(x, 0) - log(1 + exp(-|x|)), a Tensor finite for every finite x.
+
+    sigmoid itself underflows to 0 below about -88 in float32 (-745 in float64), and a ratio of
+    sigmoids is then 0/0. A ratio taken as a softmax of log sigmoids never is: exp sees only
+    arguments <= 0, log only values in [1, 2]. (Without a log1p, values above ~37 round to 0
+    where the truth is ~ -e^-x: an absolute error below 1e-16, nothing to a ratio.)"""
+    below = (-x).relu()                                       # max(-x, 0) = -min(x, 0)
+    return -below - ((-(x.relu() + below)).exp() + 1.0).log()  # relu(x) + relu(-x) = |x|
 
 
 @dataclass
@@ -62,17 +74,32 @@ def top_k_ids(scores, k):
     return ids
 
 
+def _ranking(logits, scores, score):
+    """The array whose order selects experts. Sigmoid is monotone, so its logits rank as its
+    scores do, without the ties float32 makes where sigmoid rounds to 1 (logits above ~17) or
+    to 0 (below ~-88), which would hand the choice to the lowest id. A softmax ranks by its
+    probabilities (their order over tokens is not the logits' order)."""
+    return logits.data if score == "sigmoid" else scores.data
+
+
 class Router(nn.Module):
     """What both routers share: scoring, jitter, and the auxiliary losses."""
 
     def __init__(self, n_embd, n_expert, score="softmax", jitter=0.0, dtype=np.float32):
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}: use one of {', '.join(SCORES)}")
+        check_int("router n_embd", n_embd, low=1)
+        check_int("router n_expert", n_expert, low=1)
+        check_number("router jitter", jitter, low=0, high=1, high_open=True)
         self.n_expert, self.score, self.jitter = n_expert, score, jitter
         self.weight = nn.Parameter(ts_random.generator().normal(0.0, 0.02, (n_embd, n_expert)).astype(dtype))
 
+    def extra_repr(self):
+        return f"{self.weight.shape[0]} -> {self.n_expert} experts, score={self.score!r}"
+
     def _affinities(self, x):
-        """x (T, C) -> logits, scores, probs, each (T, E)."""
+        """x (T, C) -> logits, scores, probs, each (T, E). With score='sigmoid', the log scores
+        are kept too (self._log_scores): ratios of scores are softmaxes of them (log_sigmoid)."""
         if self.training and self.jitter > 0:
             # Switch Transformer (Fedus et al. 2021), section 2.4: multiply the router's input by
             # U(1 - eps, 1 + eps) noise in training, so routing does not lock in early.
@@ -83,9 +110,11 @@ class Router(nn.Module):
             scores = probs = F.softmax(logits, axis=-1)
         else:
             # DeepSeek-V3 (2024), eq. 15: s_{i,t} = sigmoid(u_t^T e_i), one independent score per
-            # expert; normalised over the experts when a distribution is needed (their eq. 19).
-            scores = logits.sigmoid()
-            probs = scores / scores.sum(axis=-1, keepdims=True)
+            # expert; normalised over the experts when a distribution is needed (their eq. 19):
+            # s / sum(s) = softmax(log s), finite even where every s underflows to 0.
+            self._log_scores = log_sigmoid(logits)
+            scores = self._log_scores.exp()
+            probs = F.softmax(self._log_scores, axis=-1)
         return logits, scores, probs
 
     def load_balance_loss(self, r):
@@ -129,6 +158,8 @@ class TopKRouter(Router):
     def __init__(self, n_embd, n_expert, top_k, score="softmax", normalize_gates=None,
                  jitter=0.0, balance_bias=False, bias_update_rate=0.001, dtype=np.float32):
         super().__init__(n_embd, n_expert, score, jitter, dtype)
+        check_int("TopKRouter top_k", top_k, low=1, high=n_expert)
+        check_number("TopKRouter bias_update_rate", bias_update_rate, low=0)
         self.top_k = top_k
         self.normalize_gates = top_k > 1 if normalize_gates is None else bool(normalize_gates)
         self.bias_update_rate = bias_update_rate
@@ -140,11 +171,18 @@ class TopKRouter(Router):
     def forward(self, x):
         logits, scores, probs = self._affinities(x)
         xp = array_module(scores.data)
-        select = scores.data if self.bias is None else scores.data + self.bias.data.astype(scores.dtype)
+        if self.bias is not None:                     # DeepSeek-V3: selection on s + b
+            select = scores.data + self.bias.data.astype(scores.dtype)
+        else:
+            select = _ranking(logits, scores, self.score)
         expert_ids = top_k_ids(select, self.top_k)                                 # (T, k)
         rows = xp.arange(expert_ids.shape[0])[:, None]                              # (T, 1)
         gates = scores[rows, expert_ids]              # (T, k), a differentiable gather (unbiased)
-        if self.normalize_gates:
+        if self.normalize_gates and self.score == "sigmoid":
+            # s_i / sum_j s_j over the chosen, as a softmax of the log scores: gates of logits
+            # -200 and -200.5 are [0.62, 0.38] as those of -2 and -2.5 are, never 0/0
+            gates = F.softmax(self._log_scores[rows, expert_ids], axis=-1)
+        elif self.normalize_gates:                    # softmax scores: the best is >= 1/E, no 0/0
             gates = gates / gates.sum(axis=-1, keepdims=True)
         if self.bias is not None and self.training:
             load = xp.bincount(expert_ids.reshape(-1), minlength=self.n_expert)
@@ -182,6 +220,7 @@ class ExpertChoiceRouter(Router):
     def __init__(self, n_embd, n_expert, capacity_factor=2.0, score="softmax", jitter=0.0,
                  dtype=np.float32):
         super().__init__(n_embd, n_expert, score, jitter, dtype)
+        check_number("ExpertChoiceRouter capacity_factor", capacity_factor, low=0, low_open=True)
         self.capacity_factor = capacity_factor   # c: how many experts a token gets on average
 
     def forward(self, x):
@@ -191,7 +230,7 @@ class ExpertChoiceRouter(Router):
         # Zhou et al. 2022, eq. 1: k = T * c / E tokens per expert; I = TopK(S^T, k)
         cap = min(T, math.ceil(self.capacity_factor * T / E))
         # each expert's best tokens (rows of S^T), best first; on a tie the earlier token wins
-        chosen = top_k_ids(scores.data.T, cap)                             # (E, cap) token ids
+        chosen = top_k_ids(_ranking(logits, scores, self.score).T, cap)     # (E, cap) token ids
         tokens = chosen.reshape(-1)                                        # (E*cap,) expert-major
         experts = xp.repeat(xp.arange(E), cap)                             # (E*cap,)
         # Re-index as a per-token table (T, k_max) so dispatch handles both routers alike:
