@@ -242,6 +242,13 @@ def test_config_refuses_bad_moe_fields_even_in_a_dense_model(field, value, error
         GPTConfig(**kwargs)
 
 
+def test_flops_per_token_refuses_an_empty_context():
+    model = _small_gpt()
+    assert model.flops_per_token() == model.flops_per_token(6)       # None: block_size
+    with pytest.raises(ValueError, match=r"flops_per_token T must be an integer >= 1, got 0"):
+        model.flops_per_token(0)                                     # was block_size, silently
+
+
 def test_config_refuses_top_k_above_n_expert():
     with pytest.raises(ValueError, match=r"GPTConfig.top_k=5 is invalid: top_k must be an "
                                          r"integer in \[1, n_expert=4\]"):

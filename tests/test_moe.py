@@ -434,6 +434,12 @@ def test_non_finite_and_meaningless_settings_are_refused(setting, value):
         MoE(8, 4, **{"top_k": 2, setting: value})
 
 
+def test_a_numpy_array_input_works_as_a_tensor_does():
+    layer = _layer()
+    x = np.random.default_rng(13).standard_normal((1, 5, 4))
+    np.testing.assert_array_equal(layer(x).data, layer(ts.Tensor(x)).data)   # was an AttributeError
+
+
 def test_capacity_is_capped_at_the_number_of_slots():
     assert capacity(0.75, 8, 3) == 2
     assert capacity(1e300, 8, 4) == 8             # was an int too large for the plan's arrays

@@ -277,10 +277,12 @@ def test_same_seed_same_numbers_for_a_moe_model(tmp_path):
     ("seed", -1, r"TrainConfig.seed must be an integer >= 0, got -1; fix --seed"),
     ("max_bytes", 0, r"TrainConfig.max_bytes must be an integer >= 1, got 0; fix --max-bytes"),
     ("warmup_iters", 2.5, r"TrainConfig.warmup_iters must be an integer >= 0, got 2.5"),
+    ("out_dir", "", r"TrainConfig.out_dir must not be empty; fix --out-dir"),
 ])
 def test_non_finite_and_meaningless_training_settings_are_refused(field, value, match):
+    kwargs = {"out_dir": "x", field: value}
     with pytest.raises((ValueError, TypeError), match=match):
-        train_config("x", **{field: value})
+        train_config(**kwargs)
 
 
 def test_progress_line_reports_step_time_and_token_rate_over_the_same_steps(capsys):

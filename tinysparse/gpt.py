@@ -203,7 +203,7 @@ class GPT(nn.Module):
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L T C,
         with N the ACTIVE parameters: the experts a token skips cost it nothing."""
         c = self.config
-        T = T or c.block_size
+        T = c.block_size if T is None else check_int("flops_per_token T", T, low=1)
         return 6 * self.num_active_parameters() + 12 * c.n_layer * T * c.n_embd
 
     def forward(self, idx, targets=None, ignore_index=None):

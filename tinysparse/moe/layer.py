@@ -13,6 +13,7 @@ import numpy as np
 from .. import nn
 from .._checks import describe, is_int
 from ..engine.backend import to_numpy
+from ..engine.tensor import Tensor
 from .dispatch import capacity, get_backend, resolve_backend_name
 from .primitives import combine, gather_rows
 from .experts import Experts, SharedExperts
@@ -128,6 +129,7 @@ class MoE(nn.Module):
                 f"capacity_factor={cf}, balance={self.balance!r}")
 
     def forward(self, x):
+        x = x if isinstance(x, Tensor) else Tensor(x)   # an array, as Linear and LayerNorm take
         shape = x.shape
         if not shape or shape[-1] != self.n_embd:    # reshape alone would regroup the numbers silently
             raise ValueError(f"MoE(n_embd={self.n_embd}) got an input of shape {tuple(shape)}; "

@@ -54,6 +54,8 @@ class TrainConfig:
                              f"1 - lr*wd); lower --weight-decay (the usual value is 0.1)")
         check_number("TrainConfig.grad_clip", self.grad_clip, low=0,
                      hint="fix --grad-clip (0: no clipping)")
+        if not self.out_dir:            # "" would write the checkpoint into the current folder
+            raise ValueError("TrainConfig.out_dir must not be empty; fix --out-dir (e.g. out/run)")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"TrainConfig.device must be cpu, cuda or auto, got {self.device!r}")
 
