@@ -539,10 +539,10 @@ def test_embedding_refuses_ids_outside_the_table():
     ts.manual_seed(0)
     emb = nn.Embedding(5, 3)
     np.testing.assert_array_equal(emb(np.array([4, 0])).data, emb.weight.data[[4, 0]])
-    with pytest.raises(ValueError, match=re.escape("Embedding input holds -1, outside the valid "
-                                                   "range [0, 5)")):
+    with pytest.raises(ValueError, match=re.escape("Embedding input[1] = -1 is outside the valid "
+                                                   "token ids [0, 5)")):
         emb(np.array([1, -1]))                 # NumPy would read row 4
-    with pytest.raises(ValueError, match=re.escape("holds 5, outside the valid range [0, 5)")):
+    with pytest.raises(ValueError, match=re.escape("input[0, 0] = 5 is outside the valid token ids [0, 5)")):
         emb([[5]])
     with pytest.raises(TypeError, match="integer token ids, got dtype float64"):
         emb(np.array([1.0]))

@@ -263,7 +263,7 @@ class GPT(nn.Module):
             need = ("generate needs a prompt of at least one token" if what == "prompt"
                     else "a sequence needs at least one")
             raise ValueError(f"GPT {what} has shape {tuple(idx.shape)}: no tokens; {need}")
-        self._check_range(what, idx, None)
+        nn.check_ids(f"GPT {what}", idx, self.config.vocab_size, n_name="vocab_size=")
         return idx
 
     def _checked_targets(self, targets, shape, ignore_index):
@@ -280,24 +280,10 @@ class GPT(nn.Module):
                 raise ValueError(f"GPT ignore_index={ignore_index} is a real token id "
                                  f"(vocab_size {self.config.vocab_size}): the loss would skip "
                                  f"that token everywhere; use -1 or -100")
-        self._check_range("targets", targets, ignore_index)
+        nn.check_ids("GPT targets", targets, self.config.vocab_size, ignore_index, "vocab_size=",
+                     fix=lambda bad: f"; to leave padding out of the loss, pass ignore_index={bad}"
+                     if bad < 0 else "")
         return targets
-
-    def _check_range(self, what, ids, ignore_index):
-        V = self.config.vocab_size
-        if ids.dtype.kind not in "iu":
-            raise TypeError(f"GPT {what} must be integer token ids, got dtype {ids.dtype}")
-        xp = array_module(ids)
-        valid = ids if ignore_index is None else ids[ids != ignore_index]
-        if valid.size:
-            lo, hi = int(valid.min()), int(valid.max())
-            if lo < 0 or hi >= V:
-                bad = lo if lo < 0 else hi
-                at = tuple(int(i) for i in xp.argwhere(ids == bad)[0])
-                fix = ("; to leave padding out of the loss, pass ignore_index="
-                       f"{bad}" if what == "targets" and bad < 0 else "")
-                raise ValueError(f"GPT {what}{list(at)} = {bad} is outside the valid token ids "
-                                 f"[0, vocab_size={V}){fix}")
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
         """Extend idx (B, T) by max_new_tokens sampled tokens; returns a NumPy int64 array (B, T +

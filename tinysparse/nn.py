@@ -224,17 +224,21 @@ def _check_last_axis(module, x, size):
         raise ValueError(f"{module!r} got an input of shape {shape}; its last axis must be {size}")
 
 
-def _check_indices(what, idx, n):
-    """Integer indices in [0, n): NumPy would read a negative one from the end, silently.
-    One reduction each for min and max; on a GPU that is one wait for the device."""
-    if idx.dtype.kind not in "iu":
-        raise TypeError(f"{what} must be integer token ids, got dtype {idx.dtype}; "
+def check_ids(what, ids, n, ignore=None, n_name="", fix=""):
+    """Integer ids in [0, n), those equal to `ignore` aside: NumPy would read a negative id from
+    the end, silently. A ValueError names the first bad id's position, its value and the range
+    (a TypeError a float dtype). On a GPU the reductions are one wait for the device."""
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{what} must be integer token ids, got dtype {ids.dtype}; "
                         f"convert them with .astype(np.int64)")
-    if idx.size:
-        lo, hi = int(idx.min()), int(idx.max())
+    valid = ids if ignore is None else ids[ids != ignore]
+    if valid.size:
+        lo, hi = int(valid.min()), int(valid.max())
         if lo < 0 or hi >= n:
             bad = lo if lo < 0 else hi
-            raise ValueError(f"{what} holds {bad}, outside the valid range [0, {n})")
+            at = [int(i) for i in backend.array_module(ids).argwhere(ids == bad)[0]]
+            raise ValueError(f"{what}{at} = {bad} is outside the valid token ids [0, {n_name}{n})"
+                             + (fix(bad) if fix else ""))
 
 
 class Embedding(Module):
@@ -256,7 +260,7 @@ class Embedding(Module):
         idx = idx.data if isinstance(idx, Tensor) else idx
         if not hasattr(idx, "dtype"):                     # a list of ids
             idx = np.asarray(idx)
-        _check_indices("Embedding input", idx, self.weight.shape[0])   # before the copy to a GPU
+        check_ids("Embedding input", idx, self.weight.shape[0])     # before the copy to a GPU
         return self.weight[backend.array_module(self.weight.data).asarray(idx)]
 
 
