@@ -52,7 +52,7 @@ def sample(out_dir, prompt="\n", max_new_tokens=500, temperature=0.8, top_k=50, 
     prompt is a str (UTF-8; surrogate escapes, as os.fsdecode makes them from bytes that are not
     UTF-8, turn back into those bytes) or bytes, at least one byte. max_new_tokens, temperature
     and top_k as in GPT.generate (top_k None: every byte). Each bad argument is a ValueError
-    naming it, raised before the checkpoint is read."""
+    (a TypeError for a wrong type) naming it, raised before the checkpoint is read."""
     check_generate_args(max_new_tokens, temperature, top_k)
     if not prompt:
         raise ValueError("prompt must not be empty; the model needs a first byte, e.g. prompt='def '")
