@@ -1,11 +1,13 @@
 """Chapter 05: Mixture of Experts. Routing by hand, the balance loss, dispatch, tiny vs tiny-moe.
 
-    python lessons/05_mixture_of_experts/run.py            # the whole chapter, about 2 minutes
-    python lessons/05_mixture_of_experts/run.py --quick    # small models, a few seconds
+    python lessons/05_mixture_of_experts/run.py            # the whole chapter, several minutes
+    python lessons/05_mixture_of_experts/run.py --quick    # small models, under a minute
     python lessons/05_mixture_of_experts/run.py --out-dir somewhere/
 
 Read lessons/05_mixture_of_experts/README.md alongside; it explains tinysparse/moe/. Every claim
-the script prints is checked, and it exits with status 1 if any check fails.
+the script prints is checked, and it exits with status 1 if any check fails. Training shows a
+progress bar on a terminal (stderr); wall-clock values carry their unit or are printed with
+lesson.measured(), so lessons/transcripts.py can tell them from the results.
 """
 import argparse
 import math
@@ -14,18 +16,18 @@ import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 import tinysparse as ts
 from tinysparse import functional as F
 from tinysparse import optim
 from tinysparse.training.data import BatchSampler, get_batch, load_corpus
 from tinysparse.gpt import GPT, GPTConfig
-from tinysparse.lesson import check, section, summary
+from tinysparse.lesson import check, measured, section, summary
 from tinysparse.moe import MoE, NumpyDispatch, capacity
 from tinysparse.moe.router import RoutingResult, TopKRouter
 from tinysparse.engine.tensor import no_grad
 from tinysparse.training import PRESETS, bits_per_byte
-
 
 
 def _indent(a):
@@ -106,8 +108,8 @@ def part_balance_loss():
     uniform = loss(np.arange(T) % E, np.full((T, E), 1 / E))
     collapsed = loss(np.zeros(T, int), np.tile([0.97, 0.01, 0.01, 0.01], (T, 1)))
     print(f"  alpha = {alpha}, E = {E}, T = {T} tokens, top-1")
-    print(f"  perfectly uniform routing (f = P = 1/E):  {uniform:.6f}")
-    print(f"  every token on expert 0 (p_0 = 0.97):     {collapsed:.6f}   (limit alpha * E = {alpha * E})")
+    print(f"  perfectly uniform routing (f = P = 1/E):  {uniform:.4f}")
+    print(f"  every token on expert 0 (p_0 = 0.97):     {collapsed:.4f}   (limit alpha * E = {alpha * E})")
     check(abs(uniform - alpha) < 1e-15, "uniform routing gives exactly alpha")
     check(collapsed > 3.5 * uniform, "a collapsed router pays almost E times more")
 
@@ -165,24 +167,28 @@ def configs(quick):
 
 def val_loss(model, corpus, block_size, n_batches, seed):
     """Mean validation cross-entropy and MoE auxiliary loss over fixed batches (the batches
-    train.evaluate uses). The model's own loss adds the balance and z-losses of its MoE layers;
-    comparing a MoE with a dense model must use the cross-entropy alone."""
+    training/evaluation.py's evaluate uses). In eval mode the loss GPT.forward returns is the
+    cross-entropy alone; the balance and z-losses of its MoE layers join it only in training.
+    Each MoE layer still computes them (layer.aux_loss), and they are summed here to show what
+    training adds on the same text."""
     rng = np.random.default_rng([seed, 7919, 1])
     ce, aux = [], []
     model.eval()
     with no_grad():
         for _ in range(n_batches):
             x, y = get_batch(corpus.val, BATCH, block_size, rng)
-            logits, _ = model(x, y)
-            ce.append(float(F.cross_entropy(logits, y).item()))
-            aux.append(model.last_aux_loss)
+            _, loss = model(x, y)                      # eval mode: the cross-entropy alone
+            ce.append(float(loss.item()))
+            aux.append(sum(float(m.aux_loss.item()) for m in model.moe_layers()
+                           if m.aux_loss is not None))
     model.train()
     return float(np.mean(ce)), float(np.mean(aux))
 
 
-def train_model(mcfg, corpus, args):
+def train_model(name, mcfg, corpus, args):
     """Chapter 04's loop (AdamW, warm-up + cosine, clipping) on the BatchSampler's batches:
-    the same seed gives both models the same batches, in the same order."""
+    the same seed gives both models the same batches, in the same order. A progress bar on
+    stderr while it runs (none when stderr is not a terminal: disable=None)."""
     ts.manual_seed(args.seed)
     model = GPT(mcfg)
     opt = optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.1)
@@ -190,7 +196,9 @@ def train_model(mcfg, corpus, args):
     n_val, every = (4 if args.quick else 20), max(1, args.steps // 4)
     history = [(0, *val_loss(model, corpus, mcfg.block_size, n_val, args.seed), None)]
     seconds, loads = 0.0, []
-    for step in range(args.steps):
+    bar = tqdm(range(args.steps), desc=f"  {name}", unit="step", leave=False, disable=None,
+               dynamic_ncols=True)
+    for step in bar:
         t0 = time.perf_counter()
         x, y = sampler.train_batch()
         _, loss = model(x, y)                   # cross-entropy + the MoE layers' aux losses
@@ -207,6 +215,8 @@ def train_model(mcfg, corpus, args):
             load = float(np.mean(loads[-(step + 1 - history[-1][0]):]))
             history.append((step + 1, *val_loss(model, corpus, mcfg.block_size, n_val, args.seed),
                             load))
+            bar.set_postfix(val_ce=f"{history[-1][1]:.3f}")
+    bar.close()
     return model, history, seconds
 
 
@@ -217,22 +227,23 @@ def part_training(args):
     print(f"  {corpus!r}, batches of {BATCH} x {dense_cfg.block_size} tokens, lr {LR} -> {MIN_LR}")
     results = {}
     for name, mcfg in (("tiny", dense_cfg), ("tiny-moe", moe_cfg)):
-        model, history, seconds = train_model(mcfg, corpus, args)
+        model, history, seconds = train_model(name, mcfg, corpus, args)
         results[name] = dict(model=model, history=history, ms=1e3 * seconds / args.steps,
                              flops=model.flops_per_token(), params=model.num_parameters(),
                              active=model.num_active_parameters())
         print(f"  trained {name}: {seconds:.1f} s")
 
-    print(f"\n  {'':<10}{'params':>9}{'active':>9}{'MFLOP/tok':>11}{'ms/step':>9}"
-          f"{'val CE':>9}{'bits/byte':>11}{'+ aux':>8}")
+    print(f"\n  {'':<10}{'params':>9}{'active':>9}{'MFLOP/tok':>11}{'time/step':>11}"
+          f"{'val CE':>8}{'bits/byte':>11}{'+ aux':>8}")
     for name, res in results.items():
         ce, aux = res["history"][-1][1:3]
         print(f"  {name:<10}{res['params'] / 1e6:8.2f}M{res['active'] / 1e6:8.2f}M"
-              f"{res['flops'] / 1e6:11.2f}{res['ms']:9.1f}{ce:9.4f}{bits_per_byte(ce):11.3f}"
-              f"{aux:8.4f}")
-    print("  (MFLOP/tok: training, 6 per active parameter + attention; val CE: validation "
-          "cross-entropy, nats;\n   + aux: the balance and z-losses the MoE adds to its "
-          "training loss, not part of CE)")
+              f"{res['flops'] / 1e6:11.2f}{res['ms']:8.1f} ms{ce:8.3f}{bits_per_byte(ce):11.3f}"
+              f"{aux:8.3f}")
+    print("  (MFLOP/tok: training, 6 per active parameter + attention; time/step: wall clock, "
+          "mean over the\n   steps; val CE: validation cross-entropy, nats; + aux: the balance "
+          "and z-losses the MoE\n   would add to its loss on the same batches in training, not "
+          "part of CE)")
     d, m = results["tiny"], results["tiny-moe"]
     print("\n  val cross-entropy (nats) during training:")
     print("    step      " + "".join(f"{h[0]:>8}" for h in d["history"]))
@@ -242,10 +253,10 @@ def part_training(args):
     print("    (moe load: tiny-moe's max/mean tokens per expert in training, mean over layers and "
           "over the\n     steps since the column before; 1.0 is perfect balance)")
     gap = m["history"][-1][1] - d["history"][-1][1]
-    print(f"\n  tiny-moe - tiny at step {args.steps}: {gap:+.4f} nats ({bits_per_byte(gap):+.3f} "
-          f"bits/byte), with {m['params'] / d['params']:.1f}x the parameters, "
-          f"{m['flops'] / d['flops']:.3f}x the FLOPs per token and {m['ms'] / d['ms']:.2f}x the "
-          f"wall time per step")
+    print(f"\n  tiny-moe - tiny at step {args.steps}: {gap:+.3f} nats ({bits_per_byte(gap):+.3f} "
+          f"bits/byte), with {m['params'] / d['params']:.1f}x the parameters and "
+          f"{m['flops'] / d['flops']:.3f}x the FLOPs per token")
+    measured(f"  tiny-moe's step took {m['ms'] / d['ms']:.2f}x tiny's wall time")
     check(abs(m["flops"] / d["flops"] - 1) < 0.03, "equal active FLOPs per token (router aside)")
     for name, res in results.items():
         first, last = res["history"][0][1], res["history"][-1][1]
