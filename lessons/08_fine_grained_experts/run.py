@@ -1,12 +1,14 @@
 """Chapter 08: fine-grained and shared experts, balancing without a loss, expert-choice routing.
 
-    python lessons/08_fine_grained_experts/run.py            # the whole chapter, about a minute
-    python lessons/08_fine_grained_experts/run.py --quick    # small models, a few seconds
+    python lessons/08_fine_grained_experts/run.py            # the whole chapter, several minutes
+    python lessons/08_fine_grained_experts/run.py --quick    # small models, under a minute
     python lessons/08_fine_grained_experts/run.py --out-dir somewhere/
 
 Read lessons/08_fine_grained_experts/README.md alongside; it explains the options of
 tinysparse/moe/layer.py (n_shared, score, balance, router) and tinysparse/moe/router.py.
 Every claim the script prints is checked, and it exits with status 1 if any check fails.
+Training shows a progress bar on a terminal (stderr); wall-clock values carry their unit, so
+lessons/transcripts.py can tell them from the results, which are the same on every run.
 """
 import argparse
 import math
@@ -15,6 +17,7 @@ import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 import tinysparse as ts
 from tinysparse import functional as F
@@ -26,7 +29,6 @@ from tinysparse.moe import MoE
 from tinysparse.moe.router import ExpertChoiceRouter
 from tinysparse.engine.tensor import no_grad
 from tinysparse.training import bits_per_byte
-
 
 
 # ---- 1. Same compute, more combinations ----------------------------------------------------------
@@ -43,14 +45,14 @@ def part_layouts(args):
     section(f"1. Coarse vs fine-grained vs shared experts (n_embd {C}, dense MLP 4C = {4 * C})")
     dense = 2 * (C * 4 * C) + 4 * C + C                      # c_fc + c_proj with biases
     print(f"  {'layout':<15}{'E':>4}{'k':>3}{'d':>5}{'K_s':>5}{'active d':>10}{'params':>10}"
-          f"{'active':>9}{'MFLOP/tok':>11}{'C(E, k)':>15}{'ms f+b':>8}")
+          f"{'active':>9}{'MFLOP/tok':>11}{'C(E, k)':>15}{'f+b time':>11}")
     T = 256 if args.quick else 2048
     x_np = np.random.default_rng(0).standard_normal((1, T, C)).astype(np.float32)
     ts.manual_seed(0)
     mlp = MLP(GPTConfig(n_embd=C, n_head=1))
     ms = _time_layer(mlp, x_np, repeats=2 if args.quick else 5)
     print(f"  {'dense MLP':<15}{'':>4}{'':>3}{4 * C:>5}{'':>5}{4 * C:>10}{dense:>10,}{dense:>9,}"
-          f"{2 * dense / 1e6:>11.3f}{1:>15,}{ms:>8.1f}")
+          f"{2 * dense / 1e6:>11.3f}{1:>15,}{ms:>8.1f} ms")
     rows = []
     for name, E, k, d, ks in LAYOUTS:
         ts.manual_seed(0)
@@ -60,9 +62,9 @@ def part_layouts(args):
         ms = _time_layer(layer, x_np, repeats=2 if args.quick else 5)
         rows.append((name, E, k, d, ks, active, mm_flops))
         print(f"  {name:<15}{E:>4}{k:>3}{d:>5}{ks:>5}{(k + ks) * d:>10}{layer.num_parameters():>10,}"
-              f"{active:>9,}{2 * active / 1e6:>11.3f}{math.comb(E, k):>15,}{ms:>8.1f}")
-    print("  (MFLOP/tok: forward, 2 per active weight; ms f+b: forward + backward of "
-          f"{T} tokens on this machine)")
+              f"{active:>9,}{2 * active / 1e6:>11.3f}{math.comb(E, k):>15,}{ms:>8.1f} ms")
+    print("  (MFLOP/tok: forward, 2 per active weight; f+b time: forward + backward of "
+          f"{T} tokens on this machine,\n   best of {2 if args.quick else 5})")
     check(mlp.num_parameters() == dense, f"the dense MLP has 2 * C * 4C + 4C + C = {dense:,} weights")
     check(len({r[6] for r in rows}) == 1 and rows[0][6] == 2 * 2 * C * 4 * C,
           "every layout multiplies each token by the same expert weights: (k + K_s) * d = 512")
@@ -89,12 +91,12 @@ def _time_layer(layer, x_np, repeats):
 
 # ---- 2. Three ways to balance ---------------------------------------------------------------------
 
-BALANCE_RUNS = [  # label, GPTConfig overrides, the bias step gamma (DeepSeek-V3: 0.001)
-    ("none", dict(balance="none"), None),
-    ("aux 0.01", dict(balance="aux", aux_coef=0.01), None),
-    ("aux, sigmoid", dict(balance="aux", aux_coef=0.01, score="sigmoid"), None),
-    ("bias 0.001", dict(balance="bias", score="sigmoid"), 0.001),
-    ("bias 0.01", dict(balance="bias", score="sigmoid"), 0.01),
+BALANCE_RUNS = [  # label, GPTConfig overrides (bias_update_rate: gamma; DeepSeek-V3 used 0.001)
+    ("none", dict(balance="none")),
+    ("aux, alpha 0.01", dict(balance="aux", aux_coef=0.01)),
+    ("aux, alpha 0.01", dict(balance="aux", aux_coef=0.01, score="sigmoid")),
+    ("bias, gamma 0.001", dict(balance="bias", score="sigmoid", bias_update_rate=0.001)),
+    ("bias, gamma 0.01", dict(balance="bias", score="sigmoid", bias_update_rate=0.01)),
 ]
 
 
@@ -118,18 +120,18 @@ def cross_entropy_eval(model, corpus, block_size, batch_size, n_batches, seed):
     return float(np.mean(losses))
 
 
-def train_one(mcfg, corpus, args, gamma=None):
-    """A plain training loop (chapter 04's, without checkpoints) that records the load each step."""
+def train_one(label, mcfg, corpus, args):
+    """A plain training loop (chapter 04's, without checkpoints) that records the load each step;
+    a progress bar on stderr while it runs (none when stderr is not a terminal: disable=None)."""
     ts.manual_seed(args.seed)
     model = GPT(mcfg)
-    for layer in model.moe_layers():
-        if gamma is not None:                # GPTConfig has no field for it; the router has
-            layer.router.bias_update_rate = gamma
     opt = optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     sampler = BatchSampler(corpus, args.batch_size, mcfg.block_size, seed=args.seed)
     warmup = max(1, args.steps // 20)
     loads, idle, t0 = [], [], time.perf_counter()
-    for step in range(args.steps):
+    bar = tqdm(range(args.steps), desc=f"  {label}, {mcfg.score}", unit="step", leave=False,
+               disable=None, dynamic_ncols=True)
+    for step in bar:
         x, y = sampler.train_batch()
         _, loss = model(x, y)
         opt.zero_grad()
@@ -141,6 +143,8 @@ def train_one(mcfg, corpus, args, gamma=None):
         stats = [layer.stats for layer in model.moe_layers()]
         loads.append([s["max_over_mean_load"] for s in stats])
         idle.append(sum(int((s["tokens_per_expert"] == 0).sum()) for s in stats))
+        bar.set_postfix(load=f"{np.mean(loads[-1]):.2f}")
+    bar.close()
     seconds = time.perf_counter() - t0
     ce = cross_entropy_eval(model, corpus, mcfg.block_size, args.batch_size,
                             4 if args.quick else 20, args.seed)
@@ -156,27 +160,29 @@ def part_balancing(args):
           f"{mcfg.block_size}; {corpus!r}")
     edges = [e for e in (0, 10, 50, 100, 200, 300, 400, 600, 800) if e < args.steps] + [args.steps]
     results = {}
-    for label, overrides, gamma in BALANCE_RUNS:
-        results[label] = train_one(balance_config(args.quick, **overrides), corpus, args, gamma)
+    for label, overrides in BALANCE_RUNS:
+        mcfg_run = balance_config(args.quick, **overrides)
+        results[label, mcfg_run.score] = train_one(label, mcfg_run, corpus, args)
 
     print(f"\n  load = tokens on the busiest expert / mean tokens per expert: 1.0 = perfect, "
           f"E/k = {mcfg.n_expert // mcfg.top_k} = one expert\n  takes every token; mean over "
           f"layers, averaged over the training steps in each column")
-    print(f"    {'steps':<16}" + "".join(f"{f'{a + 1}-{b}':>9}" for a, b in zip(edges, edges[1:]))
-          + f"{'idle':>6}{'val CE':>9}{'bits/B':>8}{'s':>6}")
-    for label, (model, loads, idle, ce, seconds) in results.items():
+    print(f"    {'run':<18}{'score':<8}" + "".join(f"{f'{a + 1}-{b}':>8}" for a, b in zip(edges, edges[1:]))
+          + f"{'idle':>6}{'val CE':>8}{'bits/B':>8}{'time':>9}")
+    for (label, score), (model, loads, idle, ce, seconds) in results.items():
         per_step = loads.mean(axis=1)
-        cols = "".join(f"{per_step[a:b].mean():9.2f}" for a, b in zip(edges, edges[1:]))
-        print(f"    {label:<16}{cols}{idle:6d}{ce:9.4f}{bits_per_byte(ce):8.3f}{seconds:6.1f}")
+        cols = "".join(f"{per_step[a:b].mean():8.2f}" for a, b in zip(edges, edges[1:]))
+        print(f"    {label:<18}{score:<8}{cols}{idle:6d}{ce:8.3f}{bits_per_byte(ce):8.3f}"
+              f"{seconds:7.1f} s")
     print(f"  (idle: experts that got no token in the last training batch, of "
           f"{mcfg.n_layer} x {mcfg.n_expert};\n   val CE: validation cross-entropy in nats, "
-          f"without the aux losses; s: training seconds;\n   bias 0.001 / 0.01: the bias step "
-          f"gamma;\n   the bias runs and 'aux, sigmoid' score with a sigmoid, the others with a softmax)")
+          f"without the aux losses, on {4 if args.quick else 20} fixed batches; time: training;"
+          f"\n   alpha: the aux loss coefficient; gamma: the bias step)")
 
-    for label, (model, loads, idle, ce, seconds) in results.items():
-        check(math.isfinite(ce) and np.isfinite(loads).all(), f"{label}: loss and loads are finite")
+    for (label, score), (model, loads, idle, ce, seconds) in results.items():
+        check(math.isfinite(ce) and np.isfinite(loads).all(), f"{label}, {score}: loss and loads are finite")
 
-    model = results["bias 0.001"][0]
+    model = results["bias, gamma 0.001", "sigmoid"][0]
     router = model.moe_layers()[0].router
     b = router.bias.data
     steps_moved = np.abs(b) / router.bias_update_rate
