@@ -1,13 +1,16 @@
 """Chapter 06: sparse dispatch on the CPU. Data movement, why sort, the cost of each stage, @njit.
 
-    python lessons/06_sparse_dispatch/run.py            # the whole chapter, about 10 seconds
-    python lessons/06_sparse_dispatch/run.py --quick    # smaller shapes, about 2 seconds
+    python lessons/06_sparse_dispatch/run.py            # the whole chapter, about a minute
+    python lessons/06_sparse_dispatch/run.py --quick    # smaller shapes, under half a minute
     python lessons/06_sparse_dispatch/run.py --out-dir somewhere/   (accepted; nothing is written)
 
 Read lessons/06_sparse_dispatch/README.md alongside; it explains tinysparse/moe/dispatch.py,
 numba_kernels.py, numba_dispatch.py and timing.py. Every claim the script prints is checked, and
-it exits with status 1 if any check fails. Timings are printed, not checked, except where the
-gap is far larger than a noisy machine's 2x.
+it exits with status 1 if any check fails. A claim that rests on timings is a timed check: it says
+whether it held on this run and never fails the script (a busy machine is not a broken chapter).
+Wall-clock values carry their unit (ms, GFLOP/s, GB/s) or sit on a line printed with
+lesson.measured(), as do the machine's thread counts, so lessons/transcripts.py can tell them
+from the results, which are the same on every run.
 """
 import argparse
 import inspect
@@ -19,7 +22,7 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from tinysparse.lesson import check, section, summary
+from tinysparse.lesson import check, measured, section, summary
 from tinysparse.moe import capacity, get_backend, register_backend
 from tinysparse.moe import numba_kernels as K
 from tinysparse.moe.numba_dispatch import NumbaDispatch, numpy_blas_threads, parallel_pays
@@ -92,54 +95,59 @@ def part_alternatives(args):
     T, C, k, d = (512, 128, 2, 256) if args.quick else (1024, 128, 2, 256)
     Es = (8, 128) if args.quick else (8, 32, 128)
     section(f"2. Why sort: three ways to run E experts, T={T}, C={C}, top-{k}, d_expert={d}")
-    print(f"  {'E':>4} {'strategy':<14}{'rows run':>9}{'GFLOP':>8}{'hidden MB':>10}{'ms':>9}"
-          f"{'GFLOP/s':>9}")
-    times, agree = {}, []
+    names = ("dense_masked", "mask_loop", "sort numpy", "sort numba")
+    print(f"  {'E':>4}{'rows run: dense / the others':>30}" + "".join(f"{n:>14}" for n in names))
+    times, rates, agree = {}, {}, []
     for E in Es:
         inp = random_moe(T, C, E, k, d, seed=E)
         ref = sort_based(*inp, NUMPY)[0]
-        runs = [("dense_masked", lambda: dense_masked(*inp)), ("mask_loop", lambda: mask_loop(*inp)),
-                ("sort numpy", lambda: sort_based(*inp, NUMPY)),
-                ("sort numba", lambda: sort_based(*inp, NUMBA))]
-        for name, fn in runs:
-            out, rows = fn()
-            ms = best_ms(fn, 2 if name == "dense_masked" else 5)
-            times[E, name] = ms
-            gf = matmul_flops(rows, C, d) / 1e9
-            print(f"  {E:>4} {name:<14}{rows:>9,}{gf:>8.2f}{rows * d * 4 / 1e6:>10.1f}{ms:>9.2f}"
-                  f"{gf / ms * 1e3:>9.1f}")
+        runs = {"dense_masked": lambda: dense_masked(*inp), "mask_loop": lambda: mask_loop(*inp),
+                "sort numpy": lambda: sort_based(*inp, NUMPY),
+                "sort numba": lambda: sort_based(*inp, NUMBA)}
+        rows = {}
+        for name, fn in runs.items():
+            out, rows[name] = fn()
+            times[E, name] = best_ms(fn, 2 if name == "dense_masked" else 5)
+            rates[E, name] = matmul_flops(rows[name], C, d) / times[E, name] / 1e6   # GFLOP/s
             agree.append(np.allclose(out, ref, atol=1e-4)
-                         and rows == T * (E if name == "dense_masked" else k))
-    print("  (rows run: token rows pushed through the experts' matmuls; GFLOP: their forward FLOPs;"
-          "\n   hidden MB: the (rows, d_expert) float32 activations between the two matmuls)")
+                         and rows[name] == T * (E if name == "dense_masked" else k))
+        print(f"  {E:>4}{rows['dense_masked']:>20,} / {rows['sort numba']:<7,}"
+              + "".join(f"{times[E, n]:11.2f} ms" for n in names))
+    print(f"  (best of 5, dense_masked of 2; rows run: token rows pushed through the experts' "
+          f"matmuls,\n   {4 * C * d:,} forward FLOPs each)")
     check(all(agree), "all four give the same output (to 1e-4); dense_masked ran T*E rows, the "
           "others T*k")
     lo, hi = Es[0], Es[-1]
     grow = {n: times[hi, n] / times[lo, n] for n in ("dense_masked", "mask_loop", "sort numba")}
-    print(f"  E {lo} -> {hi} ({hi // lo}x the parameters, the same active ones): time x"
-          + ", ".join(f"{g:.1f} {n}" for n, g in grow.items()))
-    check(grow["dense_masked"] > hi / lo / 4, f"dense_masked's time grows with E (x{grow['dense_masked']:.1f}"
-          f", FLOPs x{hi // lo}): it pays for the total parameters")
+    measured(f"  E {lo} -> {hi} ({hi // lo}x the parameters, the same active ones), time grew: "
+             + ", ".join(f"{g:.1f}x {n}" for n, g in grow.items()))
+    check(grow["dense_masked"] > hi / lo / 4, f"dense_masked's time grows with E ({grow['dense_masked']:.1f}x"
+          f", FLOPs {hi // lo}x): it pays for the total parameters", timed=True)
     check(grow["sort numba"] < grow["dense_masked"] / 2,
-          f"sort-based grows far less (x{grow['sort numba']:.1f}): it pays for the active ones")
+          f"sort-based grows far less ({grow['sort numba']:.1f}x): it pays for the active ones",
+          timed=True)
     check(times[hi, "sort numba"] < times[hi, "dense_masked"] / 4,
           f"at E={hi} sort-based is {times[hi, 'dense_masked'] / times[hi, 'sort numba']:.0f}x "
-          f"faster than running every expert")
+          f"faster than running every expert", timed=True)
+    print(f"  matmul rate at E={hi}, forward FLOPs run / time: dense_masked "
+          f"{rates[hi, 'dense_masked']:.1f} GFLOP/s, sort numba {rates[hi, 'sort numba']:.1f} GFLOP/s")
 
     # Sort-based still reads every expert's weights: with few rows per expert, each small matmul
     # runs far below the machine's speed. More tokens per call -> more rows per expert -> faster.
     E, rates = Es[-1], {}
+    print(f"\n  sort numba at E={E} on T tokens, best of {3 if args.quick else 5}; the weights read: "
+          f"{4 * 2 * E * C * d / 1e6:.1f} MB")
+    print(f"  {'T':>6}{'rows per expert':>17}{'time':>12}{'rate':>15}{'activations MB':>16}")
     for T2 in ((64, 1024) if args.quick else (256, 1024, 4096)):
         inp = random_moe(T2, C, E, k, d, seed=T2)
         ms = best_ms(lambda: sort_based(*inp, NUMBA), 3 if args.quick else 5)
         rates[T2] = matmul_flops(T2 * k, C, d) / ms / 1e6
-        print(f"  sort numba, E={E}, T={T2:>5}: {T2 * k / E:6.1f} rows per expert, {ms:7.2f} ms, "
-              f"{rates[T2]:6.1f} GFLOP/s, weights {4 * 2 * E * C * d / 1e6:.1f} MB vs activations "
-              f"{4 * T2 * k * (C + d) / 1e6:.1f} MB")
+        print(f"  {T2:>6}{T2 * k / E:>17.1f}{ms:>9.2f} ms{rates[T2]:>7.1f} GFLOP/s"
+              f"{4 * T2 * k * (C + d) / 1e6:>16.1f}")
     lo_t, hi_t = min(rates), max(rates)
     check(rates[hi_t] > 1.5 * rates[lo_t], f"{hi_t * k // E} rows per expert run the matmuls "
           f"{rates[hi_t] / rates[lo_t]:.1f}x faster per FLOP than {lo_t * k // E}: small batches pay for "
-          "the total weights")
+          "the total weights", timed=True)
 
 
 # ---- 3. The cost of each stage ----------------------------------------------------------------------
@@ -147,45 +155,49 @@ def part_alternatives(args):
 def part_stages(args):
     T = 256 if args.quick else 1024
     shapes = [(T, 128, 64, 8, 64)] if args.quick else [(T, 128, 8, 2, 256), (T, 128, 64, 8, 64)]
+    iters = 5 if args.quick else 50
     section("3. The measured cost of each stage (timing.py), numpy vs numba, BLAS as it is")
-    print(f"  NumPy's BLAS threads: {numpy_blas_threads()}, Numba threads: "
-          f"{numba.get_num_threads()}; numba's flavour here: "
-          f"{'parallel' if parallel_pays() else 'serial'}")
+    # thread counts are facts of the machine, not results: a measured line
+    measured(f"  NumPy's BLAS threads: {numpy_blas_threads()}, Numba threads: "
+             f"{numba.get_num_threads()}; numba's flavour here: "
+             f"{'parallel' if parallel_pays() else 'serial'}")
     mm_rows = ("grouped_mm", "grouped_mm_dx", "grouped_mm_dw")
     for (T, C, E, k, d) in shapes:
-        kw = dict(T=T, n_embd=C, n_expert=E, top_k=k, d_expert=d, iters=5 if args.quick else 50)
+        kw = dict(T=T, n_embd=C, n_expert=E, top_k=k, d_expert=d, iters=iters)
         res = time_primitives(["numpy", "numba"], **kw)
         res1 = time_primitives(["numpy", "numba"], blas_threads=1, **kw)   # numba: parallel flavour
         work = stage_work(T, C, E, k, d)
         tot = {b: sum(res[r][b] for r in ROWS) for b in ("numpy", "numba")}
         tot1 = {b: sum(res1[r][b] for r in ROWS) for b in ("numpy", "numba")}
-        print(f"\n  T={T}, n_embd {C}, E={E} top-{k} d_expert {d} (S = {T * k} buffer rows), median ms:")
-        print(f"    {'':<17}{'--- BLAS as it is ---':>23}{'-- BLAS 1 thread --':>20}")
-        print(f"    {'stage':<17}{'numpy':>8}{'numba':>8}{'share':>7}{'numpy':>10}{'numba':>10}"
-              f"{'MFLOP':>8}{'MB':>7}{'numba rate':>14}")
+        print(f"\n  T={T}, n_embd {C}, E={E} top-{k} d_expert {d} (S = {T * k} buffer rows), "
+              f"median of {iters}:")
+        print(f"    {'':<17}{'---- BLAS as it is ----':>24}{'--- BLAS 1 thread ---':>24}")
+        print(f"    {'stage':<17}{'numpy':>12}{'numba':>12}{'numpy':>12}{'numba':>12}"
+              f"{'MFLOP':>8}{'MB':>7}{'numba rate':>16}")
         for r in ROWS:
             mf, mb = work[r]
             ms = res[r]["numba"]
             rate = f"{mf / ms:.1f} GFLOP/s" if mf else f"{mb / ms:.1f} GB/s"
-            print(f"    {r:<17}{res[r]['numpy']:8.3f}{ms:8.3f}{ms / tot['numba']:7.0%}"
-                  f"{res1[r]['numpy']:10.3f}{res1[r]['numba']:10.3f}{mf:8.1f}{mb:7.2f}{rate:>14}")
-        print(f"    {'total':<17}{tot['numpy']:8.3f}{tot['numba']:8.3f}{'':>7}{tot1['numpy']:10.3f}"
-              f"{tot1['numba']:10.3f}")
-        print("    (share: of numba's total, BLAS as it is; numba rate: FLOP/s for the matmuls, "
-              "bytes of rows read + written per second for the rest)")
+            print(f"    {r:<17}{res[r]['numpy']:9.3f} ms{ms:9.3f} ms{res1[r]['numpy']:9.3f} ms"
+                  f"{res1[r]['numba']:9.3f} ms{mf:8.1f}{mb:7.2f}{rate:>16}")
+        print(f"    {'total':<17}{tot['numpy']:9.3f} ms{tot['numba']:9.3f} ms{tot1['numpy']:9.3f} ms"
+              f"{tot1['numba']:9.3f} ms")
+        print("    (BLAS 1 thread: NumPy's BLAS held to one thread, numba in its parallel flavour;"
+              "\n     numba rate: FLOP/s for the matmuls, bytes of rows read + written per second "
+              "for the rest)")
         mm = {b: sum(res[r][b] for r in mm_rows) for b in tot}
         move = {b: tot[b] - mm[b] for b in tot}
         for b in tot:
             check(mm[b] > move[b], f"{b}: the grouped matmuls ({mm[b]:.2f} ms, {mm[b] / tot[b]:.0%})"
-                  f" cost more than all the data movement together ({move[b]:.2f} ms)")
+                  f" cost more than all the data movement together ({move[b]:.2f} ms)", timed=True)
         check(move["numba"] < move["numpy"],
               f"numba's data movement is {move['numpy'] / move['numba']:.1f}x faster than numpy's "
-              f"(one compiled loop per stage, no temporaries)")
+              f"(one compiled loop per stage, no temporaries)", timed=True)
         reps = 2 if args.quick else 5
         layer = {b: time_layer(b, T, C, E, k, d, reps) for b in ("numpy", "numba")}
-        print(f"    the whole MoE layer, forward + backward: numpy {layer['numpy']:.2f} ms, numba "
-              f"{layer['numba']:.2f} ms; the stages above are {tot['numba'] / layer['numba']:.0%} "
-              f"of numba's (the rest: router, GELU, losses, autograd)")
+        measured(f"    the whole MoE layer, forward + backward: numpy {layer['numpy']:.2f} ms, numba "
+                 f"{layer['numba']:.2f} ms; the stages above are {tot['numba'] / layer['numba']:.0%} "
+                 f"of numba's (the rest: router, GELU, losses, autograd)")
 
 
 # ---- 4. The njit kernels ----------------------------------------------------------------------------
@@ -199,8 +211,8 @@ def part_kernels(args):
         two = parallel_pays()
     with threadpool_limits(1, user_api="blas"):
         one = parallel_pays()
-    print(f"  parallel_pays(): NumPy BLAS at 2 threads -> {two}, at 1 thread -> {one} "
-          f"(Numba has {numba.get_num_threads()} threads)")
+    measured(f"  parallel_pays(): NumPy BLAS at 2 threads -> {two}, at 1 thread -> {one} "
+             f"(Numba has {numba.get_num_threads()} threads)")       # depends on the machine's cores
     check(not two and one == (numba.get_num_threads() > 1),
           "auto picks parallel only when NumPy's BLAS is single-threaded and Numba has threads")
 
@@ -224,22 +236,24 @@ def part_kernels(args):
         return 1e3 * float(np.median(times))
     cases = {(f, b): after_matmul(getattr(K, f.upper()).gather_kernel, b)
              for f in ("parallel", "serial") for b in (2, 1)}
-    print(f"  gather of 8192 x 128 float32 rows right after a 256^3 NumPy matmul, median ms of {n}:")
-    for (f, b), ms in cases.items():
-        print(f"    {f:<9} kernel, NumPy BLAS {b} thread(s): {ms:7.3f}")
+    print(f"  gather of 8192 x 128 float32 rows right after a 256^3 NumPy matmul, median of {n}:")
+    print(f"    {'gather kernel':<15}{'NumPy BLAS 2 threads':>22}{'NumPy BLAS 1 thread':>21}")
+    for f in ("parallel", "serial"):
+        print(f"    {f:<15}{cases[f, 2]:>19.3f} ms{cases[f, 1]:>18.3f} ms")
     print("  (on 2 cores the parallel kernel shares its cores with OpenBLAS threads that spin after "
           "the matmul)")
 
     # The whole layer under both BLAS settings and all three dispatch flavours.
     T, C, E, k, d = (256, 64, 16, 4, 64) if args.quick else (1024, 128, 64, 8, 64)
-    print(f"\n  MoE layer forward + backward, T={T}, n_embd {C}, E={E} top-{k} d {d}, best ms:")
+    print(f"\n  MoE layer forward + backward, T={T}, n_embd {C}, E={E} top-{k} d {d}, best of "
+          f"{3 if args.quick else 8}:")
     print(f"    {'NumPy BLAS threads':<20}" + "".join(f"{b:>16}" for b in
                                                       ("numpy", "numba-serial", "numba-parallel")))
     for blas in (2, 1):
         with threadpool_limits(blas, user_api="blas"):
             row = [time_layer(b, T, C, E, k, d, 3 if args.quick else 8)
                    for b in ("numpy", "numba-serial", "numba-parallel")]
-        print(f"    {blas:<20}" + "".join(f"{ms:16.2f}" for ms in row))
+        print(f"    {blas:<20}" + "".join(f"{ms:13.2f} ms" for ms in row))
 
 
 # ---- 5. Determinism ---------------------------------------------------------------------------------
@@ -265,7 +279,7 @@ def part_determinism():
             numba.set_num_threads(saved)
             many = layer_step("numba-parallel")
         check(all(np.array_equal(u, v) for u, v in zip(one, many)),
-              f"the parallel flavour on 1 and on {saved} Numba threads: bitwise the same")
+              "the parallel flavour on 1 Numba thread and on all of them: bitwise the same")
     v = np.random.default_rng(0).standard_normal(64).astype(np.float32)
     seq = {float(np.cumsum(v[np.random.default_rng(s).permutation(64)])[-1]) for s in range(50)}
     print(f"  the same 64 float32 numbers, summed left to right in 50 random orders: {len(seq)} "
