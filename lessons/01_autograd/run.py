@@ -1,6 +1,6 @@
 """Chapter 01: autograd, from a scalar Value to the library's Tensor.
 
-    python lessons/01_autograd/run.py            # the whole chapter, a few seconds
+    python lessons/01_autograd/run.py            # the whole chapter, about a second
     python lessons/01_autograd/run.py --quick    # smaller inputs to the gradchecks (the tests use it)
 
 Read lessons/01_autograd/README.md alongside. Every section prints what it shows; every claim it
@@ -121,7 +121,7 @@ def topological_order(root):
     """Every Value root depends on, each listed after all of its parents. No recursion.
 
     An explicit stack replaces the call stack: (v, False) means "visit v", (v, True) means
-    "v's parents are all listed now, list v". The same algorithm is tinysparse/tensor.py's
+    "v's parents are all listed now, list v". The same algorithm is tinysparse/engine/autograd.py's
     `_topological_order`.
     """
     order, visited = [], set()
@@ -449,7 +449,7 @@ def part_functions():
         ts.gradcheck(lambda t: FlipForgotToFlipBack.apply(t), v)
         check(False, "FlipForgotToFlipBack should have failed gradcheck")
     except ts.GradcheckError as e:
-        print(f"  with a random cotangent: {e}")
+        print(f"  with a random cotangent, gradcheck raises GradcheckError:\n    {e}")
         check(True, "the forgotten flip is caught, thanks to the random cotangent")
 
 

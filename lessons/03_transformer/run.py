@@ -4,9 +4,9 @@
     python lessons/03_transformer/run.py --quick    # fewer training steps (the tests use it)
     python lessons/03_transformer/run.py --out-dir somewhere/   # where attention.png goes
 
-Read lessons/03_transformer/README.md alongside; it explains tinysparse/functional.py (Attention,
-PackedCausalAttention, LayerNorm, GELU) and tinysparse/gpt.py. Every claim the script prints is
-checked, and it exits with status 1 if any check fails.
+Read lessons/03_transformer/README.md alongside; it explains tinysparse/engine/functional.py
+(Attention, PackedCausalAttention, LayerNorm, GELU) and tinysparse/gpt.py. Every claim the script
+prints is checked, and it exits with status 1 if any check fails.
 """
 import argparse
 import math
@@ -15,12 +15,13 @@ import sys
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import tinysparse as ts
 from tinysparse import functional as F
 from tinysparse import optim
 from tinysparse.gpt import GPT, GPTConfig
-from tinysparse.lesson import check, section, summary
+from tinysparse.lesson import check, measured, section, summary
 from tinysparse.engine.autograd import _topological_order
 from tinysparse.engine.tensor import Tensor
 
@@ -99,9 +100,12 @@ def part_primitives(args):
           "the hand-derived backward (dQ, dK, dV) equals the chain rule through 9 primitive ops")
 
     # What fusing buys: one graph node instead of many, one (T, T) array kept instead of several.
+    # The time columns carry their unit: they are measured and vary from run to run; the other
+    # columns are the same on every run (and the transcript checks compare them).
     print("\n  float32, primitives vs fused:")
     print("  (B, nh, T, hd)   graph nodes  (T, T) arrays  held for backward    "
           "forward+backward, best of n")
+    speedups = {}
     for shape, reps in (((1, 2, 16, 8), 20), ((8, 4, 128, 32), 3 if args.quick else 6)):
         q, k, v = (Tensor(rng.standard_normal(shape).astype(np.float32), requires_grad=True)
                    for _ in range(3))
@@ -116,10 +120,18 @@ def part_primitives(args):
             stats[name] = graph_facts(fn(q, k, v)) + (best,)
         (n0, b0, t0, s0), (n1, b1, t1, s1) = stats["primitives"], stats["fused"]
         print(f"  {str(shape):<17}{n0:>4} vs {n1:<5}{t0:>4} vs {t1:<5}{b0 / 2**20:7.2f} vs "
-              f"{b1 / 2**20:5.2f} MiB  {s0 * 1e3:7.3f} vs {s1 * 1e3:6.3f} ms ({s0 / s1:.1f}x)")
+              f"{b1 / 2**20:5.2f} MiB  {s0 * 1e3:7.3f} ms vs {s1 * 1e3:6.3f} ms")
+        speedups[shape] = s0 / s1
+    measured("  fused attention's forward+backward is " + " and ".join(
+        f"{ratio:.1f}x faster at {shape}" for shape, ratio in speedups.items()))
     check(stats["fused"][0] == 1, "fused attention is one graph node")
     check(stats["fused"][2] == 1 and stats["primitives"][2] > 1 and b1 < b0 / 2,
           "fused attention keeps one (T, T) array (P) for its backward, under half the memory")
+    small, large = speedups.values()
+    check(small > 1.5, "at the small size fusing is over 1.5x faster: nine nodes' Python overhead "
+                       "dominates", timed=True)
+    check(large < small, "at the large size the gain is smaller: NumPy's arithmetic dominates",
+          timed=True)
 
 
 # ---- 2. Heads, the packed Function, and gradcheck ------------------------------------------------
@@ -368,6 +380,24 @@ def ascii_heatmaps(p, labels, n_head):
         print((f"  {t:2d} {lab:>3} " + "   ".join(cells)).rstrip())
 
 
+def plateau_phase_change(losses):
+    """Where the loss (one value per step) sits near ln 8 (the answer is one of the 8 values,
+    but which one is unknown) and how fast it then falls: the first step below ln 8 + 0.1, the
+    first below ln 8 - 0.2 (the plateau is left: the batch-to-batch noise is about 0.05), and
+    the first below 0.1."""
+    ln8 = math.log(N_VAL)
+    first = [int(np.argmax(losses < bound)) if (losses < bound).any() else None
+             for bound in (ln8 + 0.1, ln8 - 0.2, 0.1)]
+    if None in first:
+        check(False, "the loss passes the ln 8 plateau and falls below 0.1")
+        return
+    on, off, solved = first
+    print(f"  the loss first falls below ln 8 + 0.1 = {ln8 + 0.1:.3f} at step {on}, below "
+          f"ln 8 - 0.2 = {ln8 - 0.2:.3f} at step {off}, below 0.1 at step {solved}")
+    check(off - on >= 100 and solved - off <= 100,
+          "a plateau of over 100 steps, then a collapse within 100: query-key matching forms")
+
+
 def part_training(args):
     section("5. A tiny attention model learns a lookup (associative recall)")
     rng = np.random.default_rng(args.seed)
@@ -375,24 +405,26 @@ def part_training(args):
     cfg = GPTConfig(vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=64, block_size=SEQ)
     model = GPT(cfg)
     opt = optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    example = make_batch(1, rng)[0][0]
-    print("  a sequence: " + " ".join(token_name(i) for i in example)
-          + "   (each query's answer is the value its key holds)")
+    example, example_targets, _ = make_batch(1, rng)
+    print("  a sequence: " + " ".join(token_name(i) for i in example[0]) + "   targets at the "
+          "queries: " + " ".join(token_name(i) for i in example_targets[0, N_PAIR:]))
     print(f"  model: 1-layer GPT, n_head 2, n_embd 64, vocab {VOCAB}, T {SEQ}: "
           f"{model.num_parameters(False):,d} parameters; chance accuracy {1 / N_VAL:.1%}")
-    start, log_every = time.perf_counter(), max(1, args.steps // 6)
+    start, log_every, losses = time.perf_counter(), max(1, args.steps // 6), []
     for step in range(args.steps + 1):
         idx, targets, _ = make_batch(32, rng)
         logits, _ = model(idx)
         loss = F.cross_entropy(logits, targets, ignore_index=-1)      # only the query positions count
+        losses.append(loss.item())
         if step % log_every == 0 or step == args.steps:
-            print(f"  step {step:5d}   loss {loss.item():.4f}")
+            print(f"  step {step:5d}   loss {losses[-1]:.4f}")
         if step == args.steps:
             break
         opt.zero_grad()
         loss.backward()
         opt.step()
     print(f"  {args.steps} steps in {time.perf_counter() - start:.1f} s")
+    plateau_phase_change(np.array(losses))
 
     idx, targets, where = make_batch(1000, np.random.default_rng(args.seed + 1))   # fresh sequences
     with ts.no_grad():
@@ -461,6 +493,10 @@ def main():
     args = parser.parse_args()
     if args.steps is None:
         args.steps = 700 if args.quick else 1500
+    # One BLAS thread: the thread count decides the order in which a matrix product's terms are
+    # summed, and training amplifies a last-bit difference. With one thread the numbers are the
+    # same whatever the machine's core count.
+    threadpool_limits(1, user_api="blas")
 
     start = time.perf_counter()
     part_primitives(args)
