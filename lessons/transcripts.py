@@ -3,6 +3,7 @@
     python lessons/transcripts.py record 05        # full and quick runs of chapter 05 (make transcript-05)
     python lessons/transcripts.py record all       # every chapter (make transcripts)
     python lessons/transcripts.py check            # the chapters against their transcripts
+    python lessons/transcripts.py sync 05          # copy re-measured times into chapter 05's quotes
 
 Each chapter folder holds two transcripts, what its script printed (stdout) when it was recorded:
 
@@ -15,7 +16,9 @@ How a quoted figure is tied to its run (tests/test_lessons.py runs these checks)
    on the line before an indented or fenced block or a table marks it as quoted output: every
    line of the block (every body row of a table, cells in order) must be a line of the
    transcript, with spaces collapsed ("..." lines elide). A figure in the prose is followed by
-   `<!--t-->`: the number just before it must be a number of the transcript.
+   `<!--t-->`: the number just before it must be a number of the transcript. The run's time is
+   followed by `<!--runtime-->`: it must be the summary line's. After a new recording, `sync`
+   copies the new measured values (times, rates; lines marked measured) into the quotes.
 2. The quick run still prints what transcript-quick.txt holds: same lines, same numbers (within
    rounding: 0.1%, or 2 units of the last printed decimal; integers below 1000 exactly). Measured values (wall-clock times,
    rates) differ from run to run and are left out: a number followed by a time or rate unit
@@ -155,8 +158,9 @@ def differences(run_lines, transcript_lines, limit=8):
 
 # ---- the chapter's quotes ----------------------------------------------------------------------------
 
-def _blocks(readme_lines):
-    """(line number, [lines]) of every block marked `<!-- transcript -->`."""
+def _blocks(readme_lines, with_index=False):
+    """(line number, [lines]) of every block marked `<!-- transcript -->` (with_index: also the
+    index of the block's first line)."""
     blocks, i = [], 0
     while i < len(readme_lines):
         if readme_lines[i].strip() == "<!-- transcript -->":
@@ -170,7 +174,7 @@ def _blocks(readme_lines):
                 while j < len(readme_lines) and (readme_lines[j].startswith(("    ", "|"))):
                     body.append(readme_lines[j])
                     j += 1
-            blocks.append((i + 1, body))
+            blocks.append((i + 1, body, j - len(body)) if with_index else (i + 1, body))
             i = j
         i += 1
     return blocks
@@ -208,7 +212,64 @@ def quote_problems(readme_text, transcript_lines):
         for match in re.finditer(rf"({NUMBER})[%x]?\s*<!--t-->", line):
             if match.group(1) not in numbers:
                 problems.append(f"README line {n}: {match.group(1)} is not a number of the transcript")
+        for match in RUN_TIME_TAG.finditer(line):
+            if match.group(1) != run_time(transcript_lines):
+                problems.append(f"README line {n}: the run took {run_time(transcript_lines)} s, "
+                                f"not {match.group(1)} (`python lessons/transcripts.py sync` fixes it)")
     return problems
+
+
+RUN_TIME_TAG = re.compile(rf"({NUMBER})(?=\s*s?\s*<!--runtime-->)")
+
+
+def run_time(transcript_lines):
+    """The seconds the run's summary line states ("0 failed check(s) in 118.0 s"), as printed."""
+    for line in reversed(transcript_lines):
+        found = re.search(r"failed check\(s\) in ([\d.]+) s", line)
+        if found:
+            return found.group(1)
+    return None
+
+
+# ---- keeping measured quotes in step with a new recording --------------------------------------------
+
+def _loose(text):
+    """A pattern for a quoted line or row whose numbers may have changed: text fixed, numbers free."""
+    parts = NUM.split(" ".join(text.split()))
+    return re.compile(r"(?:^|\s)" + f"({NUMBER})".join(
+        r"\s+".join(re.escape(tok) for tok in part.split(" ")) for part in parts) + r"(?:\s|$)")
+
+
+def sync_measured(readme_text, transcript_lines):
+    """The README with its quotes brought in step with a new transcript where only measured values
+    moved: a quoted line (or table row) that the transcript no longer holds, and whose text (its
+    numbers aside) matches exactly one MEASURED transcript line, takes that line's numbers; the
+    run time tagged <!--runtime--> takes the summary line's. Anything else is left for a person:
+    a deterministic figure that moved is a change the text must discuss."""
+    lines = readme_text.splitlines()
+    # (line, its text with the numbers that may move masked): every number of a measured line,
+    # only the timed values (a number with a time unit) of any other line
+    measured = [(normalise(ln), NUM.sub("#", normalise(ln)) if ln.startswith(MEASURED)
+                 else TIMED.sub("<t>", normalise(ln)))
+                for ln in transcript_lines if ln.startswith(MEASURED) or TIMED.search(ln)]
+    printed = {normalise(ln) for ln in transcript_lines}
+    for _, body, first in _blocks(lines, with_index=True):
+        for i, ln in enumerate(body, first):
+            text = " ".join(ln.strip().strip("|").replace("|", " ").split()) if ln.startswith("|") \
+                else " ".join(ln.split())
+            if not text or text == "..." or text in printed or any(text in p for p in printed):
+                continue
+            pattern = _loose(text)
+            hits = [pattern.search(m) for m, fixed in measured
+                    if fixed == (NUM.sub("#", text) if "#" in fixed else TIMED.sub("<t>", text))]
+            hits = [h for h in hits if h]
+            if len(hits) != 1:
+                continue
+            new = iter(hits[0].groups())
+            lines[i] = NUM.sub(lambda _m: next(new), ln)
+    seconds = run_time(transcript_lines)
+    text = "\n".join(lines) + ("\n" if readme_text.endswith("\n") else "")
+    return RUN_TIME_TAG.sub(seconds, text) if seconds else text
 
 
 def check_chapter(folder):
@@ -277,11 +338,21 @@ def main(argv=None):
     rec.add_argument("chapter", help="a chapter number (05) or 'all'")
     rec.add_argument("--out-dir", default=str(ROOT / "out" / "transcripts"))
     sub.add_parser("check", help="check every chapter's quotes against its transcripts")
+    syn = sub.add_parser("sync", help="copy measured values (times, rates) of the transcripts "
+                                      "into the chapters' quotes")
+    syn.add_argument("chapter", nargs="?", default="all")
     args = parser.parse_args(argv)
     if args.command == "record":
         for folder in chapters() if args.chapter == "all" else [chapter(args.chapter)]:
             record(folder, args.out_dir)
         return 0
+    if args.command == "sync":
+        for folder in chapters() if args.chapter == "all" else [chapter(args.chapter)]:
+            if (folder / FULL).exists():
+                readme = folder / "README.md"
+                _, output = split_header((folder / FULL).read_text())
+                readme.write_text(sync_measured(readme.read_text(), output))
+        args.command = "check"
     problems = [p for folder in chapters() for p in check_chapter(folder)]
     print("\n".join(problems) or "every chapter's quotes match its transcripts")
     return 1 if problems else 0

@@ -176,3 +176,26 @@ def test_the_shared_check_helpers_count_failures_into_the_exit_status(capsys, mo
     out = capsys.readouterr().out
     assert "[ok] holds" in out and "[FAIL] does not hold" in out and "FAILED: does not hold" in out
     assert "~   [not this run] is slower this time  (measured)" in out
+
+
+def test_the_run_time_must_be_the_summary_lines_and_sync_copies_it():
+    full = FULL + ["  0 failed check(s) in 118.0 s"]
+    readme = README + "\nThe full run took 118.0<!--runtime--> s.\n"
+    assert transcripts.quote_problems(readme, full) == []
+    stale = readme.replace("118.0<!--runtime-->", "97.5<!--runtime-->")
+    assert any("took 118.0 s, not 97.5" in p for p in transcripts.quote_problems(stale, full))
+    assert transcripts.sync_measured(stale, full) == readme
+
+
+def test_sync_copies_new_measured_values_into_quotes_and_leaves_the_rest():
+    full = ["  val loss 3.1433 nats after 40 steps, 0.8 s", "~   numba 8.31 ms vs numpy 9.25 ms (1.11x)",
+            "~   tiny 54.1 ms 1.9421"]
+    readme = ("<!-- transcript -->\n    val loss 3.1433 nats after 40 steps, 0.6 s\n"
+              "    numba 7.00 ms vs numpy 9.00 ms (1.29x)\n\n<!-- transcript -->\n"
+              "| run | time | CE |\n|---|---|---|\n| tiny | 50.0 ms | 1.9421 |\n")
+    synced = transcripts.sync_measured(readme, full)
+    assert "0.8 s" in synced and "numba 8.31 ms vs numpy 9.25 ms (1.11x)" in synced
+    assert "| tiny | 54.1 ms | 1.9421 |" in synced
+    assert transcripts.quote_problems(synced, full) == []
+    moved = readme.replace("3.1433 nats", "3.2000 nats")      # a deterministic figure moved
+    assert "3.2000 nats" in transcripts.sync_measured(moved, full)
