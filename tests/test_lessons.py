@@ -25,10 +25,6 @@ transcripts = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(transcripts)
 
 RECORD = "record both transcripts anew with `make transcript-{nn}` and update the chapter's quotes"
-# Until every chapter has been recorded once, a chapter without transcripts is only run; the
-# chapters are being re-run and their texts corrected one by one (issue 10). Then this is True
-# for good: a chapter without transcripts fails.
-REQUIRE_TRANSCRIPTS = False
 
 
 @pytest.mark.parametrize("script", LESSON_SCRIPTS, ids=[p.parent.name for p in LESSON_SCRIPTS])
@@ -47,8 +43,6 @@ def test_lesson_runs_quick_and_prints_its_transcript(script, tmp_path):
         pytest.fail(f"{script.relative_to(ROOT)} --quick exited with {result.returncode}\n"
                     f"---- stdout ----\n{result.stdout}\n---- stderr ----\n{result.stderr}")
     recorded = script.parent / transcripts.QUICK
-    if not recorded.exists() and not REQUIRE_TRANSCRIPTS:
-        return
     assert recorded.exists(), f"{recorded.relative_to(ROOT)} is missing; " + \
         RECORD.format(nn=script.parent.name[:2])
     now = [ln.rstrip().replace(str(tmp_path), transcripts.OUT) for ln in result.stdout.splitlines()]
@@ -62,8 +56,6 @@ def test_lesson_runs_quick_and_prints_its_transcript(script, tmp_path):
 @pytest.mark.parametrize("folder", [p.parent for p in LESSON_SCRIPTS],
                          ids=[p.parent.name for p in LESSON_SCRIPTS])
 def test_every_quoted_figure_is_in_the_full_transcript(folder):
-    if not (folder / transcripts.FULL).exists() and not REQUIRE_TRANSCRIPTS:
-        pytest.skip(f"{folder.name} has no transcripts yet")
     problems = transcripts.check_chapter(folder)
     assert not problems, "\n".join(problems)
 
