@@ -4,9 +4,9 @@
     python lessons/03_transformer/run.py --quick    # fewer training steps (the tests use it)
     python lessons/03_transformer/run.py --out-dir somewhere/   # where attention.png goes
 
-Read lessons/03_transformer/README.md alongside; it explains tinysparse/engine/functional.py
-(Attention, PackedCausalAttention, LayerNorm, GELU) and tinysparse/gpt.py. Every claim the script
-prints is checked, and it exits with status 1 if any check fails.
+Read lessons/03_transformer/README.md alongside; it explains tinysparse/engine/attention.py
+(Attention, PackedCausalAttention), engine/functional.py (LayerNorm, GELU) and tinysparse/gpt.py.
+Every claim the script prints is checked, and it exits with status 1 if any check fails.
 """
 import argparse
 import math

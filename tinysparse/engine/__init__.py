@@ -6,11 +6,16 @@ Files, in reading order:
     tensor.py      Tensor: an array, an optional .grad, and the operators that record the graph
     function.py    Function: forward and backward on raw arrays; apply() records; no_grad()
     autograd.py    the backward engine: reverse topological order, the chain rule
-    ops.py         the primitives: arithmetic, exp/log/tanh/..., reductions, matmul
-    ops_shape.py   reshape, permute, broadcast, indexing, concatenate, stack, where
+    ops.py         the primitives: arithmetic, exp/log/tanh/sigmoid/..., clone, matmul
+    ops_reduce.py  sum, mean, max, min, argmax, argmin
+    ops_shape.py   reshape, unsqueeze/squeeze/flatten, permute, broadcast, indexing,
+                   concatenate, stack, where
     scatter.py     deterministic index-add (GetItem's backward without floating-point atomics)
     functional.py  fused ops with hand-written backwards: softmax, cross-entropy, layer norm,
-                   GELU, dropout, attention
+                   GELU, dropout (and attention.py's, re-exported)
+    attention.py   fused scaled dot-product attention, and its packed multi-head causal form
+    spelling.py    PyTorch's argument names beside NumPy's (dim=/axis=, keepdim=/keepdims=)
+    interop.py     how a Tensor meets Python (bool, float, format) and NumPy (np.exp(t), ...)
     gradcheck.py   analytic vs numerical gradients, every element, float64
     random.py      the seeded generator (dropout, init) on either device
     _malloc.py     keeps freed temporaries in glibc's heap (a 2-6x faster step, measured)

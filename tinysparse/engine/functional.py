@@ -4,18 +4,42 @@ Fusing matters twice over in an autograd engine written in Python: it replaces a
 Functions (each an allocation, a graph node and a Python call) by one, and the hand-derived
 backward is usually cheaper than the chain rule through every intermediate. Each backward is
 derived in a comment above it and gradchecked in the tests.
+
+Numerics: every function here is finite wherever its mathematics is, in float32 and float64
+(float16 is computed in float32 by Function.apply). softmax divides by a sum that is at least 1;
+layer_norm scales each row by a power of two before it squares anything; GELU is written with a
+sigmoid that is exact in both tails. `axis=` and `dim=` name the same argument.
 """
+import contextlib
 import math
+import numbers
+
+import numpy as np
 
 from . import random as ts_random
+from .attention import Attention, PackedCausalAttention, attention, causal_self_attention  # noqa: F401
 from .backend import array_module
+from .backend import to_numpy as backend_to_numpy
+from .ops import sigmoid_from_parts, sigmoid_parts
+from .spelling import axis_argument
 from .tensor import Function, Tensor
 
 
-def _stable_softmax(x, axis):
+def _quiet_overflow(xp):
+    """x - max(x) overflows to -inf where a logit is more than the dtype's range below the largest:
+    exp(-inf) = 0 is then the right probability. Silence NumPy's warning for that one step."""
+    return np.errstate(over="ignore") if xp is np else contextlib.nullcontext()
+
+
+def _shifted(x, axis):
+    """x - max(x) along axis: every entry <= 0 and one of them 0, so sum(exp) lies in [1, n]."""
     xp = array_module(x)
-    shifted = x - x.max(axis=axis, keepdims=True)  # exp of a large logit would overflow
-    e = xp.exp(shifted)
+    with _quiet_overflow(xp):
+        return x - x.max(axis=axis, keepdims=True)
+
+
+def _stable_softmax(x, axis):
+    e = array_module(x).exp(_shifted(x, axis))      # exp of a large logit would overflow
     return e / e.sum(axis=axis, keepdims=True)
 
 
@@ -25,7 +49,7 @@ class Softmax(Function):
     # y = softmax(x):  dL/dx = y * (g - sum(g * y))
     @staticmethod
     def forward(ctx, x, axis=-1):
-        y = _stable_softmax(x, axis)
+        y = _stable_softmax(x, axis) if x.size else x.copy()
         ctx.save_for_backward(y)
         ctx.axis = axis
         return y
@@ -36,8 +60,9 @@ class Softmax(Function):
         return y * (grad - (grad * y).sum(axis=ctx.axis, keepdims=True))
 
 
-def softmax(x, axis=-1):
-    return Softmax.apply(x, axis=axis)
+def softmax(x, axis=None, *, dim=None):
+    """exp(x) / sum(exp(x)) along `axis` (or `dim`; the last by default)."""
+    return Softmax.apply(x, axis=axis_argument(axis, dim, default=-1))
 
 
 class LogSoftmax(Function):
@@ -45,8 +70,11 @@ class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
         xp = array_module(x)
-        shifted = x - x.max(axis=axis, keepdims=True)
-        y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+        if x.size == 0:
+            y = x.copy()
+        else:
+            shifted = _shifted(x, axis)
+            y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
         ctx.save_for_backward(y)
         ctx.axis = axis
         return y
@@ -57,8 +85,9 @@ class LogSoftmax(Function):
         return grad - array_module(y).exp(y) * grad.sum(axis=ctx.axis, keepdims=True)
 
 
-def log_softmax(x, axis=-1):
-    return LogSoftmax.apply(x, axis=axis)
+def log_softmax(x, axis=None, *, dim=None):
+    """x - log(sum(exp(x))) along `axis` (or `dim`; the last by default)."""
+    return LogSoftmax.apply(x, axis=axis_argument(axis, dim, default=-1))
 
 
 # ---- cross-entropy -------------------------------------------------------------------------------
@@ -76,12 +105,12 @@ class CrossEntropy(Function):
         if keep is not None:
             t = xp.where(keep, t, 0)                   # any valid index; those rows are masked
         rows = xp.arange(z.shape[0])
-        shifted = z - z.max(axis=1, keepdims=True)
+        shifted = _shifted(z, 1) if z.size else z
         sum_exp = xp.exp(shifted).sum(axis=1)
         nll = xp.log(sum_exp) - shifted[rows, t]       # (N,)
         count = z.shape[0] if keep is None else int(keep.sum())
-        if keep is not None:
-            nll = nll * keep
+        if keep is not None:                           # not nll * keep: an ignored row's nll may
+            nll = xp.where(keep, nll, 0.0)             # be inf (its stand-in target 0 far below)
         ctx.save_for_backward(shifted, sum_exp, t, keep)
         ctx.shape, ctx.count = logits.shape, max(count, 1)
         return xp.asarray(nll.sum() / ctx.count, dtype=logits.dtype)
@@ -99,30 +128,101 @@ class CrossEntropy(Function):
 
 
 def cross_entropy(logits, targets, ignore_index=None):
-    """Mean negative log-likelihood of integer `targets` (...) under `logits` (..., V)."""
+    """Mean negative log-likelihood of integer `targets` (...) under `logits` (..., V).
+
+    Every target must be a class index in [0, V), or equal `ignore_index` (any integer, e.g.
+    PyTorch's -100 or nanoGPT's -1): such rows count neither in the loss nor in the mean, and get
+    a zero gradient. A negative target without ignore_index is an error, not NumPy's "count from
+    the end". With no counted row the loss is 0 (not nan) and every gradient is 0.
+    Raises TypeError for non-integer targets, ValueError for a target out of range or targets
+    whose number does not match the rows of logits.
+    """
+    data = logits.data if isinstance(logits, Tensor) else logits
     targets = targets.data if isinstance(targets, Tensor) else targets
-    xp = array_module(logits.data if isinstance(logits, Tensor) else logits)
-    targets = xp.asarray(targets)
+    targets = np.asarray(targets) if not hasattr(targets, "dtype") else targets
     if targets.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy targets must be integers, got dtype {targets.dtype}")
+    if ignore_index is not None and (isinstance(ignore_index, bool)
+                                     or not isinstance(ignore_index, numbers.Integral)):
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
+    V = data.shape[-1] if data.ndim else 0
+    if V == 0:
+        raise ValueError(f"cross_entropy needs logits of shape (..., V) with V >= 1 classes, "
+                         f"got shape {data.shape}")
+    if targets.size * V != data.size:
+        raise ValueError(f"cross_entropy: {targets.size} targets for logits of shape {data.shape}: "
+                         f"give one target per row, targets of shape {data.shape[:-1]}")
+    _check_targets(targets, V, ignore_index)       # on the host when targets are host arrays
+    targets = array_module(data).asarray(targets)
     return CrossEntropy.apply(logits, targets, ignore_index=ignore_index)
 
 
+def _check_targets(targets, V, ignore_index):
+    """Refuse a target outside [0, V) that is not ignore_index, naming it and where it is."""
+    bad = (targets < 0) | (targets >= V)
+    if ignore_index is not None:
+        bad &= targets != ignore_index
+    if bool(bad.any()):
+        where = tuple(int(i) for i in np.argwhere(np.asarray(backend_to_numpy(bad)))[0])
+        value = int(targets[where])
+        hint = (f"pass ignore_index={value} to skip such rows" if ignore_index is None
+                else f"ignore_index is {ignore_index}")
+        raise ValueError(f"cross_entropy target {value} at position {where} is outside the valid "
+                         f"range [0, {V}) of the {V} classes: {hint}")
+
+
 # ---- layer norm ----------------------------------------------------------------------------------
+
+def _normalize(x, eps, scale=None):
+    """(xhat, rstd, var) of the rows (last axis) of x / scale; rstd is that of x itself.
+
+    Shifted data (x - x[..., :1]): the mean of a constant row is then exactly its value, so the
+    row normalises to 0. With a plain mean, [c, c, c] whose rounded mean is not c (c = 5.4e17 in
+    float32) normalised to [-1, -1, -1]: the mean's rounding error, divided by a std that eps no
+    longer props up. `scale` (a power of two per row, exact) keeps (x - mean)^2 from overflowing.
+    """
+    xp = array_module(x)
+    xs = x if scale is None else x / scale
+    d = xs - xs[..., :1]                                 # (..., C)
+    centered = d - d.mean(axis=-1, keepdims=True)
+    var = (centered * centered).mean(axis=-1, keepdims=True)
+    eps_scaled = eps if scale is None else eps / scale / scale
+    std = xp.maximum(xp.sqrt(var + eps_scaled), xp.finfo(x.dtype).tiny)   # see LayerNorm
+    rstd = 1.0 / std
+    centered *= rstd
+    return centered, (rstd if scale is None else rstd / scale), var
+
+
+def _row_scale(x):
+    """A power of two per row, between max|x| / 2 and max|x| and at least 1 (..., 1): rows
+    divided by it hold numbers of magnitude at most 2, whose squares cannot overflow."""
+    xp = array_module(x)
+    biggest = xp.maximum(x.max(axis=-1, keepdims=True), -x.min(axis=-1, keepdims=True))
+    _, exponent = xp.frexp(biggest)
+    return xp.ldexp(xp.ones(exponent.shape, x.dtype), xp.maximum(exponent - 1, 0))
+
 
 class LayerNorm(Function):
     # Ba, Kiros, Hinton 2016: y = (x - mean) / sqrt(var + eps) * w + b, over the last axis.
     # With xhat = (x - mean) * rstd and gh = g * w:
     #   dL/dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat))
     #   dL/dw = sum over rows of g * xhat,   dL/db = sum over rows of g
+    # Numerics: (x - mean)^2 overflows float32 once |x - mean| > 1.8e19 (and x - mean itself near
+    # 3.4e38), although xhat is an ordinary number there: var was inf, and every output 0 or nan.
+    # Such rows are divided by a power of two first (_row_scale, exact); eps is divided by its
+    # square, and where that underflows the std is floored at the dtype's smallest normal number,
+    # so a constant row gives 0 / tiny = 0, not 0 / 0. On the CPU the plain computation runs first
+    # and the scaled one only when its variance came out inf or nan (a check of one number per
+    # row); on a GPU, where that check would wait for the device, the scaled one always runs.
     @staticmethod
     def forward(ctx, x, weight, bias, eps=1e-5):
         xp = array_module(x)
-        mean = x.mean(axis=-1, keepdims=True)
-        centered = x - mean
-        var = (centered * centered).mean(axis=-1, keepdims=True)
-        rstd = 1.0 / xp.sqrt(var + eps)
-        xhat = centered * rstd
+        var = None
+        if xp is np and x.size:
+            with np.errstate(over="ignore", invalid="ignore"):   # an overflow is caught below
+                xhat, rstd, var = _normalize(x, eps)
+        if var is None or not np.isfinite(var).all():
+            xhat, rstd, _ = _normalize(x, eps, _row_scale(x) if x.size else None)
         ctx.save_for_backward(xhat, rstd, weight)
         out = xhat
         if weight is not None:
@@ -145,32 +245,66 @@ class LayerNorm(Function):
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    """Normalise x (..., C) over its last axis to mean 0 and variance 1, then scale by weight (C,)
+    and shift by bias (C,). eps (>= 0, finite) is added to the variance. Ba et al. 2016."""
+    if not (isinstance(eps, numbers.Real) and math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"layer_norm eps must be a finite number >= 0, got {eps!r}")
+    C = x.shape[-1] if len(x.shape) else None
+    if C is None or C == 0:
+        raise ValueError(f"layer_norm normalises the last axis, which must hold at least one "
+                         f"element; got shape {tuple(x.shape)}")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and tuple(p.shape) != (C,):
+            raise ValueError(f"layer_norm {name} has shape {tuple(p.shape)}, expected ({C},) "
+                             f"for input of shape {tuple(x.shape)}")
     return LayerNorm.apply(x, weight, bias, eps=eps)
 
 
 # ---- GELU ----------------------------------------------------------------------------------------
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_SATURATED = 30.0   # beyond |x| = 30, 2u > 1900 and exp(-2|u|) is 0 in float64: x^3 need not grow
 
 
 class GELU(Function):
+    new_grads = True  # backward returns one new array
     # Hendrycks & Gimpel 2016, tanh form: gelu(x) = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi)(x + 0.044715 x^3)
-    # d/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    # Since 0.5 (1 + tanh u) = sigmoid(2u) =: s:
+    #   gelu(x) = x s,   d/dx = s + x * s (1 - s) * d(2u)/dx,   d(2u)/dx = 2 sqrt(2/pi)(1 + 3 * 0.044715 x^2)
+    # s and s (1 - s) = e r^2 come from ops.sigmoid_parts (exact in both tails: gelu(-10) is
+    # -1.0e-37, not 0), and u is computed from x clipped to +-30, where s is already exactly 0 or 1:
+    # x^3 and x^2 never overflow (gelu'(1e20) in float32 was inf * 0 = nan; it is 1).
     @staticmethod
     def forward(ctx, x):
-        xp = array_module(x)
-        th = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))
-        ctx.save_for_backward(x, th)
-        return 0.5 * x * (1.0 + th)
+        xc = array_module(x).clip(x, -_GELU_SATURATED, _GELU_SATURATED)
+        two_u = xc * xc
+        two_u *= 0.044715
+        two_u += 1.0
+        two_u *= xc
+        two_u *= 2.0 * _SQRT_2_OVER_PI                       # 2u, which has the sign of x
+        e, r = sigmoid_parts(two_u)
+        ctx.save_for_backward(xc, e)                         # two arrays, as x and tanh(u) were
+        return x * sigmoid_from_parts(xc >= 0, e, r)
 
     @staticmethod
     def backward(ctx, grad):
-        x, th = ctx.saved
-        du_dx = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
-        return grad * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du_dx)
+        xc, e = ctx.saved
+        r = 1.0 / (1.0 + e)
+        s = sigmoid_from_parts(xc >= 0, e, r)
+        slope = xc * xc                                      # x * s(1-s) * d(2u)/dx, in place:
+        slope *= 3 * 0.044715
+        slope += 1.0
+        slope *= (2.0 * _SQRT_2_OVER_PI) * xc
+        slope *= e
+        slope *= r
+        slope *= r
+        slope += s
+        slope *= grad
+        return slope
 
 
 def gelu(x):
+    """GELU, tanh approximation (as GPT-2 and PyTorch's approximate='tanh'), elementwise."""
     return GELU.apply(x)
 
 
@@ -194,97 +328,11 @@ def dropout(x, p=0.1, training=True):
     The mask comes from the library's seeded generator (tinysparse.random), so runs repeat.
     In eval mode, or with p = 0, x passes through untouched.
     """
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be a number in [0, 1), got {p!r}")
     if not training or p == 0.0:
         return x
     data = x.data if isinstance(x, Tensor) else x
     keep = ts_random.uniform(data.shape, device=x.device if isinstance(x, Tensor) else "cpu") >= p
     scaled_mask = keep.astype(data.dtype) * (1.0 / (1.0 - p))  # a Python float keeps the dtype
     return _ScaleByMask.apply(x, scaled_mask)
-
-
-# ---- causal self-attention -----------------------------------------------------------------------
-
-_causal_masks = {}
-
-
-def _future_mask(T, xp):
-    """(T, T) booleans, True above the diagonal: the positions a token must not attend to."""
-    key = (T, xp.__name__)
-    if key not in _causal_masks:
-        _causal_masks[key] = xp.triu(xp.ones((T, T), dtype=bool), k=1)
-    return _causal_masks[key]
-
-
-class Attention(Function):
-    # Vaswani et al. 2017, "Attention Is All You Need", eq. (1):
-    #   S = Q K^T / sqrt(d),  P = softmax(S + causal mask),  Y = P V
-    # Backward, with G = dL/dY:
-    #   dV = P^T G,  dP = G V^T,  dS = P * (dP - rowsum(dP * P)),  dQ = dS K / sqrt(d),  dK = dS^T Q / sqrt(d)
-    # One Function instead of five: the (T, T) score matrix is built, masked and normalised in
-    # place, and only P is kept for the backward.
-    @staticmethod
-    def forward(ctx, q, k, v, causal=True):
-        xp = array_module(q)
-        T, hd = q.shape[-2], q.shape[-1]
-        scale = 1.0 / math.sqrt(hd)
-        p = q @ k.swapaxes(-1, -2)                     # (..., T, T) scores
-        p *= scale
-        if causal:
-            p[..., _future_mask(T, xp)] = -xp.inf     # the diagonal is never masked: no empty rows
-        p -= p.max(axis=-1, keepdims=True)
-        xp.exp(p, out=p)
-        p /= p.sum(axis=-1, keepdims=True)             # P, softmax over keys
-        ctx.save_for_backward(q, k, v, p)
-        ctx.scale = scale
-        return p @ v                                   # (..., T, hd)
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, p = ctx.saved
-        dv = p.swapaxes(-1, -2) @ grad
-        ds = grad @ v.swapaxes(-1, -2)                 # dP
-        ds -= (ds * p).sum(axis=-1, keepdims=True)
-        ds *= p                                        # dS (masked entries have P = 0, so dS = 0)
-        ds *= ctx.scale
-        dq = ds @ k
-        dk = ds.swapaxes(-1, -2) @ q
-        return dq, dk, dv
-
-
-def attention(q, k, v, causal=True):
-    """Scaled dot-product attention over the last two axes: q, k, v (..., T, head_dim)."""
-    return Attention.apply(q, k, v, causal=causal)
-
-
-class PackedCausalAttention(Function):
-    """Multi-head causal attention straight from the packed projection qkv (B, T, 3C) to (B, T, C).
-
-    The same maths as Attention; packing saves the graph nodes and copies of splitting q, k, v
-    and moving heads around: the head views are strided windows into qkv, and the backward
-    writes dq, dk, dv straight into one (B, T, 3C) gradient.
-    """
-    @staticmethod
-    def forward(ctx, qkv, n_head):
-        B, T, C3 = qkv.shape
-        C = C3 // 3
-        q, k, v = qkv.reshape(B, T, 3, n_head, C // n_head).transpose(2, 0, 3, 1, 4)  # (B, nh, T, hd) each
-        y = Attention.forward(ctx, q, k, v, causal=True)                              # (B, nh, T, hd)
-        ctx.n_head = n_head
-        return y.transpose(0, 2, 1, 3).reshape(B, T, C)                               # (B, T, C)
-
-    @staticmethod
-    def backward(ctx, grad):
-        B, T, C = grad.shape
-        nh = ctx.n_head
-        g = grad.reshape(B, T, nh, C // nh).transpose(0, 2, 1, 3)                     # (B, nh, T, hd)
-        dq, dk, dv = Attention.backward(ctx, g)
-        dqkv = array_module(grad).empty((3, B, nh, T, C // nh), dtype=grad.dtype)
-        dqkv[0], dqkv[1], dqkv[2] = dq, dk, dv
-        return dqkv.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * C)                    # (B, T, 3C)
-
-
-def causal_self_attention(qkv, n_head):
-    """Causal multi-head attention from packed q, k, v projections (B, T, 3C) -> (B, T, C)."""
-    return PackedCausalAttention.apply(qkv, n_head=n_head)

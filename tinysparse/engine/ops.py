@@ -3,20 +3,30 @@
 Every backward returns one gradient per positional input, in the output's (possibly broadcast)
 shape; the engine (tensor.py) sums broadcast axes away. Arrays are NumPy or CuPy: the code asks
 `array_module` for the right one and never copies data it does not have to.
+
+Every op is finite wherever its mathematics is, in float32 and float64: no intermediate squares a
+large value (Div's backward), no 0 * inf at a point where the derivative is finite (Pow with
+exponent 0), and the tails of sigmoid and tanh' are computed from exp(-|x|), which cannot
+overflow, instead of from 1 - (a number that rounded to 1).
 """
 import numpy as np
 
 from .backend import array_module
 from .tensor import Function, Tensor
 
-# reshape, permute, broadcast_to, indexing, concatenate, stack, where live in ops_shape.py
+# reshape, permute, broadcast_to, indexing, concatenate, stack, where live in ops_shape.py;
+# sum, mean, max, min, argmax, argmin in ops_reduce.py
 from .ops_shape import (BroadcastTo, Concatenate, GetItem, Permute, Reshape, Stack,  # noqa: F401
-                        Where, cat, concatenate, getitem, masked_fill, stack, where)
+                        Where, broadcast_to, cat, concatenate, flatten, getitem, masked_fill,
+                        permute, reshape, squeeze, stack, unsqueeze, where)
+from .ops_reduce import (Max, Mean, Sum, argmax, argmin, max, mean, min, sum)  # noqa: F401,A004
 
 
 # ---- elementwise arithmetic ----------------------------------------------------------------------
 
 class Add(Function):
+    integers_take_float_dtype = True
+
     @staticmethod
     def forward(ctx, a, b):
         return a + b
@@ -27,6 +37,8 @@ class Add(Function):
 
 
 class Sub(Function):
+    integers_take_float_dtype = True
+
     @staticmethod
     def forward(ctx, a, b):
         return a - b
@@ -37,6 +49,8 @@ class Sub(Function):
 
 
 class Mul(Function):
+    integers_take_float_dtype = True
+
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
@@ -51,17 +65,22 @@ class Mul(Function):
 
 
 class Div(Function):
+    # d(a/b)/da = 1/b;  d(a/b)/db = -a/b^2 = -(1/b) * (a/b): written with the output, b*b (which
+    # overflows for |b| > 1.8e19 in float32 although a/b^2 may be an ordinary number) never appears
+    integers_take_float_dtype = True
+
     @staticmethod
     def forward(ctx, a, b):
-        ctx.save_for_backward(a, b)
-        return a / b
+        out = a / b
+        ctx.save_for_backward(b, out)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        a, b = ctx.saved
-        ga = grad / b if ctx.needs_input_grad[0] else None
-        # d(a/b)/db = -a / b^2
-        gb = -grad * a / (b * b) if ctx.needs_input_grad[1] else None
+        b, out = ctx.saved
+        g_over_b = grad / b
+        ga = g_over_b if ctx.needs_input_grad[0] else None
+        gb = -g_over_b * out if ctx.needs_input_grad[1] else None
         return ga, gb
 
 
@@ -87,6 +106,8 @@ class Pow(Function):
     def backward(ctx, grad):
         (a,) = ctx.saved
         p = ctx.exponent
+        if p == 0:  # a**0 = 1 is constant; p * a**-1 would be 0 * inf at a = 0
+            return array_module(grad).zeros_like(grad), None
         return grad * p * a ** (p - 1), None
 
 
@@ -94,6 +115,14 @@ def pow(a, exponent):
     if isinstance(exponent, Tensor) or not np.isscalar(exponent):
         raise TypeError("pow takes a scalar exponent; for a tensor exponent use exp(b * log(a))")
     return Pow.apply(a, float(exponent))
+
+
+def rpow(base, exponent):
+    """base ** exponent for a positive scalar base and a Tensor exponent: exp(exponent * log(base))."""
+    if not np.isscalar(base) or not base > 0:
+        raise TypeError(f"scalar ** Tensor needs a positive scalar base, got {base!r}: "
+                        f"write exp(t * log(base)) for anything else")
+    return Exp.apply(Mul.apply(exponent, float(np.log(base))))
 
 
 # ---- elementwise functions -----------------------------------------------------------------------
@@ -137,16 +166,21 @@ class Sqrt(Function):
 
 
 class Tanh(Function):
+    # tanh'(x) = 1 - tanh(x)^2 = sech(x)^2, with sech(x) = 2e/(1 + e^2), e = exp(-|x|).
+    # 1 - tanh^2 is exactly 0 once tanh rounds to 1 (|x| > 9 in float32, 19 in float64), although
+    # sech^2 is still a normal number there (tanh'(10) = 8.2e-9): hence the exp form.
     @staticmethod
     def forward(ctx, a):
-        out = array_module(a).tanh(a)
-        ctx.save_for_backward(out)
-        return out
+        ctx.save_for_backward(a)
+        return array_module(a).tanh(a)
 
     @staticmethod
     def backward(ctx, grad):
-        (out,) = ctx.saved
-        return grad * (1.0 - out * out)
+        (a,) = ctx.saved
+        xp = array_module(a)
+        e = xp.exp(-xp.abs(a))                 # in (0, 1]: cannot overflow
+        sech = 2.0 * e / (1.0 + e * e)
+        return grad * (sech * sech)
 
 
 class Relu(Function):
@@ -162,22 +196,44 @@ class Relu(Function):
         return grad * positive
 
 
+def sigmoid_parts(a):
+    """e = exp(-|a|) and r = 1 / (1 + e), the two numbers sigmoid(a) and its slope are made of.
+
+    1/(1 + exp(-a)) overflows exp for a < -88.7 (float32); 0.5 (tanh(a/2) + 1) rounds to exactly
+    0 below about -17 in float32 (the true sigmoid(-20) is 2.06e-9). e lies in (0, 1], so nothing
+    overflows, and with it both tails are exact:
+        sigmoid(a) = r for a >= 0, e r for a < 0;    sigmoid'(a) = e r^2 on both sides,
+    never 1 - (something that rounded to 1).
+    """
+    e = array_module(a).exp(-abs(a))
+    return e, 1.0 / (1.0 + e)
+
+
+def sigmoid_from_parts(nonnegative, e, r):
+    """sigmoid = r where `nonnegative` (a >= 0), e r elsewhere: r * max(e, [a >= 0]), since
+    e <= 1 (no np.where: it is several times slower than these two passes)."""
+    s = array_module(e).maximum(e, nonnegative)
+    s *= r
+    return s
+
+
 class Sigmoid(Function):
     @staticmethod
     def forward(ctx, a):
-        xp = array_module(a)
-        # 1 / (1 + e^-a) overflows e^-a for very negative a; tanh form is stable everywhere.
-        out = 0.5 * (xp.tanh(0.5 * a) + 1.0)
-        ctx.save_for_backward(out)
-        return out
+        e, r = sigmoid_parts(a)
+        ctx.save_for_backward(e)
+        return sigmoid_from_parts(a >= 0, e, r)
 
     @staticmethod
     def backward(ctx, grad):
-        (out,) = ctx.saved
-        return grad * out * (1.0 - out)
+        (e,) = ctx.saved
+        r = 1.0 / (1.0 + e)
+        return grad * (e * r * r)             # sigmoid' = e / (1 + e)^2
 
 
 class Cast(Function):
+    computes_half_in_float32 = False  # a cast is exact in any dtype (it is how float16 is left)
+
     @staticmethod
     def forward(ctx, a, dtype):
         ctx.dtype = a.dtype
@@ -188,10 +244,26 @@ class Cast(Function):
         return grad.astype(ctx.dtype, copy=False)
 
 
+class Clone(Function):
+    """A copy of the data (PyTorch's clone): the gradient passes through unchanged."""
+    @staticmethod
+    def forward(ctx, a):
+        return a.copy()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
 # ---- matrix multiplication -----------------------------------------------------------------------
 
 class MatMul(Function):
-    """a @ b with NumPy's rules: batched over leading axes, broadcasting, 1-D operands promoted."""
+    """a @ b with NumPy's rules: batched over leading axes, broadcasting, 1-D operands promoted.
+
+    Like every BLAS, the products and partial sums are formed in the inputs' dtype: a result is
+    finite when they are (|a| |b| k below the dtype's maximum), not whenever the exact one is."""
+    integers_take_float_dtype = True
+
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
@@ -235,70 +307,6 @@ def matmul(a, b):
     return MatMul.apply(a, b)
 
 
-# ---- reductions ----------------------------------------------------------------------------------
-
-def _expand_reduced(grad, shape, axis, keepdims):
-    """Put back the axes a reduction removed, so grad broadcasts against the input's shape."""
-    if axis is None:
-        return grad.reshape((1,) * len(shape))
-    if not keepdims:
-        axes = (axis,) if np.isscalar(axis) else axis
-        axes = sorted(ax % len(shape) for ax in axes)
-        for ax in axes:
-            grad = array_module(grad).expand_dims(grad, ax)
-    return grad
-
-
-def _count(shape, axis):
-    if axis is None:
-        return int(np.prod(shape))
-    axes = (axis,) if np.isscalar(axis) else axis
-    return int(np.prod([shape[ax] for ax in axes]))
-
-
-class Sum(Function):
-    @staticmethod
-    def forward(ctx, a, axis=None, keepdims=False):
-        ctx.shape, ctx.axis, ctx.keepdims = a.shape, axis, keepdims
-        return a.sum(axis=axis, keepdims=keepdims)
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = _expand_reduced(grad, ctx.shape, ctx.axis, ctx.keepdims)
-        return array_module(grad).broadcast_to(grad, ctx.shape)
-
-
-class Mean(Function):
-    @staticmethod
-    def forward(ctx, a, axis=None, keepdims=False):
-        ctx.shape, ctx.axis, ctx.keepdims = a.shape, axis, keepdims
-        return a.mean(axis=axis, keepdims=keepdims)
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = _expand_reduced(grad, ctx.shape, ctx.axis, ctx.keepdims) / _count(ctx.shape, ctx.axis)
-        return array_module(grad).broadcast_to(grad, ctx.shape)
-
-
-class Max(Function):
-    """Maximum along axes. Ties share the gradient equally (the subgradient that keeps sums exact)."""
-    @staticmethod
-    def forward(ctx, a, axis=None, keepdims=False):
-        out = a.max(axis=axis, keepdims=True)
-        ctx.save_for_backward(a == out)
-        ctx.shape, ctx.axis, ctx.keepdims = a.shape, axis, keepdims
-        if keepdims:
-            return out
-        return out.reshape(()) if axis is None else array_module(a).squeeze(out, axis=axis)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (is_max,) = ctx.saved
-        grad = _expand_reduced(grad, ctx.shape, ctx.axis, ctx.keepdims)
-        ties = is_max.sum(axis=ctx.axis, keepdims=True)
-        return grad * is_max / ties
-
-
 # ---- functional spellings of the Tensor methods --------------------------------------------------
 
 def exp(a):
@@ -325,25 +333,5 @@ def sigmoid(a):
     return Sigmoid.apply(a)
 
 
-def sum(a, axis=None, keepdims=False):  # noqa: A001 (mirrors numpy.sum)
-    return Sum.apply(a, axis=axis, keepdims=keepdims)
-
-
-def mean(a, axis=None, keepdims=False):
-    return Mean.apply(a, axis=axis, keepdims=keepdims)
-
-
-def max(a, axis=None, keepdims=False):  # noqa: A001 (mirrors numpy.max)
-    return Max.apply(a, axis=axis, keepdims=keepdims)
-
-
-def reshape(a, shape):
-    return Reshape.apply(a, shape=tuple(shape))
-
-
-def permute(a, axes):
-    return Permute.apply(a, axes=tuple(axes))
-
-
-def broadcast_to(a, shape):
-    return BroadcastTo.apply(a, shape=tuple(shape))
+def clone(a):
+    return Clone.apply(a)

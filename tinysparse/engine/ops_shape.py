@@ -3,10 +3,13 @@ concatenation, stacking and selection. Split from ops.py (arithmetic, functions,
 reductions), which re-exports them; the same rules hold: each backward sits right under its
 forward and returns one gradient per positional input.
 """
+import operator
+
 import numpy as np
 
 from .backend import array_module
 from .scatter import index_add
+from .spelling import axis_argument, normalize_axes
 from .tensor import Function, Tensor
 
 
@@ -23,6 +26,43 @@ class Reshape(Function):
         return grad.reshape(ctx.shape)
 
 
+def reshape(a, shape):
+    return Reshape.apply(a, shape=tuple(shape))
+
+
+def unsqueeze(a, dim):
+    """A new axis of size 1 at position `dim` (in [-ndim-1, ndim], as in PyTorch)."""
+    shape = a.shape
+    dim = operator.index(dim)
+    if not -len(shape) - 1 <= dim <= len(shape):
+        raise IndexError(f"unsqueeze: dim {dim} is out of range for shape {tuple(shape)}: "
+                         f"use a dim in [{-len(shape) - 1}, {len(shape)}]")
+    dim = dim % (len(shape) + 1)
+    return Reshape.apply(a, shape=tuple(shape[:dim]) + (1,) + tuple(shape[dim:]))
+
+
+def squeeze(a, dim=None):
+    """Drop axes of size 1: all of them, or those named by `dim` (an int or a tuple). As in
+    PyTorch, a named axis whose size is not 1 is left alone."""
+    shape = a.shape
+    axes = normalize_axes(dim, len(shape), shape)
+    return Reshape.apply(a, shape=tuple(n for i, n in enumerate(shape) if not (i in axes and n == 1)))
+
+
+def flatten(a, start_dim=0, end_dim=-1):
+    """Merge the axes start_dim..end_dim (inclusive) into one, as torch.flatten; a 0-d tensor
+    becomes shape (1,)."""
+    shape = tuple(a.shape)
+    if not shape:
+        return Reshape.apply(a, shape=(1,))
+    start, end = (normalize_axes(d, len(shape), shape)[0] for d in (start_dim, end_dim))
+    if start > end:
+        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} "
+                         f"for shape {shape}")
+    merged = int(np.prod(shape[start:end + 1]))
+    return Reshape.apply(a, shape=shape[:start] + (merged,) + shape[end + 1:])
+
+
 class Permute(Function):
     @staticmethod
     def forward(ctx, a, axes):
@@ -34,6 +74,10 @@ class Permute(Function):
         return grad.transpose(tuple(np.argsort(ctx.axes)))  # the inverse permutation
 
 
+def permute(a, axes):
+    return Permute.apply(a, axes=tuple(axes))
+
+
 class BroadcastTo(Function):
     @staticmethod
     def forward(ctx, a, shape):
@@ -42,6 +86,10 @@ class BroadcastTo(Function):
     @staticmethod
     def backward(ctx, grad):
         return grad  # the engine sums the broadcast axes back to a's shape
+
+
+def broadcast_to(a, shape):
+    return BroadcastTo.apply(a, shape=tuple(shape))
 
 
 def _is_advanced(index):
@@ -97,8 +145,20 @@ class Concatenate(Function):
         return tuple(array_module(grad).split(grad, splits, axis=ctx.axis))
 
 
-def concatenate(tensors, axis=0):
-    return Concatenate.apply(*tensors, axis=axis)
+def _sequence(name, tensors):
+    """The tensors of cat/stack as a tuple; a clear error for a lone Tensor or none at all."""
+    if isinstance(tensors, Tensor) or not hasattr(tensors, "__iter__") or hasattr(tensors, "dtype"):
+        raise TypeError(f"{name} takes a list of tensors, got {type(tensors).__name__}: "
+                        f"write ts.{name}([a, b], dim=0)")
+    tensors = tuple(tensors)
+    if not tensors:
+        raise ValueError(f"{name} needs at least one tensor, got an empty list")
+    return tensors
+
+
+def concatenate(tensors, axis=None, *, dim=None):
+    """Join tensors along an existing axis (`axis=` or `dim=`, 0 by default)."""
+    return Concatenate.apply(*_sequence("cat", tensors), axis=axis_argument(axis, dim, default=0))
 
 
 cat = concatenate
@@ -116,8 +176,9 @@ class Stack(Function):
         return tuple(xp.take(grad, i, axis=ctx.axis) for i in range(ctx.count))
 
 
-def stack(tensors, axis=0):
-    return Stack.apply(*tensors, axis=axis)
+def stack(tensors, axis=None, *, dim=None):
+    """Join tensors of one shape along a new axis (`axis=` or `dim=`, 0 by default)."""
+    return Stack.apply(*_sequence("stack", tensors), axis=axis_argument(axis, dim, default=0))
 
 
 # ---- selection -----------------------------------------------------------------------------------
