@@ -338,26 +338,28 @@ def test_matmul_drawn_shapes(shapes, seed):
 
 # ---- reductions ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["sum", "mean", "max"])
+@pytest.mark.parametrize("name", ["sum", "mean", "max", "min"])
 @settings(max_examples=25, deadline=None)
 @given(data=st.data(), shape=shapes(), seed=seeds, keepdims=st.booleans())
 def test_reductions(name, data, shape, seed, keepdims):
     rng = np.random.default_rng(seed)
     axis = data.draw(axes_for(len(shape)), label="axis")
-    x = distinct(rng, shape) if name == "max" else leaf(rng, shape)
+    x = distinct(rng, shape) if name in ("max", "min") else leaf(rng, shape)
     fn = lambda x: getattr(x, name)(axis=axis, keepdims=keepdims)  # noqa: E731
     close(fn(x), getattr(np, name)(x.data, axis=axis, keepdims=keepdims))
     assert ts.gradcheck(fn, x)
     functional = getattr(ops, name)
     close(functional(x, axis=axis, keepdims=keepdims), fn(x).numpy())
+    if name in ("sum", "mean"):  # PyTorch's spelling of the same call
+        close(getattr(x, name)(dim=axis, keepdim=keepdims), fn(x).numpy())
 
 
-@pytest.mark.parametrize("name", ["sum", "mean", "max"])
+@pytest.mark.parametrize("name", ["sum", "mean", "max", "min"])
 @pytest.mark.parametrize("axis", [(-2, 3), (3, -2), (0, -1), (-3, 2), (-1, -4), (3, 0, -3)])
 @pytest.mark.parametrize("keepdims", [False, True])
 def test_reductions_over_mixed_sign_axis_tuples(name, axis, keepdims, rng):
     """Negative and positive axes in one tuple: the backward must put the axes back in order."""
-    x = distinct(rng, (2, 3, 1, 4)) if name == "max" else leaf(rng, (2, 3, 1, 4))
+    x = distinct(rng, (2, 3, 1, 4)) if name in ("max", "min") else leaf(rng, (2, 3, 1, 4))
     fn = lambda x: getattr(x, name)(axis=axis, keepdims=keepdims)  # noqa: E731
     close(fn(x), getattr(np, name)(x.data, axis=axis, keepdims=keepdims))
     assert ts.gradcheck(fn, x)
@@ -367,6 +369,21 @@ def test_max_splits_the_gradient_between_ties():
     x = Tensor(np.array([[1.0, 3.0, 3.0], [5.0, 0.0, 5.0]]), requires_grad=True)
     x.max(axis=1).sum().backward()
     np.testing.assert_array_equal(x.grad, [[0, 0.5, 0.5], [0.5, 0, 0.5]])
+    y = Tensor(np.array([[1.0, 3.0, 2.0], [1.0, 0.0, 5.0]]), requires_grad=True)
+    y.min(axis=0).sum().backward()
+    np.testing.assert_array_equal(y.grad, [[0.5, 0, 1], [0.5, 1, 0]])
+
+
+@FEW
+@given(shape=shapes(min_dims=1), seed=seeds)
+def test_max_and_min_with_dim_gradcheck_through_the_values(shape, seed):
+    rng = np.random.default_rng(seed)
+    x = distinct(rng, shape)
+    for name in ("max", "min"):
+        values, indices = getattr(x, name)(dim=-1)
+        close(values, getattr(np, name)(x.data, axis=-1))
+        np.testing.assert_array_equal(indices.numpy(), getattr(np, f"arg{name}")(x.data, axis=-1))
+        assert ts.gradcheck(lambda x: getattr(x, name)(dim=-1).values, x)
 
 
 def test_mean_of_everything_divides_by_the_size():
@@ -391,6 +408,41 @@ def test_reshape(shape, seed, data):
     close(x.view(target), x.data.reshape(target))
     close(ts.reshape(x, target), x.data.reshape(target))
     assert ts.gradcheck(lambda x: x.reshape(target), x)
+
+
+@FEW
+@given(shape=shapes(), seed=seeds, data=st.data())
+def test_unsqueeze_squeeze_flatten(shape, seed, data):
+    rng = np.random.default_rng(seed)
+    x = leaf(rng, shape)
+    n = len(shape)
+    dim = data.draw(st.integers(-n - 1, n), label="unsqueeze dim")
+    close(x.unsqueeze(dim), np.expand_dims(x.data, dim))
+    assert ts.gradcheck(lambda x: x.unsqueeze(dim), x)
+    close(x.squeeze(), np.squeeze(x.data))
+    ones = tuple(i for i, side in enumerate(shape) if side == 1)
+    if ones:
+        axis = data.draw(st.sampled_from(ones), label="squeeze dim")
+        close(x.squeeze(axis), np.squeeze(x.data, axis))
+        assert ts.gradcheck(lambda x: x.squeeze(axis), x)
+    assert ts.gradcheck(lambda x: x.squeeze(), x)
+    if n:
+        start = data.draw(st.integers(0, n - 1), label="start_dim")
+        end = data.draw(st.integers(start, n - 1), label="end_dim")
+        expected = x.data.reshape(shape[:start] + (-1,) + shape[end + 1:])
+        close(x.flatten(start, end), expected)
+        assert ts.gradcheck(lambda x: x.flatten(start, end), x)
+    close(x.flatten(), x.data.reshape(-1))
+    assert ts.gradcheck(lambda x: x.flatten(), x)
+
+
+@FEW
+@given(shape=shapes(), seed=seeds)
+def test_clone(shape, seed):
+    rng = np.random.default_rng(seed)
+    x = leaf(rng, shape)
+    close(x.clone(), x.data)
+    assert ts.gradcheck(lambda x: x.clone() * x, x)
 
 
 @FEW
@@ -614,7 +666,7 @@ def test_cast_gradcheck(rng):
 def test_gradients_accumulate_until_zeroed(rng):
     x = leaf(rng, (3,))
     loss = (x * x).sum()
-    loss.backward()
+    loss.backward(retain_graph=True)
     first = x.grad.copy()
     np.testing.assert_allclose(first, 2 * x.data)
     loss.backward()
@@ -701,7 +753,7 @@ def test_backward_needs_a_scalar_or_a_gradient(rng):
     y = x * 2
     with pytest.raises(RuntimeError, match="single-element"):
         y.backward()
-    y.backward(np.ones((2, 3)))
+    y.backward(np.ones((2, 3)), retain_graph=True)
     np.testing.assert_array_equal(x.grad, np.full((2, 3), 2.0))
     x.grad = None
     y.backward(Tensor(np.full((2, 3), 3.0)))
@@ -750,9 +802,9 @@ def test_dtype_rules():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gradients_have_the_dtype_of_the_leaf(dtype):
     x = Tensor(np.ones((2, 3), dtype=dtype), requires_grad=True)
-    other = np.full((2, 3), 0.5)  # float64: promotes a float32 graph
+    other = np.full((2, 3), 0.5, dtype=dtype)
     for _ in range(2):             # the second backward accumulates into the first
-        (x * other).sum().backward()
+        (x * other).sum().backward(np.float64(1.0))  # a float64 seed is cast to the root's dtype
         assert x.grad.dtype == dtype
     np.testing.assert_allclose(x.grad, np.full((2, 3), 1.0))
 

@@ -150,3 +150,34 @@ def test_sgd_momentum_five_steps(rng):
         opt_t.step()
     for p, q in zip(ours, theirs):
         np.testing.assert_allclose(p.data, q.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_sigmoid_over_the_whole_range_including_the_tails(rng):
+    x = np.concatenate([rng.uniform(-40, 40, 30), [-700.0, -100.0, -20.0, -17.0, 0.0, 20.0, 700.0]])
+    compare(lambda t: t.sigmoid(), torch.sigmoid, x)
+    compare(F.gelu, lambda t: TF.gelu(t, approximate="tanh"), rng.uniform(-12, 12, 40))
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_max_and_min_with_dim_match_torch(rng, dim):
+    x = rng.permutation(12).reshape(3, 4).astype(np.float64)   # no ties: one index each
+    for name in ("max", "min"):
+        ours = getattr(Tensor(x), name)(dim=dim, keepdim=True)
+        theirs = getattr(torch.tensor(x), name)(dim=dim, keepdim=True)
+        close(ours.values, theirs.values, name)
+        np.testing.assert_array_equal(ours.indices.numpy(), theirs.indices.numpy())
+        compare(lambda t: getattr(t, name)(dim=dim).values, lambda t: getattr(t, name)(dim=dim).values, x)
+
+
+def test_shape_methods_match_torch(rng):
+    x = rng.standard_normal((2, 1, 3, 1))
+    cases = [lambda t: t.squeeze(), lambda t: t.squeeze(1), lambda t: t.squeeze(0),
+             lambda t: t.unsqueeze(-1), lambda t: t.unsqueeze(2), lambda t: t.flatten(),
+             lambda t: t.flatten(1), lambda t: t.flatten(0, 2), lambda t: t.clone() * 2,
+             lambda t: t.sum(dim=(0, 2), keepdim=True), lambda t: t.mean(dim=-2)]
+    for i, fn in enumerate(cases):
+        compare(fn, fn, x, seed=i)
+    ours, theirs = Tensor(x), torch.tensor(x)
+    assert ours.numel() == theirs.numel() and ours.dim() == theirs.dim()
+    assert ours.argmax().item() == theirs.argmax().item()
+    np.testing.assert_array_equal(ours.argmin(dim=2).numpy(), theirs.argmin(dim=2).numpy())

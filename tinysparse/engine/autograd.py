@@ -51,8 +51,12 @@ def _topological_order(root):
     return order
 
 
-def backward(root, grad=None):
+def backward(root, grad=None, retain_graph=False):
     """Accumulate d(root)/d(leaf) into the .grad of every leaf that requires grad (Tensor.backward).
+
+    The graph is freed as the walk goes, as in PyTorch: each node's saved arrays and its links to
+    its inputs are dropped once its backward has run, so the memory they hold is released. A
+    second backward through a freed node is an error; `retain_graph=True` keeps the graph for one.
 
     Each pending gradient travels with an `owned` flag: True when the array is new and nothing
     but the engine references it: the seed ones, a sum the engine made (two contributions, or
@@ -72,21 +76,31 @@ def backward(root, grad=None):
         grads = {id(root): (xp.ones_like(root.data), True)}
     else:  # asarray may return the caller's own array: not owned
         grad = xp.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=root.dtype)
+        if grad.shape != root.shape:
+            raise RuntimeError(f"backward(grad) needs a gradient of the tensor's shape {root.shape}, "
+                               f"got {grad.shape}")
         grads = {id(root): (grad, False)}
-    for node in reversed(_topological_order(root)):
+    order = _topological_order(root)
+    if any(node._ctx is not None and node._ctx[1] is _FREED for node in order):
+        raise RuntimeError("Trying to backward through the graph a second time: the first "
+                           "backward() freed it to release its memory. Pass retain_graph=True to "
+                           "the first backward() to keep the graph, or run the forward again")
+    for node in reversed(order):
         grad, owned = grads.pop(id(node), (None, False))
-        if grad is None:
-            continue
         if node._ctx is None:  # a leaf: keep its own array, in its own dtype
+            if grad is None:
+                continue
             if node.grad is None:  # astype copies unless the array is owned and already the dtype
                 node.grad = grad.astype(node.dtype, copy=not owned)
             else:  # cast first: a float64 gradient must not promote a float32 leaf's grad
                 node.grad = node.grad + grad.astype(node.dtype, copy=False)
             continue
         fn, ctx, inputs = node._ctx
-        input_grads = fn.backward(ctx, grad)
-        if not isinstance(input_grads, tuple):
-            input_grads = (input_grads,)
+        if not retain_graph:
+            node._ctx = (fn, _FREED, ())  # drop saved arrays and inputs: the memory goes back
+        if grad is None:
+            continue
+        input_grads = _call_backward(fn, ctx, grad)
         for parent, g in zip(inputs, input_grads):
             if g is None or not isinstance(parent, Tensor) or not parent.requires_grad:
                 continue
@@ -98,4 +112,21 @@ def backward(root, grad=None):
                 grads[key] = (summed, fn.new_grads or summed is not g)
 
 
+def _call_backward(fn, ctx, grad):
+    """fn.backward as a tuple of gradients; for a float16 node (see function.py) the gradient goes
+    in as float32 and comes out rounded to float16, so every backward sees its output's dtype."""
+    if ctx.half is not None:
+        grad = grad.astype(backend.array_module(grad).float32)
+    input_grads = fn.backward(ctx, grad)
+    if not isinstance(input_grads, tuple):
+        input_grads = (input_grads,)
+    if ctx.half is not None:
+        input_grads = tuple(g.astype(ctx.half) if g is not None and g.dtype.kind == "f" else g
+                            for g in input_grads)
+    return input_grads
+
+
 from .tensor import Tensor  # noqa: E402  (tensor.py imports this module; Tensor is needed only at call time)
+from .function import Context  # noqa: E402
+
+_FREED = Context(None)  # what a node's ctx becomes once backward has used and released it

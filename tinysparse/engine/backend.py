@@ -5,7 +5,8 @@ Nothing else in the library imports cupy. Code that needs the array module of a 
 
 The default device comes from the environment variable TINYSPARSE_DEVICE (cpu | cuda), cpu when
 unset. Asking for cuda where CuPy is missing or finds no GPU is a clear error, never a silent
-fall back to the CPU.
+fall back to the CPU. The messages name the library's own fix (device 'cpu', the environment
+variable); the CLI adds its flag (--device cpu) when it reports a DeviceError.
 """
 import os
 
@@ -53,13 +54,18 @@ def check_device(device):
     if device not in DEVICES:
         raise DeviceError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}")
     if device == "cuda" and _try_cupy() is None:
-        raise DeviceError(f"device 'cuda' was requested but {_cupy_error}; use --device cpu")
+        raise DeviceError(f"device 'cuda' was requested but {_cupy_error}; use device 'cpu'")
     return device
 
 
 def default_device():
     """The device named by TINYSPARSE_DEVICE, or cpu."""
-    return check_device(os.environ.get("TINYSPARSE_DEVICE", "cpu").strip().lower() or "cpu")
+    name = os.environ.get("TINYSPARSE_DEVICE", "cpu").strip().lower() or "cpu"
+    try:
+        return check_device(name)
+    except DeviceError as e:
+        raise DeviceError(f"{e} (it comes from TINYSPARSE_DEVICE={name}: unset the variable or "
+                          f"set it to cpu)") from None
 
 
 def resolve_device(device):

@@ -4,6 +4,20 @@ A Function's forward runs on raw arrays; `apply` wraps the result in a Tensor an
 requires grad and grad mode is on, remembers `_ctx = (FunctionClass, ctx, inputs)` on it. The
 engine (autograd.py) later walks those records backwards and calls each Function's `backward`.
 `no_grad()` turns the recording off: a forward then costs only its arithmetic.
+
+dtypes, the rule `apply` enforces for every Function (PyTorch's habits, stated once):
+- Python scalars and NumPy scalars never promote: `x32 * 0.5` and `x32 * np.float64(0.5)` stay
+  float32 (NumPy 2 already treats Python scalars so; NumPy scalars are turned into Python ones).
+- Arrays and Tensors of different floating dtypes are an error, never a silent promotion: a
+  float64 array fed to a float32 model would otherwise turn the whole forward into float64.
+  The message names the fix (t.float(), t.double(), array.astype(np.float32)).
+- Arithmetic (Functions with `integers_take_float_dtype = True`: +, -, *, /, @) casts an integer
+  array operand to the floating operand's dtype, as PyTorch does (NumPy would make int64 with
+  float32 a float64).
+- float16 (any float narrower than float32) is computed in float32 inside, and the output and the
+  gradients are rounded back to float16 once, as PyTorch does for half precision on the CPU: no
+  intermediate (a square, an exp, a sum) can overflow float16's 65504 or lose its few digits.
+  A Function that is exact in any dtype may opt out (`computes_half_in_float32 = False`: Cast).
 """
 import contextlib
 
@@ -28,12 +42,17 @@ def no_grad():
 
 
 class Context:
-    """Scratch space a Function's forward leaves for its backward."""
-    __slots__ = ("saved", "needs_input_grad", "__dict__")
+    """Scratch space a Function's forward leaves for its backward.
+
+    `half` is the float16 dtype of the inputs when apply computed in float32 for them (None
+    otherwise): the engine then hands backward a float32 gradient and rounds its results back.
+    """
+    __slots__ = ("saved", "needs_input_grad", "half", "__dict__")
 
     def __init__(self, needs_input_grad):
         self.saved = ()
         self.needs_input_grad = needs_input_grad
+        self.half = None
 
     def save_for_backward(self, *arrays):
         self.saved = arrays
@@ -47,7 +66,8 @@ class Function:
 
     Positional inputs that are Tensors are graph inputs; anything else (a Python scalar, an
     index) is a constant and gets None. Gradients may have the broadcast shape of the output:
-    the engine sums them back to each input's shape.
+    the engine sums them back to each input's shape. The dtype rules of the module docstring
+    hold for every positional input.
 
     new_grads = True is a promise about backward: every gradient it returns is a NEW array that
     nothing else references (not grad_output or a view of it, not a saved array, not another
@@ -55,6 +75,8 @@ class Function:
     copying it. Leave it False (the safe default) whenever in doubt.
     """
     new_grads = False
+    integers_take_float_dtype = False
+    computes_half_in_float32 = True
 
     @staticmethod
     def forward(ctx, *inputs, **options):
@@ -70,17 +92,60 @@ class Function:
         record = _grad_enabled and any(needs)
         ctx = Context(needs if record else None)
         arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
+        dtype = _float_dtype(cls, arrays)
+        if dtype is not None and dtype.itemsize < 4 and cls.computes_half_in_float32:
+            ctx.half = dtype
+            arrays = [a.astype(np.float32) if getattr(a, "dtype", None) == dtype else a
+                      for a in arrays]
         out = Tensor.__new__(Tensor)
         data = cls.forward(ctx, *arrays, **options)
         if isinstance(data, np.generic):
             # NumPy reductions and x[i, j] return scalars, not 0-d arrays; a scalar would lose its
             # dtype in Tensor(...) (detach, comparisons) and cannot be updated in place.
             data = np.asarray(data)
+        if ctx.half is not None and data.dtype == np.float32:
+            data = data.astype(ctx.half)
         out.data = data
         out.grad = None
         out.requires_grad = record
         out._ctx = (cls, ctx, inputs) if record else None
         return out
+
+
+_PLAIN = (float, int, bool, type(None), str, tuple, slice)   # never arrays: skipped at once
+
+
+def _float_dtype(cls, arrays):
+    """The one floating dtype of the array inputs (None if there is none), after the module's
+    rules: NumPy scalars become Python scalars (in place in `arrays`), a mix of floating dtypes
+    raises, integer arrays of arithmetic take the floating dtype. Called by every apply: kept lean."""
+    dtype, integers = None, False
+    for i, a in enumerate(arrays):
+        if a.__class__ in _PLAIN:
+            continue
+        dt = getattr(a, "dtype", None)
+        if dt is None:
+            continue
+        kind = dt.kind
+        if kind not in "fiub":
+            continue
+        if isinstance(a, np.generic):      # a NumPy scalar is as weak as a Python one
+            arrays[i] = a.item()
+        elif kind != "f":
+            integers = True
+        elif dtype is None:
+            dtype = dt
+        elif dt is not dtype and dt != dtype:
+            raise TypeError(
+                f"{cls.__name__} got {dtype} and {dt} inputs: tinysparse never promotes "
+                f"silently; cast one side explicitly (t.float() / t.double() on a Tensor, "
+                f"array.astype(np.float32) on an array)")
+    if integers and dtype is not None and cls.integers_take_float_dtype:
+        for i, a in enumerate(arrays):
+            kind = getattr(getattr(a, "dtype", None), "kind", None)
+            if kind in ("i", "u", "b") and np.promote_types(a.dtype, dtype) != dtype:
+                arrays[i] = a.astype(dtype)
+    return dtype
 
 
 from .tensor import Tensor  # noqa: E402  (tensor.py imports this module; Tensor is needed only at call time)

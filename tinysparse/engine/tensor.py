@@ -7,13 +7,21 @@ topological order, and calls each Function's `backward` (the chain rule).
 
 Lesson 01 builds this up from a scalar micrograd-style value; these three files are the real thing.
 Everything the engine is made of is importable from here too (Function, no_grad, unbroadcast, ...).
+
+Python's and NumPy's protocols follow PyTorch where Python consults them: `bool(t)`, `float(t)`,
+`int(t)`, `f"{t:.3f}"` and `operator.index(t)` need a single element (a clear error otherwise, so
+`assert a == b` on two-element tensors raises instead of passing); NumPy functions on a Tensor
+follow interop.py's rule (a Tensor when there is a differentiable twin, else NumPy data, never a
+silent cut of the graph).
 """
 import numpy as np
 
 from . import backend
+from .interop import TensorProtocols
+from .spelling import normalize_axes
 
 
-class Tensor:
+class Tensor(TensorProtocols):
     """An n-dimensional array with an optional gradient. float32 by default.
 
     `Tensor(np_array)` keeps the array's dtype (float64 stays float64 for gradchecks);
@@ -31,6 +39,12 @@ class Tensor:
         else:  # Python scalar, list, NumPy scalar: float32 unless told otherwise
             xp = np
             array = np.asarray(data, dtype=dtype or np.float32)
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"a Tensor holds bool, integer or floating data, not {array.dtype}: "
+                            f"convert it first (np.asarray(data, dtype=np.float32))")
+        if requires_grad and array.dtype.kind != "f":
+            raise TypeError(f"only floating-point tensors can require grad, this one is "
+                            f"{array.dtype}: pass dtype=np.float32 (or convert the data)")
         if device is not None:
             array = backend.to_device(array, backend.check_device(device))
         elif xp is np and backend.default_device() != "cpu":
@@ -66,7 +80,25 @@ class Tensor:
         return self._ctx is None
 
     def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d Tensor: it has no first axis; use t.item() or t.numel()")
         return len(self.data)
+
+    def numel(self):
+        """The number of elements (PyTorch's name for .size)."""
+        return self.data.size
+
+    def dim(self):
+        """The number of axes (PyTorch's name for .ndim)."""
+        return self.data.ndim
+
+    def all(self, axis=None, keepdims=False):
+        """True where every element is nonzero (a boolean Tensor, outside the graph)."""
+        return _bool_tensor(self.data.all(axis=axis, keepdims=keepdims))
+
+    def any(self, axis=None, keepdims=False):
+        """True where some element is nonzero (a boolean Tensor, outside the graph)."""
+        return _bool_tensor(self.data.any(axis=axis, keepdims=keepdims))
 
     def __repr__(self):
         grad = ", requires_grad=True" if self.requires_grad else ""
@@ -79,7 +111,8 @@ class Tensor:
         return backend.to_numpy(self.data)
 
     def item(self):
-        return self.numpy().item()
+        """The single element as a Python number."""
+        return self._one_element("item()", "use .tolist() for many values")
 
     def tolist(self):
         return self.numpy().tolist()
@@ -91,7 +124,12 @@ class Tensor:
         return Tensor(backend.to_device(self.data, device), requires_grad=self.requires_grad)
 
     def astype(self, dtype):
-        return ops.Cast.apply(self, dtype=np.dtype(dtype))
+        """This tensor in another dtype; differentiable between floating dtypes. A cast to an
+        integer or bool dtype is not (its result is outside the graph, as in PyTorch)."""
+        dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            return Tensor(self.data.astype(dtype))
+        return ops.Cast.apply(self, dtype=dtype)
 
     def float(self):
         return self.astype(np.float32)
@@ -103,17 +141,27 @@ class Tensor:
         """The same data, cut from the graph."""
         return Tensor(self.data)
 
+    def clone(self):
+        """A copy of the data that stays in the graph (the gradient passes through)."""
+        return ops.Clone.apply(self)
+
     def zero_grad(self):
         self.grad = None
 
     # ---- autograd ----------------------------------------------------------------------------
-    def backward(self, grad=None):
+    def backward(self, grad=None, retain_graph=False, *, gradient=None):
         """Accumulate d(self)/d(leaf) into the .grad of every leaf that requires grad.
 
-        Gradients add up across calls until zeroed, as in PyTorch. Without `grad`, self must hold
-        a single element (a loss) and the seed gradient is 1. The engine is autograd.backward.
+        Gradients add up across calls until zeroed, as in PyTorch. Without `grad` (PyTorch's
+        `gradient=`), self must hold a single element (a loss) and the seed gradient is 1. The
+        graph is freed as backward walks it; a second backward through it is an error unless the
+        first one was given retain_graph=True. The engine is autograd.backward.
         """
-        autograd.backward(self, grad)
+        if gradient is not None:
+            if grad is not None:
+                raise TypeError("give grad= or gradient= (two names for one argument), not both")
+            grad = gradient
+        autograd.backward(self, grad, retain_graph=retain_graph)
 
     # ---- operators ---------------------------------------------------------------------------
     def __add__(self, other):
@@ -149,6 +197,9 @@ class Tensor:
     def __pow__(self, exponent):
         return ops.pow(self, exponent)
 
+    def __rpow__(self, base):
+        return ops.rpow(base, self)
+
     def __neg__(self):
         return ops.Neg.apply(self)
 
@@ -175,14 +226,35 @@ class Tensor:
         return _bool_tensor(self.data != _raw(other))
 
     # ---- methods that mirror NumPy / PyTorch -------------------------------------------------
-    def sum(self, axis=None, keepdims=False):
-        return ops.Sum.apply(self, axis=axis, keepdims=keepdims)
+    # axis= and dim=, keepdims= and keepdim= are two spellings of one argument (spelling.py)
+    def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return ops.sum(self, axis, keepdims, dim=dim, keepdim=keepdim)
 
-    def mean(self, axis=None, keepdims=False):
-        return ops.Mean.apply(self, axis=axis, keepdims=keepdims)
+    def mean(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return ops.mean(self, axis, keepdims, dim=dim, keepdim=keepdim)
 
-    def max(self, axis=None, keepdims=False):
-        return ops.Max.apply(self, axis=axis, keepdims=keepdims)
+    def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """Values (axis=, NumPy); (values, indices) with dim= (PyTorch's torch.max(x, dim))."""
+        return ops.max(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def min(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """Values (axis=, NumPy); (values, indices) with dim= (PyTorch's torch.min(x, dim))."""
+        return ops.min(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def argmax(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return ops.argmax(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def argmin(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return ops.argmin(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def unsqueeze(self, dim):
+        return ops.unsqueeze(self, dim)
+
+    def squeeze(self, dim=None):
+        return ops.squeeze(self, dim)
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        return ops.flatten(self, start_dim, end_dim)
 
     def reshape(self, *shape):
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
@@ -196,6 +268,7 @@ class Tensor:
 
     def transpose(self, axis0=-2, axis1=-1):
         """Swap two axes (PyTorch's meaning), the last two by default."""
+        axis0, axis1 = (normalize_axes(a, self.ndim, self.shape)[0] for a in (axis0, axis1))
         axes = list(range(self.ndim))
         axes[axis0], axes[axis1] = axes[axis1], axes[axis0]
         return ops.Permute.apply(self, axes=tuple(axes))
