@@ -296,3 +296,95 @@ def test_dropout_invalid_p_raises(p):
         F.dropout(Tensor(np.ones(3)), p=p)
     with pytest.raises(ValueError):
         F.dropout(Tensor(np.ones(3)), p=p, training=False)  # checked in eval mode too
+
+
+# ---- values outside a function's domain are refused, naming the value and the fix ---------------
+
+def test_cross_entropy_refuses_a_negative_target_without_ignore_index():
+    """A -1 used to score class V-1 (NumPy's negative indexing): nanoGPT's padding trained silently."""
+    logits = Tensor(np.zeros((3, 4), np.float32), requires_grad=True)
+    with pytest.raises(ValueError, match=r"target -1 at position \(2,\) is outside the valid range "
+                                         r"\[0, 4\) of the 4 classes: pass ignore_index=-1"):
+        F.cross_entropy(logits, [1, 0, -1])
+    with pytest.raises(ValueError, match=r"target 4 at position \(1, 0\) .*\[0, 4\)"):
+        F.cross_entropy(Tensor(np.zeros((2, 2, 4))), np.array([[0, 1], [4, 2]]))
+    with pytest.raises(ValueError, match=r"target -1 .*ignore_index is -100"):
+        F.cross_entropy(logits, [1, -100, -1], ignore_index=-100)
+
+
+@pytest.mark.parametrize("ignore_index", [-1, -100, 2, 10**6])
+def test_cross_entropy_ignores_any_ignore_index_value(ignore_index):
+    """PyTorch's default -100 was an IndexError; every integer is a valid ignore_index."""
+    logits = Tensor(np.log(np.array([[1.0, 2.0, 1.0], [1.0, 1.0, 2.0], [3.0, 1.0, 1.0]])),
+                    requires_grad=True)
+    targets = np.array([1, ignore_index, 0])
+    loss = F.cross_entropy(logits, targets, ignore_index=ignore_index)
+    np.testing.assert_allclose(loss.item(), -(np.log(2 / 4) + np.log(3 / 5)) / 2, rtol=1e-12)
+    loss.backward()
+    assert (logits.grad[1] == 0).all()
+
+
+def test_cross_entropy_refuses_bad_shapes_and_ignore_index_types(rng):
+    logits = leaf(rng, (2, 3, 5))
+    with pytest.raises(ValueError, match=r"5 targets for logits of shape \(2, 3, 5\).*\(2, 3\)"):
+        F.cross_entropy(logits, np.zeros(5, dtype=int))
+    assert F.cross_entropy(logits, np.zeros(6, dtype=int)).shape == ()  # flat targets are fine
+    with pytest.raises(ValueError, match="V >= 1"):
+        F.cross_entropy(Tensor(np.zeros((2, 0))), np.zeros(2, dtype=int))
+    with pytest.raises(TypeError, match="ignore_index must be an integer, got -100.0"):
+        F.cross_entropy(logits, np.zeros((2, 3), dtype=int), ignore_index=-100.0)
+
+
+def test_cross_entropy_of_no_rows_is_zero(rng):
+    logits = Tensor(np.zeros((0, 4)), requires_grad=True)
+    loss = F.cross_entropy(logits, np.zeros(0, dtype=int))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert logits.grad.shape == (0, 4)
+
+
+@pytest.mark.parametrize("p", [float("nan"), float("inf"), "0.1", True, None])
+def test_dropout_refuses_a_probability_that_is_not_a_number_in_range(p):
+    with pytest.raises(ValueError, match=r"dropout probability must be a number in \[0, 1\)"):
+        F.dropout(Tensor(np.ones(3)), p=p)
+
+
+def test_layer_norm_refuses_bad_eps_and_parameter_shapes(rng):
+    x = leaf(rng, (2, 4))
+    for eps in (-1e-5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+            F.layer_norm(x, eps=eps)
+    with pytest.raises(ValueError, match=r"weight has shape \(3,\), expected \(4,\)"):
+        F.layer_norm(x, Tensor(np.ones(3)))
+    with pytest.raises(ValueError, match="at least one element"):
+        F.layer_norm(Tensor(np.zeros((2, 0))))
+
+
+def test_attention_refuses_mismatched_shapes_and_bad_head_counts(rng):
+    q, k = leaf(rng, (1, 3, 4)), leaf(rng, (1, 2, 4))
+    with pytest.raises(ValueError, match="causal attention needs as many queries as keys.*causal=False"):
+        F.attention(q, k, k)
+    assert F.attention(q, k, k, causal=False).shape == (1, 3, 4)
+    with pytest.raises(ValueError, match="attention needs q"):
+        F.attention(q, leaf(rng, (1, 3, 5)), q)
+    with pytest.raises(ValueError, match="n_head must be a positive integer dividing C=4, got 3"):
+        F.causal_self_attention(leaf(rng, (1, 2, 12)), 3)
+    with pytest.raises(ValueError, match=r"\(B, T, 3C\)"):
+        F.causal_self_attention(leaf(rng, (1, 2, 10)), 1)
+
+
+def test_empty_inputs_give_empty_outputs():
+    """No tokens (T = 0) or no rows: the functions return empty arrays of the right shape."""
+    for fn in (lambda x: F.softmax(x, dim=-1), lambda x: F.log_softmax(x, axis=0),
+               F.gelu, F.layer_norm):
+        x = Tensor(np.zeros((0, 3)), requires_grad=True)
+        out = fn(x)
+        assert out.shape == (0, 3)
+        out.sum().backward()
+        assert x.grad.shape == (0, 3)
+    assert F.softmax(Tensor(np.zeros((2, 0))), dim=-1).shape == (2, 0)
+    qkv = Tensor(np.zeros((2, 0, 12)), requires_grad=True)
+    y = F.causal_self_attention(qkv, 2)
+    assert y.shape == (2, 0, 4)
+    y.sum().backward()
+    assert qkv.grad.shape == (2, 0, 12)
