@@ -105,6 +105,14 @@ def test_gradcheck_catches_a_wrong_backward_on_a_single_element(rng):
     assert ts.gradcheck(lambda a, b: a * b, a, b)
 
 
+@pytest.mark.parametrize("option", [dict(eps=0.0), dict(eps=float("nan")), dict(atol=-1.0),
+                                    dict(rtol=float("inf"))])
+def test_gradcheck_refuses_meaningless_tolerances(option):
+    x = Tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(ValueError, match=f"gradcheck {next(iter(option))} must be a finite number"):
+        ts.gradcheck(lambda x: x * 2, x, **option)
+
+
 def test_gradcheck_refuses_float32_and_inputs_without_grad(rng):
     with pytest.raises(ValueError, match="float64"):
         ts.gradcheck(lambda a: a * 2, Tensor(np.ones(3, np.float32), requires_grad=True))

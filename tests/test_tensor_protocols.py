@@ -304,6 +304,12 @@ def test_clone_copies_and_stays_in_the_graph():
     np.testing.assert_array_equal(x.grad, [3.0, 3.0])
 
 
+def test_item_assignment_is_refused_with_the_fix():
+    t = Tensor(np.zeros(3), requires_grad=True)
+    with pytest.raises(TypeError, match=r"not changed in place.*masked_fill.*t\.data"):
+        t[0] = 1.0
+
+
 def test_transpose_names_a_bad_axis():
     with pytest.raises(IndexError, match=r"axis 2 is out of range.*shape \(2, 3\)"):
         Tensor(np.zeros((2, 3))).transpose(0, 2)

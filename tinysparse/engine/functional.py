@@ -141,7 +141,8 @@ def cross_entropy(logits, targets, ignore_index=None):
     targets = targets.data if isinstance(targets, Tensor) else targets
     targets = np.asarray(targets) if not hasattr(targets, "dtype") else targets
     if targets.dtype.kind not in "iu":
-        raise TypeError(f"cross_entropy targets must be integers, got dtype {targets.dtype}")
+        raise TypeError(f"cross_entropy targets must be integer class indices, got dtype "
+                        f"{targets.dtype}: convert them with .astype(np.int64)")
     if ignore_index is not None and (isinstance(ignore_index, bool)
                                      or not isinstance(ignore_index, numbers.Integral)):
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")

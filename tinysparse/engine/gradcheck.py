@@ -30,6 +30,10 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0):
     Inputs must be float64 Tensors (float32 central differences are too coarse to tell a bug from
     rounding). Returns True, or raises GradcheckError naming the input, the element and both values.
     """
+    for name, value, least in (("eps", eps, 0.0), ("atol", atol, 0.0), ("rtol", rtol, 0.0)):
+        if not (np.isfinite(value) and (value > least if name == "eps" else value >= least)):
+            raise ValueError(f"gradcheck {name} must be a finite number "
+                             f"{'> 0' if name == 'eps' else '>= 0'}, got {value!r}")
     checked = [i for i, x in enumerate(inputs) if isinstance(x, Tensor) and x.requires_grad]
     if not checked:
         raise ValueError("gradcheck needs at least one input Tensor with requires_grad=True")

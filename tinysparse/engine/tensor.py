@@ -206,6 +206,11 @@ class Tensor(TensorProtocols):
     def __getitem__(self, index):
         return ops.getitem(self, index)
 
+    def __setitem__(self, index, value):
+        raise TypeError("a Tensor is not changed in place (the graph may hold its data): build a "
+                        "new one, e.g. t.masked_fill(mask, value) or ts.where(mask, value, t); "
+                        "or write to t.data for an array outside the graph")
+
     # Comparisons are not differentiable: they return boolean tensors outside the graph.
     def __lt__(self, other):
         return _bool_tensor(self.data < _raw(other))
