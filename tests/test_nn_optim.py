@@ -508,8 +508,6 @@ def test_an_error_from_the_device_reaches_the_user_unchanged(monkeypatch):
 
 
 @pytest.mark.skipif(backend.cuda_available(), reason="this machine has a GPU")
-@pytest.mark.xfail(reason="engine half of issue 11: backend.check_device's message still ends "
-                          "with the command line's '; use --device cpu'", strict=False)
 def test_model_to_cuda_without_a_gpu_has_no_command_line_hint():
     with pytest.raises(backend.DeviceError) as info:
         nn.Linear(2, 3).to("cuda")
@@ -615,8 +613,6 @@ def test_the_chapters_coming_from_pytorch_table_holds():
     assert lin.weight.dtype == np.float32
 
 
-@pytest.mark.xfail(reason="engine half of issue 11: dim= beside axis= (the chapter's table says "
-                          "both are accepted)", strict=False)
 def test_dim_is_accepted_beside_axis():
     x = Tensor(np.arange(6.0).reshape(2, 3))
     np.testing.assert_array_equal(x.sum(dim=1).data, x.sum(axis=1).data)

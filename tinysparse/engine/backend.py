@@ -60,7 +60,9 @@ def check_device(device):
 
 def default_device():
     """The device named by TINYSPARSE_DEVICE, or cpu."""
-    name = os.environ.get("TINYSPARSE_DEVICE", "cpu").strip().lower() or "cpu"
+    name = os.environ.get("TINYSPARSE_DEVICE", "").strip().lower()
+    if not name:
+        return check_device("cpu")
     try:
         return check_device(name)
     except DeviceError as e:
