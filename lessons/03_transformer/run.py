@@ -5,8 +5,9 @@
     python lessons/03_transformer/run.py --out-dir somewhere/   # where attention.png goes
 
 Read lessons/03_transformer/README.md alongside; it explains tinysparse/engine/attention.py
-(Attention, PackedCausalAttention), engine/functional.py (LayerNorm, GELU) and tinysparse/gpt.py.
-Every claim the script prints is checked, and it exits with status 1 if any check fails.
+(Attention, PackedCausalAttention), engine/normalization.py (LayerNorm), engine/functional.py
+(GELU) and tinysparse/gpt.py. Every claim the script prints is checked, and it exits with
+status 1 if any check fails.
 """
 import argparse
 import math

@@ -11,8 +11,9 @@ Files, in reading order:
     ops_shape.py   reshape, unsqueeze/squeeze/flatten, permute, broadcast, indexing,
                    concatenate, stack, where
     scatter.py     deterministic index-add (GetItem's backward without floating-point atomics)
-    functional.py  fused ops with hand-written backwards: softmax, cross-entropy, layer norm,
-                   GELU, dropout (and attention.py's, re-exported)
+    functional.py  fused ops with hand-written backwards: softmax, cross-entropy, GELU, dropout
+                   (and re-exported: layer norm, attention)
+    normalization.py  fused layer norm, safe for huge and for constant rows
     attention.py   fused scaled dot-product attention, and its packed multi-head causal form
     spelling.py    PyTorch's argument names beside NumPy's (dim=/axis=, keepdim=/keepdims=)
     interop.py     how a Tensor meets Python (bool, float, format) and NumPy (np.exp(t), ...)

@@ -1,0 +1,101 @@
+"""Layer normalisation as one fused Function (Ba, Kiros, Hinton 2016), numerically safe.
+
+Split from functional.py, which re-exports it (F.layer_norm); the same rules hold: the backward
+is derived in a comment above it and gradchecked in the tests. The textbook formula fails on
+inputs it is perfectly defined for (huge rows, constant rows): the comments say how and why the
+code does not.
+"""
+import math
+import numbers
+
+import numpy as np
+
+from .backend import array_module
+from .tensor import Function
+
+
+def _normalize(x, eps, scale=None):
+    """(xhat, rstd, var) of the rows (last axis) of x / scale; rstd is that of x itself.
+
+    Shifted data (x - x[..., :1]): the mean of a constant row is then exactly its value, so the
+    row normalises to 0. With a plain mean, [c, c, c] whose rounded mean is not c (c = 5.4e17 in
+    float32) normalised to [-1, -1, -1]: the mean's rounding error, divided by a std that eps no
+    longer props up. `scale` (a power of two per row, exact) keeps (x - mean)^2 from overflowing.
+    """
+    xp = array_module(x)
+    xs = x if scale is None else x / scale
+    d = xs - xs[..., :1]                                 # (..., C)
+    centered = d - d.mean(axis=-1, keepdims=True)
+    var = (centered * centered).mean(axis=-1, keepdims=True)
+    eps_scaled = eps if scale is None else eps / scale / scale
+    std = xp.maximum(xp.sqrt(var + eps_scaled), xp.finfo(x.dtype).tiny)   # see LayerNorm
+    rstd = 1.0 / std
+    centered *= rstd
+    return centered, (rstd if scale is None else rstd / scale), var
+
+
+def _row_scale(x):
+    """A power of two per row, between max|x| / 2 and max|x| and at least 1 (..., 1): rows
+    divided by it hold numbers of magnitude at most 2, whose squares cannot overflow."""
+    xp = array_module(x)
+    biggest = xp.maximum(x.max(axis=-1, keepdims=True), -x.min(axis=-1, keepdims=True))
+    _, exponent = xp.frexp(biggest)
+    return xp.ldexp(xp.ones(exponent.shape, x.dtype), xp.maximum(exponent - 1, 0))
+
+
+class LayerNorm(Function):
+    # Ba, Kiros, Hinton 2016: y = (x - mean) / sqrt(var + eps) * w + b, over the last axis.
+    # With xhat = (x - mean) * rstd and gh = g * w:
+    #   dL/dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat))
+    #   dL/dw = sum over rows of g * xhat,   dL/db = sum over rows of g
+    # Numerics: (x - mean)^2 overflows float32 once |x - mean| > 1.8e19 (and x - mean itself near
+    # 3.4e38), although xhat is an ordinary number there: var was inf, and every output 0 or nan.
+    # Such rows are divided by a power of two first (_row_scale, exact); eps is divided by its
+    # square, and where that underflows the std is floored at the dtype's smallest normal number,
+    # so a constant row gives 0 / tiny = 0, not 0 / 0. On the CPU the plain computation runs first
+    # and the scaled one only when its variance came out inf or nan (a check of one number per
+    # row); on a GPU, where that check would wait for the device, the scaled one always runs.
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps=1e-5):
+        xp = array_module(x)
+        var = None
+        if xp is np and x.size:
+            with np.errstate(over="ignore", invalid="ignore"):   # an overflow is caught below
+                xhat, rstd, var = _normalize(x, eps)
+        if var is None or not np.isfinite(var).all():
+            xhat, rstd, _ = _normalize(x, eps, _row_scale(x) if x.size else None)
+        ctx.save_for_backward(xhat, rstd, weight)
+        out = xhat
+        if weight is not None:
+            out = out * weight
+        if bias is not None:
+            out = out + bias
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        xhat, rstd, weight = ctx.saved
+        gh = grad if weight is None else grad * weight
+        C = xhat.shape[-1]
+        dx = rstd * (gh - gh.sum(axis=-1, keepdims=True) / C
+                     - xhat * (gh * xhat).sum(axis=-1, keepdims=True) / C)
+        rows = tuple(range(grad.ndim - 1))
+        dw = (grad * xhat).sum(axis=rows) if ctx.needs_input_grad[1] else None
+        db = grad.sum(axis=rows) if ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    """Normalise x (..., C) over its last axis to mean 0 and variance 1, then scale by weight (C,)
+    and shift by bias (C,). eps (>= 0, finite) is added to the variance. Ba et al. 2016."""
+    if not (isinstance(eps, numbers.Real) and math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"layer_norm eps must be a finite number >= 0, got {eps!r}")
+    C = x.shape[-1] if len(x.shape) else None
+    if C is None or C == 0:
+        raise ValueError(f"layer_norm normalises the last axis, which must hold at least one "
+                         f"element; got shape {tuple(x.shape)}")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and tuple(p.shape) != (C,):
+            raise ValueError(f"layer_norm {name} has shape {tuple(p.shape)}, expected ({C},) "
+                             f"for input of shape {tuple(x.shape)}")
+    return LayerNorm.apply(x, weight, bias, eps=eps)
