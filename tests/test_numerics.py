@@ -372,6 +372,38 @@ def test_attention_is_finite_where_its_scores_are(dtype, causal, data, T, hd):
                  per_element=False, backward_agrees=False)
 
 
+SHAPE_OPS = {   # no arithmetic but the gradient's scatter-add and unbroadcast's sums
+    "reshape": lambda x: x.reshape(-1),
+    "permute": lambda x: x.permute(1, 0),
+    "broadcast_to": lambda x: x.broadcast_to((2,) + x.shape),
+    "getitem_repeats": lambda x: x[[0, 0, -1]],
+    "concatenate": lambda x: ts.cat([x, x * 0.5], dim=0),
+    "stack": lambda x: ts.stack([x, x], dim=-1),
+    "unsqueeze_squeeze_flatten": lambda x: x.unsqueeze(0).squeeze(0).flatten(),
+    "masked_fill": lambda x: x.masked_fill(np.eye(*x.shape, dtype=bool), -1.0),
+}
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=["float32", "float64"])
+@pytest.mark.parametrize("name", list(SHAPE_OPS))
+@PROPERTY
+@given(data=st.data())
+def test_shape_ops_are_finite_on_the_whole_range(name, dtype, data):
+    x = data.draw(arrays(dtype, floats(dtype, -big(dtype) / 4, big(dtype) / 4), row_shapes), label="x")
+    check_finite(SHAPE_OPS[name], [x], dtype, per_element=True)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=["float32", "float64"])
+@PROPERTY
+@given(data=st.data(), T=st.integers(1, 4), n_head=st.integers(1, 2))
+def test_packed_causal_attention_is_finite_where_its_scores_are(dtype, data, T, n_head):
+    C = 2 * n_head
+    bound = (big(dtype) / (64 * C * T * T)) ** 0.5
+    qkv = data.draw(arrays(dtype, _bounded(dtype, bound), (1, T, 3 * C)), label="qkv")
+    check_finite(lambda t: F.causal_self_attention(t, n_head), [qkv], dtype, per_element=False,
+                 backward_agrees=False)
+
+
 # ---- 3. float16 is computed in float32 inside ---------------------------------------------------
 
 HALF_CASES = {
