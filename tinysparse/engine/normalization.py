@@ -20,18 +20,23 @@ def _normalize(x, eps, scale=None):
     Shifted data (x - x[..., :1]): the mean of a constant row is then exactly its value, so the
     row normalises to 0. With a plain mean, [c, c, c] whose rounded mean is not c (c = 5.4e17 in
     float32) normalised to [-1, -1, -1]: the mean's rounding error, divided by a std that eps no
-    longer props up. `scale` (a power of two per row, exact) keeps (x - mean)^2 from overflowing.
+    longer props up. `scale` (a power of two per row, exact) keeps (x - mean)^2 from overflowing;
+    the scaled rows' std is sqrt(var + eps / scale^2) = hypot(sqrt(var), sqrt(eps) / scale),
+    which stays right where eps / scale^2 alone would underflow to 0 (a constant row of 1e159
+    in float64 then had std 0). xhat divides by the std rather than multiplying by 1/std, which
+    can overflow (float32: sqrt(eps) / scale may be 1e-41).
     """
     xp = array_module(x)
     xs = x if scale is None else x / scale
     d = xs - xs[..., :1]                                 # (..., C)
     centered = d - d.mean(axis=-1, keepdims=True)
     var = (centered * centered).mean(axis=-1, keepdims=True)
-    eps_scaled = eps if scale is None else eps / scale / scale
-    std = xp.maximum(xp.sqrt(var + eps_scaled), xp.finfo(x.dtype).tiny)   # see LayerNorm
-    rstd = 1.0 / std
-    centered *= rstd
-    return centered, (rstd if scale is None else rstd / scale), var
+    if scale is None:
+        std = xp.sqrt(var + eps)
+    else:
+        std = xp.hypot(xp.sqrt(var), math.sqrt(eps) / scale)
+    centered /= std
+    return centered, 1.0 / (std if scale is None else std * scale), var
 
 
 def _row_scale(x):
@@ -50,9 +55,9 @@ class LayerNorm(Function):
     #   dL/dw = sum over rows of g * xhat,   dL/db = sum over rows of g
     # Numerics: (x - mean)^2 overflows float32 once |x - mean| > 1.8e19 (and x - mean itself near
     # 3.4e38), although xhat is an ordinary number there: var was inf, and every output 0 or nan.
-    # Such rows are divided by a power of two first (_row_scale, exact); eps is divided by its
-    # square, and where that underflows the std is floored at the dtype's smallest normal number,
-    # so a constant row gives 0 / tiny = 0, not 0 / 0. On the CPU the plain computation runs first
+    # Such rows are divided by a power of two first (_row_scale, exact), and eps with them (see
+    # _normalize), so a constant row of huge numbers still gives 0 and rstd 1/sqrt(eps), not
+    # 0 / 0 or an rstd that overflows its gradient. On the CPU the plain computation runs first
     # and the scaled one only when its variance came out inf or nan (a check of one number per
     # row); on a GPU, where that check would wait for the device, the scaled one always runs.
     @staticmethod
