@@ -14,7 +14,7 @@ from ._checks import check_int, check_number, is_int
 from .engine import functional as F
 from . import nn
 from .engine import random as ts_random
-from .engine.backend import array_module, to_numpy
+from .engine.backend import to_numpy
 from .moe import MoE
 from .moe.layer import check_settings as check_moe_settings
 from .engine.tensor import Tensor, no_grad
@@ -223,7 +223,6 @@ class GPT(nn.Module):
         """
         idx = self._checked_ids("idx", idx)
         B, T = idx.shape
-        xp = array_module(self.wte.weight.data)
         tok = self.wte(idx)                                       # (B, T, C)
         pos = self.wpe(np.arange(T))                              # (T, C), broadcast over B
         x = self.drop(tok + pos)
@@ -234,7 +233,7 @@ class GPT(nn.Module):
         loss = None
         if targets is not None:
             targets = self._checked_targets(targets, idx.shape, ignore_index)
-            loss = F.cross_entropy(logits, xp.asarray(targets), ignore_index=ignore_index)
+            loss = F.cross_entropy(logits, targets, ignore_index=ignore_index)  # it uploads them
             aux = [m.aux_loss for m in self.moe_layers() if m.aux_loss is not None]
             # load balance + router z-loss of every MoE layer join the loss while training; in
             # eval mode the loss is the cross-entropy alone, comparable with a dense model's
