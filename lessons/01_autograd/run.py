@@ -279,6 +279,7 @@ def part_tensor(scalar_grads, quick):
     w, b = ts.Tensor(w_np, requires_grad=True), ts.Tensor(np.array(b_np), requires_grad=True)
     batch_loss = ((ts.Tensor(X) @ w + b).tanh() - 1.0) ** 2
     batch_loss = batch_loss.mean()
+    n_tensors = len(tensor_topological_order(batch_loss))   # before backward, which frees the graph
     batch_loss.backward()
 
     ws = [Value(c) for c in w_np]
@@ -289,7 +290,6 @@ def part_tensor(scalar_grads, quick):
     value_loss = total / B
     value_loss.backward()
     n_values = len(topological_order(value_loss))
-    n_tensors = len(tensor_topological_order(batch_loss))
     print(f"  a batch of B={B} examples: {n_values} Values in the scalar graph, "
           f"{n_tensors} Tensors in the array graph")
     diff = max(abs(ws[0].grad - w.grad[0]), abs(ws[1].grad - w.grad[1]), abs(bv.grad - float(b.grad)))

@@ -157,13 +157,15 @@ def part_heads_and_gradcheck(args):
     qkv = Tensor(rng.standard_normal((B, T, 3 * C)), requires_grad=True)
     g = rng.standard_normal((B, T, C))
     y_hand = split_heads_by_hand(qkv, nh)
+    nodes_hand = graph_facts(y_hand)[0]                  # counted before backward frees the graph
     y_hand.backward(g)
     grad_hand, qkv.grad = qkv.grad.copy(), None
     y_packed = F.causal_self_attention(qkv, nh)
+    nodes_packed = graph_facts(y_packed)[0]
     y_packed.backward(g)
     print(f"  qkv (B, T, 3C) = {qkv.shape} -> heads (B, nh, T, hd) = {(B, nh, T, hd)} -> y (B, T, C) "
           f"= {y_packed.shape}")
-    print(f"  graph nodes: split by hand {graph_facts(y_hand)[0]}, packed {graph_facts(y_packed)[0]}")
+    print(f"  graph nodes: split by hand {nodes_hand}, packed {nodes_packed}")
     check(max_diff(y_hand.data, y_packed.data) < 1e-12 and max_diff(grad_hand, qkv.grad) < 1e-12,
           "causal_self_attention(qkv) equals reshape/permute/attention/permute, forward and backward")
 
