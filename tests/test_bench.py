@@ -135,3 +135,24 @@ def test_torch_twin_matches_tinysparse(bias, n_expert):
         if isinstance(twin.get_submodule(name.rsplit(".", 1)[0]), torch.nn.Linear) and name.endswith("weight"):
             expected = expected.T
         np.testing.assert_allclose(grad, expected, rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+def test_sampling_suite_times_generate_with_and_without_the_kv_cache(capsys):
+    assert bench("--suite", "sampling") == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["dense"], ["moe"])]
+    assert [(r[0], r[1]) for r in rows] == [("dense", "7"), ("dense", "32"), ("moe", "7"), ("moe", "32")]
+    assert all(r[-1] == "yes" for r in rows)           # cached and uncached drew the same tokens
+    assert "config: vocab" not in out                  # the dense suite did not run
+
+
+def test_sampling_suite_fails_when_the_cache_changes_the_tokens(capsys, monkeypatch):
+    from tinysparse.bench import sampling
+    real = sampling._timed_generate
+
+    def broken(model, n_new, kv_cache, seed=0):       # a cache that loses the thread
+        return real(model, n_new, kv_cache, seed=seed + int(bool(kv_cache)))
+
+    monkeypatch.setattr(sampling, "_timed_generate", broken)
+    assert bench("--suite", "sampling") == 1
+    assert " NO" in capsys.readouterr().out

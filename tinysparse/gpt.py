@@ -17,6 +17,8 @@ from .engine import random as ts_random
 from .engine.backend import to_numpy
 from .moe import MoE
 from .moe.layer import check_settings as check_moe_settings
+from .adaptive.decode import generate_tokens
+from .adaptive.kv_cache import cached_attention, kv_cache_obstacle
 from .engine.tensor import Tensor, no_grad
 
 
@@ -81,11 +83,14 @@ class CausalSelfAttention(nn.Module):
     def extra_repr(self):
         return f"n_head={self.n_head}"
 
-    def forward(self, x):
+    def forward(self, x, cache=None, start=0):
         qkv = self.c_attn(x)                                      # (B, T, 3C)
         # split into heads, softmax(q k^T / sqrt(hd)) v per head, heads side by side again:
         # one fused Function (functional.PackedCausalAttention; chapter 03 builds it step by step)
-        y = F.causal_self_attention(qkv, self.n_head)             # (B, T, C)
+        if cache is None:
+            y = F.causal_self_attention(qkv, self.n_head)         # (B, T, C)
+        else:   # sampling: keys and values of positions < start come from the cache (adaptive/kv_cache.py)
+            y = cached_attention(qkv, self.n_head, cache, start)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -120,8 +125,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = make_ffn(config)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, cache=None, start=0):
+        x = x + self.attn(self.ln_1(x), cache, start)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -206,7 +211,7 @@ class GPT(nn.Module):
         T = c.block_size if T is None else check_int("flops_per_token T", T, low=1)
         return 6 * self.num_active_parameters() + 12 * c.n_layer * T * c.n_embd
 
-    def forward(self, idx, targets=None, ignore_index=None):
+    def forward(self, idx, targets=None, ignore_index=None, cache=None):
         """Logits (B, T, vocab_size) of token ids idx (B, T), and the loss when targets are given.
 
         idx       integer ids in [0, vocab_size), 1 <= T <= block_size (a NumPy or CuPy array, a
@@ -219,15 +224,21 @@ class GPT(nn.Module):
                   outside [0, vocab_size), e.g. -1 (nanoGPT's padding) or -100 (PyTorch's
                   default): targets equal to it are left out of the loss, whose mean is then
                   over the other positions (F.cross_entropy's rule).
+        cache     None, or a KVCache (adaptive/kv_cache.py; sampling only, under no_grad): idx
+                  holds the tokens at positions cache.length .. cache.length+T-1, earlier ones are
+                  read from the cache, and cache.length advances by T
         Returns (logits, loss), loss None without targets.
         """
         idx = self._checked_ids("idx", idx)
         B, T = idx.shape
+        start = 0 if cache is None else cache.start(T, self.config.n_layer)
         tok = self.wte(idx)                                       # (B, T, C)
-        pos = self.wpe(np.arange(T))                              # (T, C), broadcast over B
+        pos = self.wpe(np.arange(start, start + T))               # (T, C), broadcast over B
         x = self.drop(tok + pos)
-        for block in self.h:
-            x = block(x)
+        for i, block in enumerate(self.h):
+            x = block(x) if cache is None else block(x, cache.layers[i], start)
+        if cache is not None:
+            cache.length = start + T
         x = self.ln_f(x)
         logits = x @ self.wte.weight.T                            # (B, T, vocab_size)
         loss = None
@@ -284,7 +295,11 @@ class GPT(nn.Module):
                      if bad < 0 else "")
         return targets
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+    def kv_cache_obstacle(self):
+        """None, or why sampling with a KV cache would not return this model's own tokens."""
+        return kv_cache_obstacle(self.config)
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, kv_cache=None):
         """Extend idx (B, T) by max_new_tokens sampled tokens; returns a NumPy int64 array (B, T +
         max_new_tokens). The context is cropped to the last block_size tokens each step.
 
@@ -294,25 +309,26 @@ class GPT(nn.Module):
                         distribution; lower: more conservative)
         top_k           None (every token), or an integer >= 1: sample among the k likeliest; a k
                         above vocab_size keeps every token (as nanoGPT's min(top_k, V))
+        kv_cache        None (a cache unless kv_cache_obstacle() names a reason not to), True, or
+                        False (recompute the whole context every step). The tokens are the same
+                        either way, seed for seed; past block_size the cache is rebuilt each step,
+                        as the window slides (adaptive/kv_cache.py). True is refused for a model
+                        with an obstacle (expert-choice routing, a capacity factor).
         Each bad argument is a ValueError (TypeError for a wrong type) naming it and its range.
         """
         check_generate_args(max_new_tokens, temperature, top_k)
+        if kv_cache not in (None, True, False):
+            raise ValueError(f"generate kv_cache={kv_cache!r} must be None (auto), True or False")
+        obstacle = self.kv_cache_obstacle()
+        if kv_cache and obstacle:
+            raise ValueError(f"generate kv_cache=True: {obstacle}; use kv_cache=False (recompute "
+                             f"the whole context every step)")
         idx = np.asarray(to_numpy(self._checked_ids("prompt", idx)), dtype=np.int64)
-        rng = ts_random.generator()
+        use_cache = obstacle is None if kv_cache is None else kv_cache
         was_training = self.training
         self.eval()
         with no_grad():
-            for _ in range(max_new_tokens):
-                context = idx[:, -self.config.block_size:]         # crop to what the model can see
-                logits, _ = self(context)
-                last = to_numpy(logits.data[:, -1, :]).astype(np.float64) / temperature  # (B, V)
-                if top_k is not None:
-                    kth = np.sort(last, axis=-1)[:, -min(top_k, last.shape[-1])][:, None]
-                    last = np.where(last < kth, -np.inf, last)
-                probs = np.exp(last - last.max(axis=-1, keepdims=True))
-                probs /= probs.sum(axis=-1, keepdims=True)
-                nxt = np.array([rng.choice(len(p), p=p) for p in probs])[:, None]
-                idx = np.concatenate([idx, nxt], axis=1)
+            idx = generate_tokens(self, idx, max_new_tokens, temperature, top_k, use_cache)
         self.train(was_training)
         return idx
 

@@ -5,13 +5,16 @@ Suites, one file each:
     dense.py        step: the dense GPT's training step vs PyTorch's
     moe.py          moe: MoE training steps (tinysparse vs a PyTorch loop over experts) and dense
     layer.py        layer: one MoE layer forward+backward per dispatch backend vs a dense FFN
+    sampling.py     sampling: tokens/s of GPT.generate with and without the KV cache (not in
+                    the default set: --suite sampling)
     gpu_check.py    `make gpu-check`: kernel tests, timings and a short training on a real GPU
 
 common.py holds what they share (alternating timed steps, thread limits, seeded models);
 torch_twins.py the PyTorch models, built from tinysparse's weights; profile.py the per-Function
 profile (--profile). Imports go one way: suites -> common, profile, torch_twins.
 """
-SUITES = ("step", "moe", "layer")
+SUITES = ("step", "moe", "layer", "sampling")
+DEFAULT_SUITES = ("step", "moe", "layer")
 
 
 def add_bench_arguments(parser):
@@ -28,9 +31,10 @@ def add_bench_arguments(parser):
     g.add_argument("--no-torch", action="store_true", help="time tinysparse alone")
     g.add_argument("--settle", type=float, default=0.15,
                    help="seconds to pause (untimed) before each step while alternating frameworks")
-    g.add_argument("--suite", choices=SUITES, nargs="+", default=list(SUITES),
+    g.add_argument("--suite", choices=SUITES, nargs="+", default=list(DEFAULT_SUITES),
                    help="which benchmarks: step (dense GPT vs PyTorch), moe (MoE training steps), "
-                        "layer (MoE layer forward+backward per dispatch backend); default all")
+                        "layer (MoE layer forward+backward per dispatch backend), sampling "
+                        "(generate with and without the KV cache); default step moe layer")
     g.add_argument("--dispatch-backend", default="auto",
                    help="MoE dispatch backend of the moe suite (auto, numpy, numba, ...)")
     g.add_argument("--layer-tokens", type=int, default=1024,
@@ -75,4 +79,7 @@ def run_bench(args):
     if "layer" in suites:
         from .layer import run_layer_bench
         status |= run_layer_bench(args)
+    if "sampling" in suites:
+        from .sampling import run_sampling_bench
+        status |= run_sampling_bench(args)
     return status

@@ -1,0 +1,9 @@
+"""Adaptive computation (chapter 09): mechanisms by which a token takes more or less compute.
+
+Files, in reading order: kv_cache.py (sampling one token at a time; the cache the adaptive
+mechanisms write into sparsely), decode.py (the sampling loop behind GPT.generate).
+"""
+from .decode import generate_tokens, next_token_probs
+from .kv_cache import KVCache, LayerCache, cached_attention, kv_cache_obstacle
+
+__all__ = ["generate_tokens", "next_token_probs", "KVCache", "LayerCache", "cached_attention", "kv_cache_obstacle"]

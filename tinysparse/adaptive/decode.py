@@ -1,0 +1,48 @@
+"""The sampling loop behind GPT.generate: one token at a time, with or without a KV cache.
+
+    logits of the last position -> / temperature -> keep the top_k -> softmax -> draw one token
+
+With the cache, the first step runs the prompt (a prefill) and every later step feeds only the
+token just drawn; when the context reaches block_size, the window slides and the cache is rebuilt
+from the last block_size tokens (kv_cache.py says why). Without it, every step runs the whole
+cropped context, as nanoGPT does. Both draw from the same generator in the same order, so with
+the same seed they return the same tokens (tests/test_kv_cache.py).
+
+The model is duck-typed (anything with .config.n_layer, .config.block_size and
+model(idx, cache=...) -> (logits, loss)): this layer does not import the GPT around it.
+"""
+import numpy as np
+
+from ..engine import random as ts_random
+from ..engine.backend import to_numpy
+from .kv_cache import KVCache
+
+
+def next_token_probs(logits, temperature, top_k):
+    """Sampling distribution (B, V) float64 from the last position's logits (B, V)."""
+    last = to_numpy(logits).astype(np.float64) / temperature
+    if top_k is not None:
+        kth = np.sort(last, axis=-1)[:, -min(top_k, last.shape[-1])][:, None]
+        last = np.where(last < kth, -np.inf, last)
+    probs = np.exp(last - last.max(axis=-1, keepdims=True))
+    return probs / probs.sum(axis=-1, keepdims=True)
+
+
+def generate_tokens(model, idx, max_new_tokens, temperature, top_k, use_cache):
+    """idx (B, T) int64 NumPy -> (B, T + max_new_tokens). Call under no_grad, the model in eval
+    mode (GPT.generate checks the arguments and does both)."""
+    rng = ts_random.generator()
+    block_size = model.config.block_size
+    cache = None
+    for _ in range(max_new_tokens):
+        if not use_cache:
+            logits, _ = model(idx[:, -block_size:])                 # the whole window, every step
+        elif cache is None or cache.room() == 0:                    # first step, or the window slid
+            cache = KVCache(model.config.n_layer, block_size)
+            logits, _ = model(idx[:, -block_size:], cache=cache)    # prefill
+        else:
+            logits, _ = model(idx[:, -1:], cache=cache)             # only the newest token
+        probs = next_token_probs(logits.data[:, -1, :], temperature, top_k)
+        nxt = np.array([rng.choice(len(p), p=p) for p in probs])[:, None]
+        idx = np.concatenate([idx, nxt], axis=1)
+    return idx
