@@ -14,6 +14,8 @@ KINDS = {
     "moe-softmax": dict(n_expert=5, top_k=2, d_expert=12),
     "moe-sigmoid-shared-bias": dict(n_expert=4, top_k=1, d_expert=8, n_shared=1, score="sigmoid",
                                     balance="bias"),
+    "moe-null-identity": dict(n_expert=4, top_k=2, d_expert=8, n_null=2, null_kind="identity",
+                              target_experts=1.0),
 }
 
 

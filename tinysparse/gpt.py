@@ -19,6 +19,7 @@ from .moe import MoE
 from .moe.layer import check_settings as check_moe_settings
 from .adaptive.decode import generate_tokens
 from .adaptive.kv_cache import cached_attention, kv_cache_obstacle
+from .adaptive.settings import check_settings as check_adaptive_settings, make_router
 from .engine.tensor import Tensor, no_grad
 
 
@@ -48,6 +49,17 @@ class GPTConfig:
     jitter: float = 0.0       # router noise: its input times U(1-j, 1+j) in training (Switch); 0 = off
     dispatch_backend: str = "auto"  # sparse dispatch: 'numpy', 'numba' (CPU kernels), 'cuda', or
                                     # 'auto' (numba on float32/64 NumPy arrays, else numpy)
+    # Adaptive computation (chapter 09; tinysparse/adaptive). The defaults turn it all off.
+    n_null: int = 0           # null experts beside the n_expert routed ones (AdaMoE): a token takes
+                              # 0..top_k real experts; null slots cost nothing
+    null_kind: str = "zero"   # what a null expert returns: 'zero' (AdaMoE) or 'identity' (its input x,
+                              # MoE++'s copy expert)
+    null_tau: float = 1.0     # MoE++'s weight of the null experts in the balance loss (below 1: their
+                              # load costs less, more tokens rest)
+    target_experts: float | None = None  # compute budget: mean REAL experts per token, held by
+                                         # bias updates on the null experts (None: no controller)
+    budget_rate: float = 0.1  # gamma of the budget controller: each step the null biases move by
+                              # gamma * (mean real experts per token - target_experts)
 
     def __post_init__(self):
         """Refuse a field outside its domain: a ValueError (TypeError for a wrong type) that names
@@ -68,6 +80,7 @@ class GPTConfig:
                                self.dispatch_backend, self.bias_update_rate)
         except ValueError as e:               # "MoE top_k=5 is invalid: ..." -> "GPTConfig.top_k=5 ..."
             raise ValueError(str(e).replace("MoE ", "GPTConfig.", 1)) from None
+        check_adaptive_settings(self)
 
     def to_dict(self):
         return asdict(self)
@@ -107,11 +120,12 @@ class MLP(nn.Module):
 
 
 def make_ffn(config):
-    """The feed-forward slot of a Block: a dense MLP, or a Mixture of Experts when n_expert > 0."""
+    """The feed-forward slot of a Block: a dense MLP, or a Mixture of Experts when n_expert > 0
+    (its router adaptive when the config asks for null experts: adaptive/settings.py)."""
     if config.n_expert == 0:
         return MLP(config)
     return MoE(config.n_embd, config.n_expert, config.top_k, config.d_expert or None,
-               n_shared=config.n_shared, router=config.router, score=config.score,
+               n_shared=config.n_shared, router=make_router(config) or config.router, score=config.score,
                capacity_factor=config.capacity_factor, balance=config.balance,
                aux_coef=config.aux_coef, z_coef=config.z_coef,
                bias_update_rate=config.bias_update_rate, jitter=config.jitter,
@@ -181,6 +195,8 @@ class GPT(nn.Module):
                             1.0 is perfect balance, n_expert is every token on one expert
         worst_layer_load    the largest max/mean of any layer
         dropped_fraction    slots dropped at capacity / slots routed, all layers together
+        experts_per_token   routed experts a token ran, mean over tokens and layers (top_k
+                            without null experts or drops; 0..top_k with them)
         """
         stats = [m.stats for m in self.moe_layers()]
         if not stats or not stats[0]:
@@ -189,7 +205,8 @@ class GPT(nn.Module):
         routed = sum(int(s["tokens_per_expert"].sum()) for s in stats)
         dropped = sum(s["dropped_fraction"] * int(s["tokens_per_expert"].sum()) for s in stats)
         return {"max_over_mean_load": float(np.mean(loads)), "worst_layer_load": float(max(loads)),
-                "dropped_fraction": dropped / max(routed, 1)}
+                "dropped_fraction": dropped / max(routed, 1),
+                "experts_per_token": float(np.mean([s["experts_per_token"] for s in stats]))}
 
     def update_router_bias(self):
         """DeepSeek-V3's auxiliary-loss-free balancing step: call after each optimizer step.

@@ -1,9 +1,13 @@
 """Adaptive computation (chapter 09): mechanisms by which a token takes more or less compute.
 
 Files, in reading order: kv_cache.py (sampling one token at a time; the cache the adaptive
-mechanisms write into sparsely), decode.py (the sampling loop behind GPT.generate).
+mechanisms write into sparsely), decode.py (the sampling loop behind GPT.generate),
+null_experts.py (token choice over real and null experts: 0..k real experts per token, a compute
+budget held by a controller), settings.py (the GPTConfig fields' checks; the router they build).
 """
 from .decode import generate_tokens, next_token_probs
+from .null_experts import NullExpertRouter
 from .kv_cache import KVCache, LayerCache, cached_attention, kv_cache_obstacle
 
-__all__ = ["generate_tokens", "next_token_probs", "KVCache", "LayerCache", "cached_attention", "kv_cache_obstacle"]
+__all__ = ["generate_tokens", "next_token_probs", "KVCache", "LayerCache", "cached_attention", "kv_cache_obstacle",
+           "NullExpertRouter"]

@@ -17,7 +17,7 @@ from ..engine.tensor import Tensor
 from .dispatch import capacity, get_backend, resolve_backend_name
 from .primitives import combine, gather_rows
 from .experts import Experts, SharedExperts
-from .router import SCORES, ExpertChoiceRouter, TopKRouter
+from .router import SCORES, ExpertChoiceRouter, Router, TopKRouter
 
 ROUTERS = ("topk", "expert_choice")
 BALANCES = ("aux", "bias", "none")
@@ -76,7 +76,10 @@ class MoE(nn.Module):
     n_expert, top_k, d_expert   E experts of hidden width d_expert; each token uses top_k of them
                                 (d_expert=None: 4*n_embd // (top_k + n_shared), the dense MLP's compute)
     n_shared                    experts every token uses (DeepSeekMoE)
-    router                      'topk' (token choice) or 'expert_choice' (Zhou et al. 2022; not causal)
+    router                      'topk' (token choice) or 'expert_choice' (Zhou et al. 2022; not causal),
+                                or a token-choice Router built by the caller (the adaptive routers
+                                of tinysparse/adaptive: null experts, top-p); top_k then only sets
+                                the default d_expert
     score                       'softmax' or 'sigmoid' (DeepSeek-V3)
     capacity_factor             topk: C = ceil(factor * T*k / E) slots per expert, the rest dropped;
                                 None = dropless. expert_choice: c, experts per token on average
@@ -101,6 +104,8 @@ class MoE(nn.Module):
                  score="softmax", capacity_factor=None, balance="aux", aux_coef=0.01, z_coef=0.001,
                  jitter=0.0, dispatch_backend="auto", normalize_gates=None, bias=True,
                  dropout=0.0, bias_update_rate=0.001):
+        given = router if isinstance(router, Router) else None    # an adaptive router, ready made
+        router = "topk" if given is not None else router
         check_settings(n_embd, n_expert, top_k, d_expert, n_shared, router, score,
                        capacity_factor, balance, aux_coef, z_coef, jitter, dispatch_backend,
                        bias_update_rate)
@@ -111,7 +116,9 @@ class MoE(nn.Module):
         self.n_embd, self.n_expert, self.top_k, self.d_expert = n_embd, n_expert, top_k, d_expert
         self.n_shared, self.router_kind, self.capacity_factor = n_shared, router, capacity_factor
         self.balance, self.aux_coef, self.z_coef = balance, aux_coef, z_coef
-        if router == "topk":
+        if given is not None:
+            self.router = given
+        elif router == "topk":
             self.router = TopKRouter(n_embd, n_expert, top_k, score, normalize_gates, jitter,
                                      balance_bias=balance == "bias", bias_update_rate=bias_update_rate)
         else:
@@ -144,6 +151,8 @@ class MoE(nn.Module):
         buffer = gather_rows(x2, plan, backend)                      # (S, C) rows grouped by expert
         y = self.experts(buffer, plan.offsets, backend)              # (S, C) each row through its expert
         out = combine(y, r.gates, plan, backend)                     # (B*T, C) gate-weighted sum per token
+        if r.passthrough is not None:                                # identity experts: gate * x, no matmul
+            out = out + x2 * r.passthrough
         if self.shared is not None:
             out = out + self.shared(x2)                              # (B*T, C) every token, dense
         self.aux_loss = self._aux_loss(r)
@@ -157,6 +166,9 @@ class MoE(nn.Module):
         if self.z_coef > 0:
             z = self.router.z_loss(r) * self.z_coef
             loss = z if loss is None else loss + z
+        extra = self.router.extra_loss(r)                            # an adaptive router's own
+        if extra is not None:
+            loss = extra if loss is None else loss + extra
         return loss
 
     @property
@@ -173,6 +185,7 @@ class MoE(nn.Module):
         entropy = abs(float(per_token.sum() / max(p.shape[0], 1)))           # abs: no -0.0
         mean = counts.mean()
         return {"tokens_per_expert": counts,
+                "experts_per_token": plan.n_kept / max(p.shape[0], 1),   # rows run, per token
                 "dropped_fraction": plan.n_dropped / max(plan.n_routed, 1),
                 "router_entropy": entropy,
                 "max_load": int(counts.max()), "mean_load": float(mean),
@@ -185,6 +198,8 @@ class MoE(nn.Module):
 
     def experts_per_token(self):
         """Routed experts a token uses: top_k, or on average c for expert choice."""
+        if hasattr(self.router, "expected_experts"):                 # adaptive: 0..k per token
+            return self.router.expected_experts()
         return self.top_k if self.router_kind == "topk" else self.router.capacity_factor
 
     def active_parameters(self):

@@ -43,6 +43,9 @@ class RoutingResult:
     probs: Tensor        # (T, E) a distribution over experts per token: aux loss and entropy use it
     scores: Tensor       # (T, E) the affinities the gates are taken from (= probs for softmax)
     logits: Tensor       # (T, E) x @ W_r
+    # adaptive routers (tinysparse/adaptive, chapter 09) fill these; None for the routers here
+    selected: object = None      # (T, k) every chosen id, null experts' (ids >= E) included
+    passthrough: Tensor = None   # (T, 1) weight of the token's own x in the output (identity experts)
 
 
 def top_k_ids(scores, k):
@@ -132,6 +135,10 @@ class Router(nn.Module):
         # the mean over tokens as sum / max(T, 1): a batch without tokens gives 0, not 0/0
         P = r.probs.sum(axis=0) / max(r.probs.shape[0], 1)                # (E,)
         return (P * f.astype(P.dtype)).sum() * self.n_expert
+
+    def extra_loss(self, r):
+        """A router's own auxiliary loss beside balance and z (top-p's entropy loss), or None."""
+        return None
 
     def z_loss(self, r):
         """ST-MoE (Zoph et al. 2022), eq. 5: penalise large router logits, which destabilise training:

@@ -1,0 +1,60 @@
+"""The adaptive fields of GPTConfig: their checks, and the router they build.
+
+GPTConfig.__post_init__ calls check_settings(config); gpt.make_ffn calls make_router(config) and
+hands the router to the MoE layer (moe/ cannot import adaptive/: the layers go one way). The
+config is read by attribute, so this file does not import the model around it.
+"""
+import math
+
+from .._checks import describe, is_int
+from .null_experts import NULL_KINDS, NullExpertRouter
+
+
+def _refuse(name, value, allowed, fix):
+    raise ValueError(f"GPTConfig.{name}={value!r} is invalid: {name} must be {allowed}; {fix}")
+
+
+def _number(name, value, low, high=None, none_ok=False):
+    if none_ok and value is None:
+        return
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and value >= low and (high is None or value <= high))
+    if not ok:
+        allowed = describe(low, high, False, False)
+        _refuse(name, value, f"None or {allowed}" if none_ok else allowed,
+                f"fix --{name.replace('_', '-')}")
+
+
+def check_settings(c):
+    """Refuse an adaptive setting outside its domain or without the model it needs, naming the
+    setting and the fix (one line)."""
+    if not (is_int(c.n_null) and c.n_null >= 0):
+        _refuse("n_null", c.n_null, "an integer >= 0", "0 turns null experts off")
+    if c.null_kind not in NULL_KINDS:
+        _refuse("null_kind", c.null_kind, f"one of {', '.join(NULL_KINDS)}", "fix --null-kind")
+    _number("null_tau", c.null_tau, 0)
+    _number("budget_rate", c.budget_rate, 0)
+    _number("target_experts", c.target_experts, 0, c.top_k, none_ok=True)
+    if c.n_null:
+        if not c.n_expert:
+            _refuse("n_null", c.n_null, "0 in a dense model (null experts sit beside routed "
+                    "experts)", "set --n-expert too, or --n-null 0")
+        if c.router != "topk":
+            _refuse("n_null", c.n_null, f"0 with router={c.router!r} (null experts are a "
+                    f"token-choice rule)", "use --router topk")
+    elif c.target_experts is not None:
+        _refuse("target_experts", c.target_experts, "None without null experts (the budget is "
+                "held by their biases)", "set --n-null (e.g. 4), or leave --target-experts unset")
+
+
+def is_adaptive_router(c):
+    return bool(c.n_expert and c.n_null)
+
+
+def make_router(c):
+    """The token-choice router for an MoE layer of config c, or None for the plain TopKRouter."""
+    if not is_adaptive_router(c):
+        return None
+    return NullExpertRouter(c.n_embd, c.n_expert, c.top_k, c.n_null, c.null_kind, c.null_tau,
+                            c.target_experts, c.budget_rate, c.score, jitter=c.jitter,
+                            balance_bias=c.balance == "bias", bias_update_rate=c.bias_update_rate)
