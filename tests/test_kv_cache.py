@@ -16,6 +16,7 @@ KINDS = {
                                     balance="bias"),
     "moe-null-identity": dict(n_expert=4, top_k=2, d_expert=8, n_null=2, null_kind="identity",
                               target_experts=1.0),
+    "moe-top-p": dict(n_expert=5, top_k=2, d_expert=8, top_p=0.5, max_k=3),
 }
 
 

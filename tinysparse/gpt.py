@@ -60,6 +60,10 @@ class GPTConfig:
                                          # bias updates on the null experts (None: no controller)
     budget_rate: float = 0.1  # gamma of the budget controller: each step the null biases move by
                               # gamma * (mean real experts per token - target_experts)
+    top_p: float | None = None  # dynamic routing (Huang et al. 2024): experts in order of probability
+                                # until their sum reaches top_p; None = fixed top_k
+    max_k: int | None = None  # most experts a top-p token may take (None: n_expert, no cap)
+    entropy_coef: float = 1e-4  # weight of top-p's dynamic loss, the router's entropy (Huang et al.)
 
     def __post_init__(self):
         """Refuse a field outside its domain: a ValueError (TypeError for a wrong type) that names

@@ -8,6 +8,7 @@ import math
 
 from .._checks import describe, is_int
 from .null_experts import NULL_KINDS, NullExpertRouter
+from .top_p import TopPRouter
 
 
 def _refuse(name, value, allowed, fix):
@@ -45,15 +46,36 @@ def check_settings(c):
     elif c.target_experts is not None:
         _refuse("target_experts", c.target_experts, "None without null experts (the budget is "
                 "held by their biases)", "set --n-null (e.g. 4), or leave --target-experts unset")
+    _check_top_p(c)
 
 
-def is_adaptive_router(c):
-    return bool(c.n_expert and c.n_null)
+def _check_top_p(c):
+    if c.top_p is not None:
+        if isinstance(c.top_p, bool) or not isinstance(c.top_p, (int, float)) or not 0 < c.top_p <= 1:
+            _refuse("top_p", c.top_p, "None or a number in (0, 1]", "try --top-p 0.4")
+        for ok, why, fix in ((c.n_expert, "None in a dense model", "set --n-expert too"),
+                             (c.router == "topk", "None with router='expert_choice'",
+                              "use --router topk"),
+                             (not c.n_null, "None with null experts (choose one adaptive router)",
+                              "drop --n-null or --top-p")):
+            if not ok:
+                _refuse("top_p", c.top_p, why, fix)
+    _number("entropy_coef", c.entropy_coef, 0)
+    if c.max_k is not None:
+        if c.top_p is None:
+            _refuse("max_k", c.max_k, "None without --top-p (it caps top-p's experts)",
+                    "set --top-p, or leave --max-k unset")
+        if not (is_int(c.max_k) and 1 <= c.max_k <= max(c.n_expert, 1)):
+            _refuse("max_k", c.max_k, f"None or an integer in [1, n_expert={c.n_expert}]",
+                    "fix --max-k")
 
 
 def make_router(c):
     """The token-choice router for an MoE layer of config c, or None for the plain TopKRouter."""
-    if not is_adaptive_router(c):
+    if c.n_expert and c.top_p is not None:
+        return TopPRouter(c.n_embd, c.n_expert, c.top_p, c.max_k or c.n_expert, c.entropy_coef,
+                          nominal_k=c.top_k, score=c.score, jitter=c.jitter)
+    if not (c.n_expert and c.n_null):
         return None
     return NullExpertRouter(c.n_embd, c.n_expert, c.top_k, c.n_null, c.null_kind, c.null_tau,
                             c.target_experts, c.budget_rate, c.score, jitter=c.jitter,
