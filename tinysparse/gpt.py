@@ -17,6 +17,7 @@ from .engine import random as ts_random
 from .engine.backend import to_numpy
 from .moe import MoE
 from .moe.layer import check_settings as check_moe_settings
+from .adaptive.compute import compute_per_token
 from .adaptive.decode import generate_tokens
 from .adaptive.kv_cache import cached_attention, kv_cache_obstacle
 from .adaptive.settings import check_settings as check_adaptive_settings, make_router
@@ -158,6 +159,7 @@ class GPT(nn.Module):
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self._aux_total = None    # the MoE auxiliary loss of the last forward with targets (a Tensor)
+        self._last_positions = None  # (B, T, keys per query) of the last forward: compute_per_token
         self._init_weights()
 
     def _init_weights(self):
@@ -232,6 +234,12 @@ class GPT(nn.Module):
         T = c.block_size if T is None else check_int("flops_per_token T", T, low=1)
         return 6 * self.num_active_parameters() + 12 * c.n_layer * T * c.n_embd
 
+    def compute_per_token(self):
+        """(B, T) float64: the matmul FLOPs each token of the last forward executed (attention,
+        the experts it ran, the head; adaptive/compute.py gives the formulas). Its sum is the
+        ledger's flops_matmul for that forward."""
+        return compute_per_token(self)
+
     def forward(self, idx, targets=None, ignore_index=None, cache=None):
         """Logits (B, T, vocab_size) of token ids idx (B, T), and the loss when targets are given.
 
@@ -260,6 +268,7 @@ class GPT(nn.Module):
             x = block(x) if cache is None else block(x, cache.layers[i], start)
         if cache is not None:
             cache.length = start + T
+        self._last_positions = (B, T, start + T)    # what compute_per_token needs (adaptive/compute.py)
         x = self.ln_f(x)
         logits = x @ self.wte.weight.T                            # (B, T, vocab_size)
         loss = None
