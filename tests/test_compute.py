@@ -7,6 +7,8 @@ import pytest
 import tinysparse as ts
 from tinysparse.adaptive import KVCache
 from tinysparse.adaptive import kv_cache
+from tinysparse.adaptive.compute import padding_flops
+from tinysparse.adaptive.mod import mod_blocks
 from tinysparse.engine import attention, ops
 from tinysparse.gpt import GPT, GPTConfig
 from tinysparse.moe import primitives
@@ -18,6 +20,8 @@ KINDS = {
     "null-zero": dict(n_expert=4, top_k=2, d_expert=8, n_null=3),
     "null-identity": dict(n_expert=4, top_k=2, d_expert=8, n_null=2, null_kind="identity"),
     "top-p": dict(n_expert=6, top_k=2, d_expert=8, top_p=0.6, max_k=4),
+    "mod": dict(mod_capacity=0.3),
+    "mod-null": dict(mod_capacity=0.5, n_expert=4, top_k=2, d_expert=8, n_null=2),
 }
 
 
@@ -26,6 +30,8 @@ def _model(kind, seed=0):
     model = GPT(GPTConfig(vocab_size=29, n_layer=2, n_head=2, n_embd=12, block_size=11,
                           **KINDS[kind])).eval()
     for m in model.moe_layers():       # spread router scores: tokens take different expert counts
+        m.router.weight.data = m.router.weight.data * 80
+    for m in mod_blocks(model):        # and the MoD routers', so the causal rule is ragged
         m.router.weight.data = m.router.weight.data * 80
     return model
 
@@ -48,8 +54,12 @@ def executed(monkeypatch):
     wrap(primitives.GroupedLinear, lambda a, kw, out: 2 * a[0].shape[0] * a[1].shape[1] * a[1].shape[2])
     wrap(attention.PackedCausalAttention,                 # Q K^T and P V over the full T x T
          lambda a, kw, out: 4 * a[0].shape[0] * a[0].shape[1] ** 2 * (a[0].shape[2] // 3))
-    wrap(kv_cache.CachedAttention,                        # T new queries x every position up to them
-         lambda a, kw, out: 4 * a[0].shape[0] * a[0].shape[1] * (kw["start"] + a[0].shape[1])
+    def keys(kw, T):                                      # the key slice: up to the last query's position
+        start = kw["start"]
+        return int(start.max()) + 1 if hasattr(start, "shape") else start + T
+
+    wrap(kv_cache.CachedAttention,                        # T new queries x every key up to them
+         lambda a, kw, out: 4 * a[0].shape[0] * a[0].shape[1] * keys(kw, a[0].shape[1])
          * (a[0].shape[2] // 3))
     return total
 
@@ -71,12 +81,21 @@ def test_the_sum_over_tokens_is_every_product_the_forward_ran(kind, executed):
     with ts.no_grad():
         model(idx)
     per_token = model.compute_per_token()
-    assert per_token.shape == (2, 9) and per_token.sum() == executed[0]
+    assert per_token.shape == (2, 9) and per_token.sum() + padding_flops(model) == executed[0]
+    if kind.startswith("mod"):
+        assert padding_flops(model) > 0        # eval's causal rule: rows of a ragged batch padded
+        model.train()
+        executed[0] = 0
+        with ts.no_grad():
+            model(idx)                         # top-k: the same count per row, no padding
+        assert padding_flops(model) == 0 and model.compute_per_token().sum() == executed[0]
+        skipped = ~model.h[1].last["chosen"]
+        assert skipped.any()
     if kind not in ("dense", "moe-shared"):                   # dropless top-k: k experts for all
         assert len(np.unique(per_token)) >= 2                  # tokens ran different expert counts
 
 
-@pytest.mark.parametrize("kind", ["dense", "null-identity", "top-p"])
+@pytest.mark.parametrize("kind", ["dense", "null-identity", "top-p", "mod-null"])
 def test_a_cached_step_counts_its_keys(kind, executed):
     model = _model(kind)
     idx = np.random.default_rng(2).integers(0, 29, size=(2, 8))
@@ -86,7 +105,7 @@ def test_a_cached_step_counts_its_keys(kind, executed):
         before = executed[0]
         model(idx[:, 5:6], cache=cache)                        # one new token against 6 keys
     assert model.compute_per_token().shape == (2, 1)
-    assert model.compute_per_token().sum() == executed[0] - before
+    assert model.compute_per_token().sum() + padding_flops(model) == executed[0] - before
 
 
 def test_a_moe_token_pays_for_the_experts_it_ran():
@@ -114,4 +133,4 @@ def test_the_sum_equals_the_ledgers_count(kind):
     idx = np.random.default_rng(4).integers(0, 29, size=(2, 9))
     with ts.no_grad(), ledger.count(model) as led:
         model(idx)
-    assert model.compute_per_token().sum() == led.totals.flops_matmul
+    assert model.compute_per_token().sum() + padding_flops(model) == led.totals.flops_matmul

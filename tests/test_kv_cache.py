@@ -17,6 +17,7 @@ KINDS = {
     "moe-null-identity": dict(n_expert=4, top_k=2, d_expert=8, n_null=2, null_kind="identity",
                               target_experts=1.0),
     "moe-top-p": dict(n_expert=5, top_k=2, d_expert=8, top_p=0.5, max_k=3),
+    "mod": dict(mod_capacity=0.25),
 }
 
 

@@ -20,6 +20,7 @@ from .moe.layer import check_settings as check_moe_settings
 from .adaptive.compute import compute_per_token
 from .adaptive.decode import generate_tokens
 from .adaptive.kv_cache import cached_attention, kv_cache_obstacle
+from .adaptive.mod import mod_blocks, wrap_block
 from .adaptive.settings import check_settings as check_adaptive_settings, make_router
 from .engine.tensor import Tensor, no_grad
 
@@ -65,6 +66,12 @@ class GPTConfig:
                                 # until their sum reaches top_p; None = fixed top_k
     max_k: int | None = None  # most experts a top-p token may take (None: n_expert, no cap)
     entropy_coef: float = 1e-4  # weight of top-p's dynamic loss, the router's entropy (Huang et al.)
+    mod_capacity: float | None = None  # Mixture-of-Depths (Raposo et al. 2024): fraction of a
+                                       # sequence a routed block processes (paper: 0.125); None = off
+    mod_every: int = 2        # every mod_every-th block is routed (2: blocks 2, 4, ...; the first never)
+    mod_aux_coef: float = 0.01  # weight of the BCE that teaches the router's sigmoid(r) > 0.5 the
+                                # top-k decision (the causal rule sampling uses)
+    mod_router: str = "learned"  # 'learned', or 'random' (the control: same capacity, no learning)
 
     def __post_init__(self):
         """Refuse a field outside its domain: a ValueError (TypeError for a wrong type) that names
@@ -156,7 +163,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)   # token embeddings, tied to the head
         self.wpe = nn.Embedding(config.block_size, config.n_embd)   # learned positions
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.h = nn.ModuleList([wrap_block(Block(config), config, i) for i in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self._aux_total = None    # the MoE auxiliary loss of the last forward with targets (a Tensor)
         self._last_positions = None  # (B, T, keys per query) of the last forward: compute_per_token
@@ -275,7 +282,7 @@ class GPT(nn.Module):
         if targets is not None:
             targets = self._checked_targets(targets, idx.shape, ignore_index)
             loss = F.cross_entropy(logits, targets, ignore_index=ignore_index)  # it uploads them
-            aux = [m.aux_loss for m in self.moe_layers() if m.aux_loss is not None]
+            aux = [m.aux_loss for m in self.moe_layers() + mod_blocks(self) if m.aux_loss is not None]
             # load balance + router z-loss of every MoE layer join the loss while training; in
             # eval mode the loss is the cross-entropy alone, comparable with a dense model's
             if aux and self.training:

@@ -15,6 +15,9 @@ ledger's other column and is not in here. Per token, with C = n_embd:
                 per expert the token RAN (its kept slots: null, empty and dropped slots are 0),
                 and 4*C*(n_shared*d_expert) for the shared experts
     head        2*C*vocab_size (the tied LM head)
+    routed      a Mixture-of-Depths block: 2*C for its router on every token, and the attention
+                (over the keys of the tokens it gathered) and FFN above for the tokens it ran;
+                a skipped token's block work is 0
 
 The embedding lookups are gathers (0 FLOPs). The model is read by attribute (this file does not
 import gpt.py); the forward leaves what is needed: GPT._last_positions (B, T, keys) and each MoE
@@ -45,20 +48,55 @@ def moe_flops(layer, B, T):
     return router + shared + ran * (4 * C * d)
 
 
-def compute_per_token(model):
-    """(B, T) float64: the matmul FLOPs each token of model's last forward executed.
+def _ffn_flops(ffn, n_embd, B, T):
+    return moe_flops(ffn, B, T) if hasattr(ffn, "_last_routing") else mlp_flops(n_embd)
 
-    A ValueError before any forward. Every block is counted as it ran: a dense MLP costs every
-    token the same, a MoE layer costs each token the experts it ran."""
+
+def _routed_block(block, n_embd, B, T, total):
+    """A Mixture-of-Depths block (mod.py): its router 2*C for every token; the block's work for
+    the tokens it processed, at their positions; returns the FLOPs of pad rows (no token's)."""
+    last = block.last
+    total += 2 * n_embd
+    slots, keep = to_numpy(last["slots"]), to_numpy(last["keep"])
+    if slots.shape[1] == 0:                                     # nobody ran: the block cost 0
+        return 0.0
+    k = slots.shape[1]
+    per_slot = attention_flops(n_embd, last["keys"]) + _ffn_flops(block.block.mlp, n_embd, B, k)
+    per_slot = np.broadcast_to(per_slot, (B, k))
+    rows = np.arange(B)[:, None].repeat(k, axis=1)
+    np.add.at(total, (rows[keep], slots[keep]), per_slot[keep])
+    return float(per_slot[~keep].sum())
+
+
+def _count(model):
     shape = getattr(model, "_last_positions", None)
     if shape is None:
         raise ValueError("compute_per_token reads the last forward: run the model first")
     B, T, n_keys = shape
     c = model.config
-    total = np.zeros((B, T))
+    total, padding = np.zeros((B, T)), 0.0
     for block in model.h:
+        if hasattr(block, "last"):                              # routed: only some tokens ran it
+            padding += _routed_block(block, c.n_embd, B, T, total)
+            continue
         total += attention_flops(c.n_embd, n_keys)
-        ffn = block.mlp
-        total += moe_flops(ffn, B, T) if hasattr(ffn, "_last_routing") else mlp_flops(c.n_embd)
+        total += _ffn_flops(block.mlp, c.n_embd, B, T)
     total += 2 * c.n_embd * c.vocab_size
-    return total
+    return total, padding
+
+
+def compute_per_token(model):
+    """(B, T) float64: the matmul FLOPs each token of model's last forward executed.
+
+    A ValueError before any forward. Every block is counted as it ran: a dense MLP costs every
+    token the same, a MoE layer costs each token the experts it ran, a routed (MoD) block costs a
+    token it skipped only its router's 2*C."""
+    return _count(model)[0]
+
+
+def padding_flops(model):
+    """Matmul FLOPs of the last forward on rows that held no token: a ragged batch under MoD's
+    causal rule pads each row's chosen tokens to the longest row's count (mod.py). 0 in training
+    (top-k takes the same count from every row) and for one sequence. compute_per_token's sum
+    plus this is every matmul FLOP executed."""
+    return _count(model)[1]

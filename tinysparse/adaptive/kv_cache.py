@@ -34,19 +34,20 @@ class LayerCache:
         self.capacity = capacity          # block_size: positions 0 .. capacity-1
         self.k = self.v = self.valid = None
 
-    def write(self, k, v, start, keep=None):
-        """Store k, v (B, nh, T, hd) at positions start .. start+T-1; keep (B, T) bool marks the
-        entries that count (None: all of them). Returns the keys, values and mask up to start+T."""
+    def write(self, k, v, positions, keep=None):
+        """Store k, v (B, nh, T, hd) at positions (B, T) ints; keep (B, T) bool marks the entries
+        that count (None: all of them). Returns the keys, values and mask up to the last position."""
         xp = array_module(k)
         B, nh, T, hd = k.shape
         if self.k is None:
             self.k = xp.zeros((B, nh, self.capacity, hd), dtype=k.dtype)
             self.v = xp.zeros((B, nh, self.capacity, v.shape[-1]), dtype=v.dtype)
             self.valid = xp.zeros((B, self.capacity), dtype=bool)
-        end = start + T
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        self.valid[:, start:end] = True if keep is None else keep
+        rows = xp.arange(B)[:, None]                                    # (B, 1)
+        self.k[rows, :, positions] = k.transpose(0, 2, 1, 3)            # indexed as (B, T, nh, hd)
+        self.v[rows, :, positions] = v.transpose(0, 2, 1, 3)
+        self.valid[rows, positions] = True if keep is None else keep
+        end = int(positions.max()) + 1
         return self.k[:, :, :end], self.v[:, :, :end], self.valid[:, :end]
 
 
@@ -89,8 +90,8 @@ def kv_cache_obstacle(config):
 
 
 class CachedAttention(Function):
-    # Vaswani et al. 2017, eq. (1), for T new queries at positions start .. start+T-1 against
-    # every cached key at positions 0 .. start+T-1:
+    # Vaswani et al. 2017, eq. (1), for T new queries at positions p_t (start .. start+T-1, or
+    # given) against every cached key at positions 0 .. max p_t:
     #   S = q K^T / sqrt(d);  S_ij = -inf where key j is in query i's future or was never written;
     #   P = softmax(S);  Y = P V
     # A forward without a backward: the cache is for sampling, under no_grad.
@@ -99,19 +100,20 @@ class CachedAttention(Function):
         B, T, C3 = qkv.shape
         C = C3 // 3
         q, k, v = qkv.reshape(B, T, 3, n_head, C // n_head).transpose(2, 0, 3, 1, 4)  # (B, nh, T, hd) each
-        if start == 0 and keep is None:
-            # a prefill: the very computation of the uncached model, so its logits are identical
-            layer.write(k, v, 0)
-            return PackedCausalAttention.forward(Context(None), qkv, n_head)
         xp = array_module(qkv)
-        keys, values, valid = layer.write(k, v, start, keep)                           # (B, nh, L, hd), (B, L)
+        pos = start if hasattr(start, "shape") else xp.broadcast_to(start + xp.arange(T), (B, T))
+        if not hasattr(start, "shape") and start == 0 and keep is None:
+            # a prefill: the very computation of the uncached model, so its logits are identical
+            layer.write(k, v, pos)
+            return PackedCausalAttention.forward(Context(None), qkv, n_head)
+        keys, values, valid = layer.write(k, v, pos, keep)                             # (B, nh, L, hd), (B, L)
         L = keys.shape[2]
         s = q @ keys.swapaxes(-1, -2)                                                  # (B, nh, T, L)
         s *= 1.0 / math.sqrt(q.shape[-1])
-        pos = start + xp.arange(T)                                                    # (T,) the queries' positions
-        future = xp.arange(L)[None, :] > pos[:, None]                                  # (T, L)
-        own = xp.arange(L)[None, :] == pos[:, None]      # a query always sees its own key: no empty row
-        hidden = future[None, None] | (~valid[:, None, None, :] & ~own[None, None])    # (B, 1, T, L)
+        key_pos = xp.arange(L)[None, None, :]                                          # (1, 1, L)
+        future = key_pos > pos[:, :, None]                                             # (B, T, L)
+        own = key_pos == pos[:, :, None]                 # a query always sees its own key: no empty row
+        hidden = (future | (~valid[:, None, :] & ~own))[:, None]                       # (B, 1, T, L)
         s[xp.broadcast_to(hidden, s.shape)] = -xp.inf
         s -= s.max(axis=-1, keepdims=True)
         xp.exp(s, out=s)
@@ -126,12 +128,15 @@ class CachedAttention(Function):
 
 def cached_attention(qkv, n_head, layer, start, keep=None):
     """Causal attention of T new tokens, qkv (B, T, 3C) -> (B, T, C), writing their keys and values
-    into `layer` (a LayerCache) at positions start .. start+T-1 (keep: (B, T) bool, which of them
-    later tokens may read; None = all). Sampling only: a ValueError with gradients on."""
+    into `layer` (a LayerCache) at positions start .. start+T-1, or at `start` itself when it is a
+    (B, T) array of ascending positions (a Mixture-of-Depths block's chosen tokens); keep: (B, T)
+    bool, which of them later tokens may read (None = all). Sampling only: a ValueError with
+    gradients on."""
     if is_grad_enabled() and getattr(qkv, "requires_grad", False):
         raise ValueError("the KV cache is for sampling: run the model under ts.no_grad() "
                          "(GPT.generate does), or call it without cache= to train")
-    if start + qkv.shape[1] > layer.capacity:
-        raise ValueError(f"KV cache overflow: positions {start}..{start + qkv.shape[1] - 1} do not "
-                         f"fit block_size {layer.capacity}; start a new cache (the window slid)")
+    last = int(start.max()) if hasattr(start, "shape") else start + qkv.shape[1] - 1
+    if last >= layer.capacity:
+        raise ValueError(f"KV cache overflow: position {last} does not fit block_size "
+                         f"{layer.capacity}; start a new cache (the window slid)")
     return CachedAttention.apply(qkv, n_head=n_head, layer=layer, start=start, keep=keep)

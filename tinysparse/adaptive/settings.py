@@ -47,6 +47,24 @@ def check_settings(c):
         _refuse("target_experts", c.target_experts, "None without null experts (the budget is "
                 "held by their biases)", "set --n-null (e.g. 4), or leave --target-experts unset")
     _check_top_p(c)
+    _check_mod(c)
+
+
+def _check_mod(c):
+    _number("mod_aux_coef", c.mod_aux_coef, 0)
+    if not (is_int(c.mod_every) and c.mod_every >= 1):
+        _refuse("mod_every", c.mod_every, "an integer >= 1", "fix --mod-every (2: every other block)")
+    if c.mod_router not in ("learned", "random"):
+        _refuse("mod_router", c.mod_router, "'learned' or 'random'", "fix --mod-router")
+    if c.mod_capacity is None:
+        return
+    if isinstance(c.mod_capacity, bool) or not isinstance(c.mod_capacity, (int, float)) \
+            or not 0 < c.mod_capacity <= 1:
+        _refuse("mod_capacity", c.mod_capacity, "None or a number in (0, 1]",
+                "try --mod-capacity 0.125 (the paper's)")
+    if c.mod_every > c.n_layer:
+        _refuse("mod_every", c.mod_every, f"at most n_layer={c.n_layer} with --mod-capacity (else "
+                f"no block is routed)", "lower --mod-every or raise --n-layer")
 
 
 def _check_top_p(c):
