@@ -134,3 +134,27 @@ def test_the_sum_equals_the_ledgers_count(kind):
     with ts.no_grad(), ledger.count(model) as led:
         model(idx)
     assert model.compute_per_token().sum() + padding_flops(model) == led.totals.flops_matmul
+
+
+@pytest.mark.parametrize("threshold", [1e-6, 0.3, 1.0])          # all exit at once, some, none
+@pytest.mark.parametrize("extra", [{}, dict(mod_capacity=0.5, n_expert=4, top_k=2, d_expert=8)])
+def test_early_exits_count_their_heads_and_propagation(threshold, extra, executed):
+    from tinysparse.adaptive.early_exit import forward_with_exits
+    ts.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=29, n_layer=3, n_head=2, n_embd=12, block_size=11,
+                          exit_scale=1.0, **extra))
+    for p in model.parameters():
+        p.data = p.data * 6
+    idx = np.random.default_rng(5).integers(0, 29, size=(2, 8))
+    model.train()
+    executed[0] = 0
+    with ts.no_grad():
+        model(idx, np.roll(idx, -1, axis=1))                    # LayerSkip's loss: layer 1's head too
+    assert model.compute_per_token().sum() + padding_flops(model) == executed[0]
+    model.eval()
+    cache = KVCache(3, 11)
+    with ts.no_grad():
+        model(idx[:, :7], cache=cache)
+        executed[0] = 0
+        forward_with_exits(model, idx[:, 7:], cache, threshold)
+    assert model.compute_per_token().sum() + padding_flops(model) == executed[0]

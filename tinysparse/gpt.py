@@ -19,6 +19,7 @@ from .moe import MoE
 from .moe.layer import check_settings as check_moe_settings
 from .adaptive.compute import compute_per_token
 from .adaptive.decode import generate_tokens
+from .adaptive.early_exit import exit_loss
 from .adaptive.kv_cache import cached_attention, kv_cache_obstacle
 from .adaptive.mod import mod_blocks, wrap_block
 from .adaptive.settings import check_settings as check_adaptive_settings, make_router
@@ -72,6 +73,10 @@ class GPTConfig:
     mod_aux_coef: float = 0.01  # weight of the BCE that teaches the router's sigmoid(r) > 0.5 the
                                 # top-k decision (the causal rule sampling uses)
     mod_router: str = "learned"  # 'learned', or 'random' (the control: same capacity, no learning)
+    exit_scale: float = 0.0   # LayerSkip's e_scale: every layer's output also trains the shared
+                              # head, with weights rising with depth (0 = only the last layer)
+    exit_threshold: float | None = None  # CALM: in cached sampling a token exits at the first layer
+                                         # whose top-1 minus top-2 probability reaches this; None = never
 
     def __post_init__(self):
         """Refuse a field outside its domain: a ValueError (TypeError for a wrong type) that names
@@ -167,6 +172,7 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self._aux_total = None    # the MoE auxiliary loss of the last forward with targets (a Tensor)
         self._last_positions = None  # (B, T, keys per query) of the last forward: compute_per_token
+        self._exit_plan, self._exit_heads = None, 0   # early exits' record of it (adaptive/early_exit.py)
         self._init_weights()
 
     def _init_weights(self):
@@ -271,17 +277,23 @@ class GPT(nn.Module):
         tok = self.wte(idx)                                       # (B, T, C)
         pos = self.wpe(np.arange(start, start + T))               # (T, C), broadcast over B
         x = self.drop(tok + pos)
+        hiddens = []                    # every block's output, for the early-exit loss
         for i, block in enumerate(self.h):
             x = block(x) if cache is None else block(x, cache.layers[i], start)
+            hiddens.append(x)
         if cache is not None:
             cache.length = start + T
         self._last_positions = (B, T, start + T)    # what compute_per_token needs (adaptive/compute.py)
+        self._exit_plan, self._exit_heads = None, 0
         x = self.ln_f(x)
         logits = x @ self.wte.weight.T                            # (B, T, vocab_size)
         loss = None
         if targets is not None:
             targets = self._checked_targets(targets, idx.shape, ignore_index)
-            loss = F.cross_entropy(logits, targets, ignore_index=ignore_index)  # it uploads them
+            if self.training and self.config.exit_scale > 0:   # LayerSkip: every layer's exit trains
+                loss = exit_loss(self, hiddens, logits, targets, ignore_index)
+            else:
+                loss = F.cross_entropy(logits, targets, ignore_index=ignore_index)  # it uploads them
             aux = [m.aux_loss for m in self.moe_layers() + mod_blocks(self) if m.aux_loss is not None]
             # load balance + router z-loss of every MoE layer join the loss while training; in
             # eval mode the loss is the cross-entropy alone, comparable with a dense model's

@@ -15,6 +15,9 @@ ledger's other column and is not in here. Per token, with C = n_embd:
                 per expert the token RAN (its kept slots: null, empty and dropped slots are 0),
                 and 4*C*(n_shared*d_expert) for the shared experts
     head        2*C*vocab_size (the tied LM head)
+    exits       the head again at every layer whose exit was evaluated (LayerSkip's loss: every
+                layer but the first; CALM's decoding: each layer until all rows exited), and at
+                a layer every row skipped only K and V, 2*C*3C (CALM's state propagation)
     routed      a Mixture-of-Depths block: 2*C for its router on every token, and the attention
                 (over the keys of the tokens it gathered) and FFN above for the tokens it ran;
                 a skipped token's block work is 0
@@ -75,13 +78,20 @@ def _count(model):
     B, T, n_keys = shape
     c = model.config
     total, padding = np.zeros((B, T)), 0.0
-    for block in model.h:
-        if hasattr(block, "last"):                              # routed: only some tokens ran it
-            padding += _routed_block(block, c.n_embd, B, T, total)
+    plan = getattr(model, "_exit_plan", None)                   # a decoding step with early exits
+    modes = plan["modes"] if plan else ["full"] * len(model.h)
+    for block, mode in zip(model.h, modes):
+        if mode == "propagate":                                 # CALM: only K, V from the exited state
+            total += 2 * c.n_embd * 3 * c.n_embd
+        elif mode == "skip":
             continue
-        total += attention_flops(c.n_embd, n_keys)
-        total += _ffn_flops(block.mlp, c.n_embd, B, T)
-    total += 2 * c.n_embd * c.vocab_size
+        elif hasattr(block, "last"):                            # routed: only some tokens ran it
+            padding += _routed_block(block, c.n_embd, B, T, total)
+        else:
+            total += attention_flops(c.n_embd, n_keys)
+            total += _ffn_flops(block.mlp, c.n_embd, B, T)
+    heads = plan["heads"] if plan else 1 + getattr(model, "_exit_heads", 0)
+    total += heads * 2 * c.n_embd * c.vocab_size                # the head, at every exit it was read
     return total, padding
 
 

@@ -4,7 +4,8 @@
 
 With the cache, the first step runs the prompt (a prefill) and every later step feeds only the
 token just drawn; when the context reaches block_size, the window slides and the cache is rebuilt
-from the last block_size tokens (kv_cache.py says why). Without it, every step runs the whole
+from the last block_size tokens (kv_cache.py says why); with exit_threshold set, each decoded
+token may leave early (early_exit.py). Without it, every step runs the whole
 cropped context, as nanoGPT does. Both draw from the same generator in the same order, so with
 the same seed they return the same tokens (tests/test_kv_cache.py).
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from ..engine import random as ts_random
 from ..engine.backend import to_numpy
+from .early_exit import forward_with_exits
 from .kv_cache import KVCache
 
 
@@ -40,6 +42,8 @@ def generate_tokens(model, idx, max_new_tokens, temperature, top_k, use_cache):
         elif cache is None or cache.room() == 0:                    # first step, or the window slid
             cache = KVCache(model.config.n_layer, block_size)
             logits, _ = model(idx[:, -block_size:], cache=cache)    # prefill
+        elif model.config.exit_threshold is not None:               # CALM: a confident token exits
+            logits = forward_with_exits(model, idx[:, -1:], cache, model.config.exit_threshold)
         else:
             logits, _ = model(idx[:, -1:], cache=cache)             # only the newest token
         probs = next_token_probs(logits.data[:, -1, :], temperature, top_k)

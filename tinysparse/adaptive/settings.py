@@ -48,6 +48,12 @@ def check_settings(c):
                 "held by their biases)", "set --n-null (e.g. 4), or leave --target-experts unset")
     _check_top_p(c)
     _check_mod(c)
+    _number("exit_scale", c.exit_scale, 0)
+    if c.exit_threshold is not None:
+        if isinstance(c.exit_threshold, bool) or not isinstance(c.exit_threshold, (int, float)) \
+                or not 0 < c.exit_threshold <= 1:
+            _refuse("exit_threshold", c.exit_threshold, "None or a number in (0, 1] (a difference "
+                    "of two probabilities)", "try --exit-threshold 0.9")
 
 
 def _check_mod(c):
