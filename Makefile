@@ -15,7 +15,7 @@ help:  ## list every target and every chapter
 	@echo "tinysparse: a course and library for sparse-activation models"
 	@echo ""
 	@echo "  make train      train the tiny model on the built-in corpus, then sample"
-	@echo "                  (PRESET=tiny|tiny-moe|small, DEVICE=cpu|cuda, ARGS=more flags)"
+	@echo "                  (PRESET=tiny|tiny-moe|tiny-adaptive|small, DEVICE=cpu|cuda, ARGS=more flags)"
 	@echo "  make sample     print text from the last training run of PRESET"
 	@echo "  make test       run the test suite"
 	@echo "  make bench      time training steps and MoE layers against PyTorch, side by side"

@@ -111,7 +111,7 @@ def test_decoding_with_exits_is_causal():
 
 
 @pytest.mark.parametrize("kw, words", [
-    (dict(exit_threshold=0.0), "exit_threshold must be None or a number in (0, 1]"),
+    (dict(exit_threshold=0.0), "exit_threshold must be None or a finite number in (0, 1]"),
     (dict(exit_threshold=1.5), "try --exit-threshold 0.9"),
     (dict(exit_threshold=float("nan")), "GPTConfig.exit_threshold=nan"),
     (dict(exit_scale=-1.0), "fix --exit-scale"),

@@ -153,7 +153,7 @@ def test_eval_rule_topk_against_causal_and_refusals():
 
 
 @pytest.mark.parametrize("kw, words", [
-    (dict(mod_capacity=0.0), "mod_capacity must be None or a number in (0, 1]"),
+    (dict(mod_capacity=0.0), "mod_capacity must be None or a finite number in (0, 1]"),
     (dict(mod_capacity=1.5), "try --mod-capacity 0.125"),
     (dict(mod_capacity=0.5, mod_every=5), "mod_every must be at most n_layer=4"),
     (dict(mod_every=0), "fix --mod-every"),

@@ -109,11 +109,12 @@ def test_top_p_model_is_causal_and_samples_the_same_with_the_cache():
 
 @pytest.mark.parametrize("kw, words", [
     (dict(top_p=0.5), "GPTConfig.top_p=0.5 is invalid: top_p must be None in a dense model"),
-    (dict(n_expert=4, top_p=0.0), "top_p must be None or a number in (0, 1]"),
+    (dict(n_expert=4, top_p=0.0), "top_p must be None or a finite number in (0, 1]"),
     (dict(n_expert=4, top_p=1.5), "try --top-p 0.4"),
     (dict(n_expert=4, top_p=0.5, router="expert_choice"), "use --router topk"),
     (dict(n_expert=4, top_p=0.5, n_null=2), "drop --n-null or --top-p"),
     (dict(n_expert=4, max_k=2), "set --top-p, or leave --max-k unset"),
+    (dict(n_expert=4, max_k=-1), "max_k must be None or an integer in [1, n_expert=4]"),
     (dict(n_expert=4, top_p=0.5, max_k=5), "max_k must be None or an integer in [1, n_expert=4]"),
     (dict(n_expert=4, top_p=0.5, entropy_coef=-1.0), "fix --entropy-coef"),
 ])

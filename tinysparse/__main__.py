@@ -1,10 +1,11 @@
-"""Command line: python -m tinysparse train | sample | bench | convert-checkpoint
+"""Command line: python -m tinysparse train | sample | map | bench | convert-checkpoint
 (also installed as `tinysparse`).
 
     python -m tinysparse train                      # the tiny preset on the stdlib corpus
     python -m tinysparse train --preset small --device cuda
     python -m tinysparse train --resume --max-iters 6000
     python -m tinysparse sample --prompt "def " --max-new-tokens 300
+    python -m tinysparse map --out-dir out/tiny-adaptive --text tinysparse/gpt.py   # chapter 09
     python -m tinysparse convert-checkpoint --out-dir out/tiny --i-trust-this-file   # old ckpt.pkl
 
 The flags of `train` are made from the fields of GPTConfig and TrainConfig (their comments are the
@@ -26,6 +27,7 @@ import typing
 
 from . import __version__
 from ._checks import check_int
+from .adaptive.compute_map import ansi_text, compute_map
 from .engine.backend import DeviceError
 from .gpt import GPTConfig, check_generate_args
 from .training.checkpoint import LEGACY_NAME, load_checkpoint
@@ -93,7 +95,7 @@ def build_parser(bench_arguments=None):
                                      "(and, later, sparse models) on a from-scratch NumPy engine.")
     parser.add_argument("--version", action="version", version=f"tinysparse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{train,sample,bench,convert-checkpoint}")
+                                metavar="{train,sample,map,bench,convert-checkpoint}")
 
     presets = "; ".join(f"{k}: {v['model']}" for k, v in PRESETS.items())
     tr = sub.add_parser("train", help="train a GPT (then print a sample)",
@@ -120,6 +122,20 @@ def build_parser(bench_arguments=None):
                     help="sample among the k likeliest bytes; 0 for all (default 50)")
     sa.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sa.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+
+    mp = sub.add_parser("map", help="draw the compute each token of a text takes (chapter 09)",
+                        description="Run a text through a trained model as sampling would (KV "
+                        "cache, causal rules, early exits) and draw each byte coloured by its "
+                        "matmul FLOPs, what ran per layer, FLOPs against surprisal and by token "
+                        "class (tinysparse/adaptive/compute_map.py).")
+    mp.add_argument("--out-dir", help="the run folder of the model to map (required)")
+    mp.add_argument("--text", help="a text file to map, its first --max-bytes (required)")
+    mp.add_argument("--png", help="where to write the picture (default OUT_DIR/compute_map.png)")
+    mp.add_argument("--max-bytes", type=int, default=1024, help="bytes of the text (default 1024)")
+    mp.add_argument("--dense-run", help="a run folder whose model gives the surprisal (default: "
+                    "the mapped model itself)")
+    mp.add_argument("--ansi", action="store_true", help="also print the text coloured for a "
+                    "terminal (always, when matplotlib is missing)")
 
     cv = sub.add_parser("convert-checkpoint", help="convert an old pickle checkpoint (ckpt.pkl) "
                         "that you made yourself", description="Convert the ckpt.pkl of a run "
@@ -205,6 +221,34 @@ def cmd_sample(args):
     return 0
 
 
+def cmd_map(args):
+    check_int("--max-bytes", args.max_bytes, low=1)
+    if not args.out_dir or not args.text:
+        raise UsageError("map needs --out-dir RUN (a trained run) and --text FILE (the text to map)")
+    with open(args.text, "rb") as f:
+        text = f.read(args.max_bytes)
+    if not text:
+        raise UsageError(f"--text {args.text} is empty; give a file with at least one byte")
+    model, _, _ = load_run(args.out_dir)
+    dense = load_run(args.dense_run)[0] if args.dense_run else None
+    png = args.png or os.path.join(args.out_dir, "compute_map.png")
+    try:
+        import matplotlib  # noqa: F401  (the plot extra)
+    except ImportError:
+        png = None
+    summary = compute_map(model, text, png, dense, title=os.path.basename(args.text))
+    print(f"{summary['tokens']} bytes, mean {summary['mean_flops']:,.0f} matmul FLOPs per token "
+          f"(min {summary['flops'].min():,.0f}, max {summary['flops'].max():,.0f})")
+    print(f"Spearman rho (FLOPs vs surprisal under the {'dense' if dense else 'same'} model): "
+          f"{summary['spearman']:.3f}")
+    for name, (mean, n) in summary["class_means"].items():
+        print(f"  {name:<12}{n:>6} bytes  {mean:>12,.0f} FLOPs per token")
+    if png is None or args.ansi:
+        print(ansi_text(summary["ids"], summary["flops"]))
+    print(f"wrote {png}" if png else "matplotlib is missing (pip install matplotlib): no picture")
+    return 0
+
+
 def cmd_convert(args):
     path = convert_checkpoint(args.out_dir, trust=args.trust)
     print(f"converted: {path} (and its arrays file); the old {LEGACY_NAME} is left as it was: "
@@ -247,7 +291,7 @@ def main(argv=None) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return EXIT_ERROR
     args = build_parser(bench_arguments).parse_args(argv)
-    command = {"train": cmd_train, "sample": cmd_sample, "bench": cmd_bench,
+    command = {"train": cmd_train, "sample": cmd_sample, "bench": cmd_bench, "map": cmd_map,
                "convert-checkpoint": cmd_convert}[args.command]
     try:
         return int(command(args))

@@ -52,8 +52,8 @@ def check_settings(c):
     if c.exit_threshold is not None:
         if isinstance(c.exit_threshold, bool) or not isinstance(c.exit_threshold, (int, float)) \
                 or not 0 < c.exit_threshold <= 1:
-            _refuse("exit_threshold", c.exit_threshold, "None or a number in (0, 1] (a difference "
-                    "of two probabilities)", "try --exit-threshold 0.9")
+            _refuse("exit_threshold", c.exit_threshold, "None or a finite number in (0, 1] (a "
+                    "difference of two probabilities)", "try --exit-threshold 0.9")
 
 
 def _check_mod(c):
@@ -66,7 +66,7 @@ def _check_mod(c):
         return
     if isinstance(c.mod_capacity, bool) or not isinstance(c.mod_capacity, (int, float)) \
             or not 0 < c.mod_capacity <= 1:
-        _refuse("mod_capacity", c.mod_capacity, "None or a number in (0, 1]",
+        _refuse("mod_capacity", c.mod_capacity, "None or a finite number in (0, 1]",
                 "try --mod-capacity 0.125 (the paper's)")
     if c.mod_every > c.n_layer:
         _refuse("mod_every", c.mod_every, f"at most n_layer={c.n_layer} with --mod-capacity (else "
@@ -76,7 +76,7 @@ def _check_mod(c):
 def _check_top_p(c):
     if c.top_p is not None:
         if isinstance(c.top_p, bool) or not isinstance(c.top_p, (int, float)) or not 0 < c.top_p <= 1:
-            _refuse("top_p", c.top_p, "None or a number in (0, 1]", "try --top-p 0.4")
+            _refuse("top_p", c.top_p, "None or a finite number in (0, 1]", "try --top-p 0.4")
         for ok, why, fix in ((c.n_expert, "None in a dense model", "set --n-expert too"),
                              (c.router == "topk", "None with router='expert_choice'",
                               "use --router topk"),
@@ -86,12 +86,12 @@ def _check_top_p(c):
                 _refuse("top_p", c.top_p, why, fix)
     _number("entropy_coef", c.entropy_coef, 0)
     if c.max_k is not None:
-        if c.top_p is None:
-            _refuse("max_k", c.max_k, "None without --top-p (it caps top-p's experts)",
-                    "set --top-p, or leave --max-k unset")
         if not (is_int(c.max_k) and 1 <= c.max_k <= max(c.n_expert, 1)):
             _refuse("max_k", c.max_k, f"None or an integer in [1, n_expert={c.n_expert}]",
                     "fix --max-k")
+        if c.top_p is None:
+            _refuse("max_k", c.max_k, "None without --top-p (it caps top-p's experts)",
+                    "set --top-p, or leave --max-k unset")
 
 
 def make_router(c):
