@@ -140,8 +140,10 @@ def test_torch_twin_matches_tinysparse(bias, n_expert):
 def test_sampling_suite_times_generate_with_and_without_the_kv_cache(capsys):
     assert bench("--suite", "sampling") == 0
     out = capsys.readouterr().out
-    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["dense"], ["moe"])]
-    assert [(r[0], r[1]) for r in rows] == [("dense", "7"), ("dense", "32"), ("moe", "7"), ("moe", "32")]
+    rows = [line.split() for line in out.splitlines()
+            if line.split()[:1] in (["dense"], ["moe"], ["adaptive"])]
+    assert [(r[0], r[1]) for r in rows] == [("dense", "7"), ("dense", "32"), ("moe", "7"),
+                                            ("moe", "32"), ("adaptive", "7"), ("adaptive", "32")]
     assert all(r[-1] == "yes" for r in rows)           # cached and uncached drew the same tokens
     assert "config: vocab" not in out                  # the dense suite did not run
 
