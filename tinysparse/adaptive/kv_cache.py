@@ -95,6 +95,9 @@ class CachedAttention(Function):
     #   S = q K^T / sqrt(d);  S_ij = -inf where key j is in query i's future or was never written;
     #   P = softmax(S);  Y = P V
     # A forward without a backward: the cache is for sampling, under no_grad.
+    # Its cost, for a ledger: matmul 4*B*T*L*C (q K^T and P V over the L = max position + 1 keys
+    # of the slice, every head), as compute.py counts it; the prefill (start 0, keep None) runs
+    # PackedCausalAttention's forward, the same 4*B*T*T*C.
     @staticmethod
     def forward(ctx, qkv, n_head, layer, start, keep):
         B, T, C3 = qkv.shape
