@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 import shutil  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -60,3 +61,21 @@ def ckpt_runs(tmp_path_factory):
 def ckpt_run(ckpt_runs, tmp_path):
     """A fresh copy of the dense run, to damage."""
     return Path(shutil.copytree(ckpt_runs["dense"], tmp_path / "run"))
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """The strict CuPy stand-in (tests/fake_cupy.py) installed as `cupy` and `cupyx`, and taken by
+    tinysparse.engine.backend for a GPU: device 'cuda' runs on NumPy, every host synchronisation
+    counted in fake_gpu.LEDGER (reset here). Yields the stand-in module."""
+    import fake_cupy
+    from tinysparse.engine import backend
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    monkeypatch.setitem(sys.modules, "cupyx", fake_cupy.cupyx)
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_error", None)
+    monkeypatch.delenv("TINYSPARSE_DEVICE", raising=False)
+    fake_cupy.LEDGER.reset()
+    fake_cupy.LEDGER.allowed = True
+    yield fake_cupy
+    fake_cupy.LEDGER.allowed = True

@@ -14,7 +14,7 @@ from ._checks import check_int, check_number, is_int
 from .engine import functional as F
 from . import nn
 from .engine import random as ts_random
-from .engine.backend import to_numpy
+from .engine.backend import array_module, to_device, to_numpy
 from .moe import MoE
 from .moe.layer import check_settings as check_moe_settings
 from .adaptive.compute import compute_per_token
@@ -188,10 +188,11 @@ class GPT(nn.Module):
                 continue  # LayerNorm gains stay 1, biases 0
             residual = name.endswith(("c_proj.weight", "experts.w2"))  # w2: the experts' c_proj
             std = 0.02 / math.sqrt(2 * self.config.n_layer) if residual else 0.02
-            p.data = rng.normal(0.0, std, size=p.shape).astype(p.dtype)
+            # drawn on the host (the same numbers on every device), stored on p's device
+            p.data = to_device(rng.normal(0.0, std, size=p.shape).astype(p.dtype), p.device)
         for name, p in self.named_parameters():
             if is_bias(name):
-                p.data = np.zeros(p.shape, dtype=p.dtype)
+                p.data = array_module(p.data).zeros(p.shape, dtype=p.dtype)
 
     def num_parameters(self, non_embedding=True):
         """Parameter count; by default without the position embeddings (as nanoGPT reports)."""
@@ -275,7 +276,11 @@ class GPT(nn.Module):
         B, T = idx.shape
         start = 0 if cache is None else cache.start(T, self.config.n_layer)
         tok = self.wte(idx)                                       # (B, T, C)
-        pos = self.wpe(np.arange(start, start + T))               # (T, C), broadcast over B
+        if start + T > self.config.block_size:            # a slice would silently come up short
+            raise ValueError(f"positions {start}..{start + T - 1} are outside the model's "
+                             f"block_size {self.config.block_size}; start a new cache from the "
+                             f"last block_size tokens")
+        pos = self.wpe.weight[start:start + T]                    # (T, C) rows of the positions, broadcast over B
         x = self.drop(tok + pos)
         hiddens = []                    # every block's output, for the early-exit loss
         for i, block in enumerate(self.h):

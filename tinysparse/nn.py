@@ -227,18 +227,26 @@ def _check_last_axis(module, x, size):
 def check_ids(what, ids, n, ignore=None, n_name="", fix=""):
     """Integer ids in [0, n), those equal to `ignore` aside: NumPy would read a negative id from
     the end, silently. A ValueError names the first bad id's position, its value and the range
-    (a TypeError a float dtype). On a GPU the reductions are one wait for the device."""
+    (a TypeError a float dtype). Ids whose dtype cannot hold a bad value (uint8 ids with n >= 256,
+    as the training batches are) need no look at the values: free on a GPU too. Otherwise, on a
+    GPU, the smallest and largest id come back to the host in one transfer (one wait)."""
     if ids.dtype.kind not in "iu":
         raise TypeError(f"{what} must be integer token ids, got dtype {ids.dtype}; "
                         f"convert them with .astype(np.int64)")
-    valid = ids if ignore is None else ids[ids != ignore]
-    if valid.size:
-        lo, hi = int(valid.min()), int(valid.max())
-        if lo < 0 or hi >= n:
-            bad = lo if lo < 0 else hi
-            at = [int(i) for i in backend.array_module(ids).argwhere(ids == bad)[0]]
-            raise ValueError(f"{what}{at} = {bad} is outside the valid token ids [0, {n_name}{n})"
-                             + (fix(bad) if fix else ""))
+    if F.ids_fit_dtype(ids.dtype, n) or not ids.size:
+        return
+    xp = backend.array_module(ids)
+    if ignore is None:
+        extremes = xp.stack([ids.min(), ids.max()])
+    else:   # the ignored ids stand in as 0, which is valid: no boolean mask (its size is data)
+        valid = xp.where(ids != ignore, ids, 0)
+        extremes = xp.stack([valid.min(), valid.max()])
+    lo, hi = (int(v) for v in backend.to_numpy(extremes))
+    if lo < 0 or hi >= n:
+        bad = lo if lo < 0 else hi
+        at = [int(i) for i in backend.to_numpy(xp.argwhere(ids == bad)[0])]
+        raise ValueError(f"{what}{at} = {bad} is outside the valid token ids [0, {n_name}{n})"
+                         + (fix(bad) if fix else ""))
 
 
 class Embedding(Module):

@@ -57,6 +57,17 @@ class Optimizer:
         """Names of per-parameter state arrays (one list each); saved in state_dict."""
         return ()
 
+    def _follow_parameters(self):
+        """Keep each state array on its parameter's device: a model moved with .to() after its
+        optimizer was built would otherwise update GPU weights from host moments. (A no-op,
+        one type check per array, when nothing moved.)"""
+        for slot in self._slots():
+            arrays = getattr(self, slot)
+            for i, (a, p) in enumerate(zip(arrays, self.params)):
+                device = backend.device_of(p.data)
+                if backend.device_of(a) != device:
+                    arrays[i] = backend.to_device(a, device)
+
     def state_dict(self):
         state = {"step_count": self.step_count, "lr": self.lr}
         for slot in self._slots():
@@ -91,6 +102,7 @@ class SGD(Optimizer):
 
     def step(self):
         self.step_count += 1
+        self._follow_parameters()
         for p, v in zip(self.params, self.velocity):
             if p.grad is None:
                 continue
@@ -139,6 +151,7 @@ class AdamW(Optimizer):
 
     def step(self):
         self.step_count += 1
+        self._follow_parameters()
         t = self.step_count
         b1, b2 = self.beta1, self.beta2
         # fold the bias corrections into the step size and epsilon (same numbers, fewer ops)

@@ -10,17 +10,23 @@ whenever every score q.k is (|q| |k| below the dtype's maximum), not for any fin
 """
 import math
 
+import numpy as np
+
 from .backend import array_module
 from .tensor import Function
 
 _causal_masks = {}
 
 
-def _future_mask(T, xp):
-    """(T, T) booleans, True above the diagonal: the positions a token must not attend to."""
-    key = (T, xp.__name__)
+def _future_ceiling(T, xp, dtype):
+    """(T, T): -inf above the diagonal (the positions a token must not attend to), +inf elsewhere.
+    minimum(scores, it) is the score or -inf, exactly as the assignment p[..., mask] = -inf
+    (for every score but NaN), as one elementwise pass: a boolean-mask assignment makes CuPy
+    turn the mask into indices first, which waits for the GPU."""
+    key = (T, xp.__name__, np.dtype(dtype).str)
     if key not in _causal_masks:
-        _causal_masks[key] = xp.triu(xp.ones((T, T), dtype=bool), k=1)
+        _causal_masks[key] = xp.where(xp.triu(xp.ones((T, T), dtype=bool), k=1),
+                                      dtype.type(-np.inf), dtype.type(np.inf))
     return _causal_masks[key]
 
 
@@ -43,7 +49,7 @@ class Attention(Function):
             ctx.scale = scale
             return p @ v
         if causal:
-            p[..., _future_mask(T, xp)] = -xp.inf     # the diagonal is never masked: no empty rows
+            xp.minimum(p, _future_ceiling(T, xp, p.dtype), out=p)  # the diagonal is never masked
         p -= p.max(axis=-1, keepdims=True)
         xp.exp(p, out=p)
         p /= p.sum(axis=-1, keepdims=True)             # P, softmax over keys

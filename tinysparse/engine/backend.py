@@ -85,7 +85,12 @@ def get_xp(device):
 
 
 def is_cuda_array(array):
-    return _cupy is not None and isinstance(array, _cupy.ndarray)
+    """True for a CuPy array. Also when nothing in tinysparse has imported CuPy yet (a user's
+    `Tensor(cupy_array)` as the first call): a CuPy array's type says where it comes from."""
+    if _cupy is not None:
+        return isinstance(array, _cupy.ndarray)
+    return (type(array).__module__.split(".")[0] == "cupy" and _try_cupy() is not None
+            and isinstance(array, _cupy.ndarray))
 
 
 def device_of(array):
@@ -100,6 +105,23 @@ def array_module(array):
 def to_numpy(array):
     """A NumPy array from an array on either device (no copy on the CPU)."""
     return array.get() if is_cuda_array(array) else np.asarray(array)
+
+
+def synchronize(device="cuda"):
+    """Wait until the device has finished all work queued so far (a no-op on the CPU and where
+    no GPU is in use): call it before reading a clock, or a time measures only the queueing."""
+    if device == "cuda" and _cupy is not None:
+        _cupy.cuda.Device().synchronize()
+
+
+def forbid_synchronize():
+    """A context in which any wait of the host for the GPU raises (cupyx.allow_synchronize(False),
+    CuPy's own check); a no-op context where no GPU is in use. For checks of sync-free code."""
+    import contextlib
+    if _cupy is None:
+        return contextlib.nullcontext()
+    import cupyx  # noqa: CuPy's companion package, installed with it
+    return cupyx.allow_synchronize(False)
 
 
 def to_device(array, device):

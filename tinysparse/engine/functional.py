@@ -110,11 +110,16 @@ class CrossEntropy(Function):
         shifted = _shifted(z, 1) if z.size else z
         sum_exp = xp.exp(shifted).sum(axis=1)
         nll = xp.log(sum_exp) - shifted[rows, t]       # (N,)
-        count = z.shape[0] if keep is None else int(keep.sum())
+        if keep is None:
+            count = z.shape[0]
+        elif xp is np:
+            count = max(int(keep.sum()), 1)
+        else:                                          # a device scalar: reading it would wait
+            count = xp.maximum(keep.sum(), 1).astype(logits.dtype)
         if keep is not None:                           # not nll * keep: an ignored row's nll may
             nll = xp.where(keep, nll, 0.0)             # be inf (its stand-in target 0 far below)
         ctx.save_for_backward(shifted, sum_exp, t, keep)
-        ctx.shape, ctx.count = logits.shape, max(count, 1)
+        ctx.shape, ctx.count = logits.shape, max(count, 1) if keep is None else count
         return xp.asarray(nll.sum() / ctx.count, dtype=logits.dtype)
 
     @staticmethod
@@ -160,14 +165,23 @@ def cross_entropy(logits, targets, ignore_index=None):
     return CrossEntropy.apply(logits, targets, ignore_index=ignore_index)
 
 
+def ids_fit_dtype(dtype, n):
+    """True when every value of an integer dtype lies in [0, n): ids of that dtype need no check
+    (uint8 batches of a 256-byte vocabulary). A check of device data waits for the device."""
+    info = np.iinfo(dtype)
+    return info.min >= 0 and info.max < n
+
+
 def _check_targets(targets, V, ignore_index):
     """Refuse a target outside [0, V) that is not ignore_index, naming it and where it is."""
+    if ids_fit_dtype(targets.dtype, V):
+        return
     bad = (targets < 0) | (targets >= V)
     if ignore_index is not None:
         bad &= targets != ignore_index
     if bool(bad.any()):
         where = tuple(int(i) for i in np.argwhere(np.asarray(backend_to_numpy(bad)))[0])
-        value = int(targets[where])
+        value = int(backend_to_numpy(targets[where]))
         hint = (f"pass ignore_index={value} to skip such rows" if ignore_index is None
                 else f"ignore_index is {ignore_index}")
         raise ValueError(f"cross_entropy target {value} at position {where} is outside the valid "

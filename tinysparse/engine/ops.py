@@ -18,7 +18,7 @@ from .tensor import Function, Tensor
 # sum, mean, max, min, argmax, argmin in ops_reduce.py
 from .ops_shape import (BroadcastTo, Concatenate, GetItem, Permute, Reshape, Stack,  # noqa: F401
                         Where, broadcast_to, cat, concatenate, flatten, getitem, masked_fill,
-                        permute, reshape, squeeze, stack, unsqueeze, where)
+                        permute, reshape, squeeze, stack, take_along_axis, unsqueeze, where)
 from .ops_reduce import (Max, Mean, Sum, argmax, argmin, max, mean, min, sum)  # noqa: F401,A004
 
 

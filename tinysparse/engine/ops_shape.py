@@ -123,13 +123,23 @@ class GetItem(Function):
 
 
 def getitem(a, index):
+    """a[index]; index arrays (NumPy, lists, Tensors) are moved to a's device first, so that
+    backward scatters with an index of the gradient's own kind (CuPy refuses NumPy arrays)."""
+    xp = array_module(a.data if isinstance(a, Tensor) else a)
     if isinstance(index, tuple):
-        index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
-    elif isinstance(index, Tensor):
-        index = index.data
-    if isinstance(index, list):
-        index = np.asarray(index)
+        index = tuple(_index_part(i, xp) for i in index)
+    else:
+        index = _index_part(index, xp)
     return GetItem.apply(a, index)
+
+
+def _index_part(part, xp):
+    part = part.data if isinstance(part, Tensor) else part
+    if isinstance(part, list):
+        part = np.asarray(part)
+    if xp is not np and isinstance(part, np.ndarray):
+        part = xp.asarray(part)                                 # one copy to the device
+    return part
 
 
 class Concatenate(Function):
@@ -141,7 +151,7 @@ class Concatenate(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        splits = np.cumsum(ctx.sizes)[:-1]
+        splits = np.cumsum(ctx.sizes)[:-1].tolist()     # host integers, for either module
         return tuple(array_module(grad).split(grad, splits, axis=ctx.axis))
 
 
@@ -200,10 +210,51 @@ class Where(Function):
 
 
 def where(condition, a, b):
+    """condition ? a : b; a NumPy condition (or list) moves to the device of a or b."""
     condition = condition.data if isinstance(condition, Tensor) else condition
-    return Where.apply(array_module(condition).asarray(condition, dtype=bool), a, b)
+    xp = array_module(condition)
+    if xp is np:                                   # a host condition: on the tensors' device
+        xp = next((array_module(t.data) for t in (a, b) if isinstance(t, Tensor)), np)
+    return Where.apply(xp.asarray(condition, dtype=bool), a, b)
 
 
 def masked_fill(a, mask, value):
     """a with `value` wherever mask is True (mask broadcasts against a)."""
     return where(mask, value, a)
+
+
+class TakeAlongAxis(Function):
+    """out[..., j, ...] = a[..., index[..., j, ...], ...] along `axis` (NumPy's take_along_axis,
+    PyTorch's gather). Backward adds each gradient back where it was read, in rounds: round j
+    scatters index[..., j, ...] of every fiber along `axis`, positions that are distinct within a
+    round (one per fiber), so each round is a plain indexed add, in a fixed order j = 0, 1, ...:
+    deterministic, no atomics, and no wait for a GPU (the number of rounds is a shape)."""
+    @staticmethod
+    def forward(ctx, a, index, axis):
+        ctx.shape, ctx.index, ctx.axis = a.shape, index, axis
+        return array_module(a).take_along_axis(a, index, axis=axis)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xp = array_module(grad)
+        n = ctx.shape[ctx.axis]
+        index = xp.moveaxis(ctx.index, ctx.axis, -1)
+        g = xp.moveaxis(grad, ctx.axis, -1)
+        rows_shape = g.shape[:-1]
+        k = g.shape[-1]
+        g, index = g.reshape(-1, k), index.reshape(-1, k)              # (M, k): M fibers
+        full = xp.zeros((g.shape[0], n), dtype=grad.dtype)              # (M, n)
+        rows = xp.arange(g.shape[0])
+        for j in range(k):                                             # one position per fiber
+            full[rows, index[:, j]] += g[:, j]
+        full = full.reshape(*rows_shape, n)
+        return xp.moveaxis(full, -1, ctx.axis), None
+
+
+def take_along_axis(a, index, axis):
+    """a's elements at `index` along `axis` (an integer array of a's ndim, broadcast-free:
+    every other axis of index matches a's); differentiable in a."""
+    data = a.data if isinstance(a, Tensor) else a
+    axis = normalize_axes(axis, data.ndim, data.shape)[0]
+    index = _index_part(index, array_module(data))
+    return TakeAlongAxis.apply(a, index, axis=axis)

@@ -42,7 +42,7 @@ def index_add_one_hot(full, rows, values):
     """full[rows] += values for an integer array `rows` into axis 0, as one matmul."""
     xp = array_module(values)
     n = full.shape[0]
-    rows = rows.reshape(-1)                                              # (N,)
+    rows = rows.reshape(-1).astype(xp.int64, copy=False)                 # (N,); uint8 ids too
     rows = xp.where(rows < 0, rows + n, rows)                            # NumPy's negative indices
     g = values.reshape(rows.shape[0], int(np.prod(full.shape[1:])))    # (N, D): D = row size
     one_hot = (xp.arange(n)[:, None] == rows[None, :]).astype(g.dtype)   # (n, N): 1 where row r is read
@@ -64,11 +64,14 @@ def index_add_by_rank(full, index, values):
     if pos.size == 0:
         return
     # rank among equal positions = index in sorted order - index where the run of equals starts
-    starts = xp.ones(pos.shape[0], dtype=bool)
-    starts[1:] = pos[1:] != pos[:-1]
-    run_start = xp.flatnonzero(starts)[xp.cumsum(starts) - 1]           # (N,) start of each one's run
+    run_start = xp.searchsorted(pos, pos, side="left")                   # (N,) first of each run
     rank = xp.arange(pos.shape[0]) - run_start
-    target = full.reshape(-1)                                            # a view: writes reach full
-    for r in range(int(rank.max()) + 1):                                 # rank 0 everywhere, then 1, ...
+    rounds = int(rank.max()) + 1               # the one wait for a GPU: how many rounds there are
+    # a round adds the elements of one rank; the others are sent to a spare last element (thrown
+    # away), not picked by a boolean mask, whose result's size a GPU would have to report
+    padded = xp.concatenate([full.reshape(-1), xp.zeros(1, dtype=full.dtype)])
+    spare = full.size
+    for r in range(rounds):                                              # rank 0 everywhere, then 1, ...
         take = rank == r
-        target[pos[take]] += val[take]                                   # positions distinct in a round
+        padded[xp.where(take, pos, spare)] += xp.where(take, val, val.dtype.type(0))
+    full[...] = padded[:-1].reshape(full.shape)

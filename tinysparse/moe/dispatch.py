@@ -46,7 +46,8 @@ class DispatchPlan:
     """Where every (token, expert) slot goes. S = number of kept slots = rows of the buffer."""
     token_index: object    # (S,) token of each buffer row, rows grouped by expert
     slot_position: object  # (T, k) buffer row of slot (t, j); -1 if dropped or empty (expert id -1)
-    offsets: object        # (E+1,) expert e owns buffer rows [offsets[e], offsets[e+1])
+    offsets: object        # (E+1,) expert e owns buffer rows [offsets[e], offsets[e+1]); on the
+                           # host for backends that loop over experts there (NumpyDispatch)
     counts: object         # (E,) slots routed to each expert, before capacity drops
     rank: object           # (T, k) position of the slot inside its expert's queue; -1 if empty
     capacity: object       # C, or None when dropless
@@ -84,30 +85,44 @@ class NumpyDispatch:
     name = "numpy"
 
     def plan(self, expert_ids, n_expert, capacity=None):
+        """The plan, with one wait on a GPU: the buffer's size S (how many slots each expert
+        keeps) is data, and the host needs it to allocate. Here the host reads all E+1 offsets
+        in that one transfer, and keeps them: `offsets` of this backend's plan is a NumPy array
+        on either device, whose per-expert loops (grouped_mm) read their bounds from it."""
         xp = array_module(expert_ids)
         T, k = expert_ids.shape
+        E = n_expert
         flat = expert_ids.reshape(-1)                                  # (T*k,) slot s = t*k + j
-        present = xp.flatnonzero(flat >= 0)                            # expert choice leaves holes (-1)
+        key = xp.where(flat >= 0, flat, E)                             # empty slots (-1) sort last
         # 1. stable sort by expert: inside an expert, slots stay in token order (earlier token first)
-        order = present[xp.argsort(flat[present], kind="stable")]     # (n_routed,) slot ids
-        sorted_expert = flat[order]
-        # 2. histogram and exclusive prefix sum: expert e's slots sit at [start[e], start[e+1])
-        counts = xp.bincount(sorted_expert, minlength=n_expert)        # (E,)
-        start = xp.zeros(n_expert + 1, dtype=xp.int64)
-        start[1:] = xp.cumsum(counts)
+        order = xp.argsort(key, kind="stable")                         # (T*k,) slot ids
+        sorted_expert = key[order]
+        # 2. histogram and exclusive prefix sum in one search: expert e's slots sit at
+        #    [start[e], start[e+1]) of the sorted order (no bincount: on a GPU it reads back twice)
+        start = xp.searchsorted(sorted_expert, xp.arange(E + 1), side="left")   # (E+1,)
+        counts = start[1:] - start[:-1]                                # (E,)
         # rank inside the expert = position in sorted order - start of the expert's segment (a scan)
         sorted_rank = xp.arange(order.shape[0]) - start[sorted_expert]
+        routed = sorted_expert < E
         rank = xp.full(T * k, -1, dtype=xp.int64)
-        rank[order] = sorted_rank
+        rank[order] = xp.where(routed, sorted_rank, -1)
         # capacity (Switch/GShard): slots ranked C or later are dropped; the token keeps its residual
-        kept = order if capacity is None else order[sorted_rank < capacity]
+        kept = routed if capacity is None else routed & (sorted_rank < capacity)
         kept_counts = counts if capacity is None else xp.minimum(counts, capacity)
-        offsets = xp.zeros(n_expert + 1, dtype=xp.int64)
+        offsets = xp.zeros(E + 1, dtype=xp.int64)
         offsets[1:] = xp.cumsum(kept_counts)
+        # buffer row of a kept slot: its expert's offset + its rank (kept slots fill each segment)
+        row = xp.where(kept, offsets[xp.minimum(sorted_expert, E - 1)] + sorted_rank, -1)
         slot_position = xp.full(T * k, -1, dtype=xp.int64)
-        slot_position[kept] = xp.arange(kept.shape[0])
-        return DispatchPlan(token_index=kept // k, slot_position=slot_position.reshape(T, k),
-                            offsets=offsets, counts=counts, rank=rank.reshape(T, k), capacity=capacity)
+        slot_position[order] = row
+        host_offsets = to_numpy(offsets)                               # the one wait on a GPU
+        S = int(host_offsets[-1])
+        # token of each buffer row; slots without a row write a spare last row, cut off after
+        token_index = xp.empty(S + 1, dtype=xp.int64)
+        token_index[xp.where(kept, row, S)] = order // k
+        return DispatchPlan(token_index=token_index[:S], slot_position=slot_position.reshape(T, k),
+                            offsets=host_offsets, counts=counts, rank=rank.reshape(T, k),
+                            capacity=capacity)
 
     # ---- 3. gather (permute) and its backward ---------------------------------------------------
     def gather(self, x, token_index):
@@ -181,9 +196,23 @@ def _pad_zero_row(a):
     return xp.concatenate([a, xp.zeros((1, a.shape[1]), dtype=a.dtype)], axis=0)
 
 
+def expert_counts(ids, n_expert):
+    """(E,) int64: how many of `ids` (any shape; -1 marks an empty slot and is not counted) are
+    each expert e in [0, n_expert). On a GPU without a wait: a sort and a search, not bincount,
+    which reads the ids' minimum and maximum back to the host (CuPy checks for negative values
+    and sizes its output from the maximum)."""
+    xp = array_module(ids)
+    flat = ids.reshape(-1)
+    if xp is np:
+        return np.bincount(flat[flat >= 0], minlength=n_expert).astype(np.int64, copy=False)
+    edges = xp.searchsorted(xp.sort(flat), xp.arange(n_expert + 1), side="left")
+    return edges[1:] - edges[:-1]
+
+
 def expert_segments(offsets):
     """(e, lo, hi) of every expert that got rows, as Python ints (loop bounds live on the host):
-    expert e owns buffer rows [lo, hi). Experts without rows are left out: nothing to multiply."""
+    expert e owns buffer rows [lo, hi). Experts without rows are left out: nothing to multiply.
+    Offsets on a GPU are copied back (a wait); NumpyDispatch.plan hands out host offsets."""
     off = to_numpy(offsets).tolist()
     return [(e, lo, hi) for e, (lo, hi) in enumerate(zip(off[:-1], off[1:])) if hi > lo]
 
@@ -210,24 +239,25 @@ def backend_names():
 
 
 def auto_backend_name(array=None):
-    """What dispatch_backend='auto' runs on `array`: 'numba' for float32/float64 NumPy arrays;
-    'numpy' for CuPy arrays (the array-generic reference), other dtypes (the kernels are compiled
-    for those two), or when Numba does not load. A rule of the array type, never a timing race:
-    the same run picks the same backend every time.
+    """What dispatch_backend='auto' runs on `array`: 'cuda' (the Numba CUDA kernels, zero-copy)
+    for CuPy arrays of float32/float64; 'numba' for float32/float64 NumPy arrays; 'numpy' (the
+    array-generic reference) for other dtypes (the kernels are compiled for those two), or when
+    the kernels' backend does not load. A rule of the array type, never a timing race: the same
+    run picks the same backend every time.
 
     Basis (2 cores, MoE layer forward and forward+backward, n_embd 128, float32, NumPy's BLAS
     at 1 and at 2 threads): numba was faster than numpy at every shape measured (T = 1..4096,
     E = 8..128, top-2 and top-8), so there is no crossover to encode. Forward+backward, BLAS 2,
     numba vs numpy: E=16 top-2 d256: T=1 0.64 vs 0.74 ms, T=64 1.83 vs 2.05, T=4096 32 vs 35;
     E=64 top-8 d64: T=1 0.80 vs 1.22, T=64 2.5 vs 3.2, T=4096 54 vs 73."""
-    if array is not None and (array_module(array) is not np
-                              or array.dtype not in (np.float32, np.float64)):
+    if array is not None and array.dtype not in (np.float32, np.float64):
         return "numpy"
+    kernels = "numba" if array is None or array_module(array) is np else "cuda"
     try:
-        get_backend("numba")
+        get_backend(kernels)
     except ValueError:
         return "numpy"
-    return "numba"
+    return kernels
 
 
 def resolve_backend_name(name, array=None):

@@ -20,7 +20,9 @@ from .. import nn
 from .._checks import check_int, check_number
 from ..engine import random as ts_random
 from ..engine.backend import array_module
+from ..engine.ops import take_along_axis
 from ..engine.tensor import Tensor
+from .dispatch import expert_counts
 
 SCORES = ("softmax", "sigmoid")
 
@@ -63,7 +65,8 @@ def top_k_ids(scores, k):
     """
     xp = array_module(scores)
     neg = -scores                                                      # (T, E) ascending = best first
-    if k >= neg.shape[-1]:
+    if k >= neg.shape[-1] or xp is not np:
+        # on a GPU the full sort: step 3's redo needs the rows' count on the host (a wait)
         return xp.argsort(neg, axis=-1, kind="stable")[:, :k]
     cand = xp.sort(xp.argpartition(neg, k - 1, axis=-1)[:, :k], axis=-1)   # (T, k) in id order
     order = xp.argsort(xp.take_along_axis(neg, cand, axis=-1), axis=-1, kind="stable")
@@ -130,8 +133,8 @@ class Router(nn.Module):
         under perfectly uniform routing, where the loss is exactly 1 (times the coefficient).
         """
         xp = array_module(r.expert_ids)
-        ids = r.expert_ids[r.expert_ids >= 0]
-        f = xp.bincount(ids, minlength=self.n_expert) / max(ids.size, 1)  # (E,) constants
+        counts = expert_counts(r.expert_ids, self.n_expert)              # -1 (empty) not counted
+        f = counts / xp.maximum(counts.sum(), 1)                           # (E,) constants
         # the mean over tokens as sum / max(T, 1): a batch without tokens gives 0, not 0/0
         P = r.probs.sum(axis=0) / max(r.probs.shape[0], 1)                # (E,)
         return (P * f.astype(P.dtype)).sum() * self.n_expert
@@ -177,22 +180,20 @@ class TopKRouter(Router):
 
     def forward(self, x):
         logits, scores, probs = self._affinities(x)
-        xp = array_module(scores.data)
         if self.bias is not None:                     # DeepSeek-V3: selection on s + b
             select = scores.data + self.bias.data.astype(scores.dtype)
         else:
             select = _ranking(logits, scores, self.score)
         expert_ids = top_k_ids(select, self.top_k)                                 # (T, k)
-        rows = xp.arange(expert_ids.shape[0])[:, None]                              # (T, 1)
-        gates = scores[rows, expert_ids]              # (T, k), a differentiable gather (unbiased)
+        gates = take_along_axis(scores, expert_ids, axis=-1)  # (T, k), differentiable (unbiased)
         if self.normalize_gates and self.score == "sigmoid":
             # s_i / sum_j s_j over the chosen, as a softmax of the log scores: gates of logits
             # -200 and -200.5 are [0.62, 0.38] as those of -2 and -2.5 are, never 0/0
-            gates = F.softmax(self._log_scores[rows, expert_ids], axis=-1)
+            gates = F.softmax(take_along_axis(self._log_scores, expert_ids, axis=-1), axis=-1)
         elif self.normalize_gates:                    # softmax scores: the best is >= 1/E, no 0/0
             gates = gates / gates.sum(axis=-1, keepdims=True)
         if self.bias is not None and self.training:
-            load = xp.bincount(expert_ids.reshape(-1), minlength=self.n_expert)
+            load = expert_counts(expert_ids, self.n_expert)
             self._load = load if self._load is None else self._load + load
         return RoutingResult(expert_ids, gates, probs, scores, logits)
 
@@ -244,14 +245,13 @@ class ExpertChoiceRouter(Router):
         # sort the (token, expert) pairs by token (stable: experts stay ascending within a token).
         by_token = xp.argsort(tokens, kind="stable")
         tokens, experts = tokens[by_token], experts[by_token]
-        per_token = xp.bincount(tokens, minlength=T)                       # (T,) experts each token got
+        per_token = expert_counts(tokens, T)                               # (T,) experts each token got
         start = xp.zeros(T + 1, dtype=xp.int64)
         start[1:] = xp.cumsum(per_token)
         column = xp.arange(tokens.shape[0]) - start[tokens]                # slot j of the pair in its row
         k_max = max(1, int(per_token.max())) if T else 1                   # T = 0: one empty column
         expert_ids = xp.full((T, k_max), -1, dtype=xp.int64)
         expert_ids[tokens, column] = experts
-        rows = xp.arange(T)[:, None]                                       # (T, 1)
         present = (expert_ids >= 0).astype(scores.dtype)                   # empty slots get gate 0
-        gates = scores[rows, xp.maximum(expert_ids, 0)] * present          # (T, k_max)
+        gates = take_along_axis(scores, xp.maximum(expert_ids, 0), axis=-1) * present  # (T, k_max)
         return RoutingResult(expert_ids, gates, probs, scores, logits)
