@@ -297,7 +297,8 @@ def test_progress_line_reports_step_time_and_token_rate_over_the_same_steps(caps
 
     run = SimpleNamespace(step_count=0, cfg=SimpleNamespace(log_interval=2, max_iters=4),
                           loss_value=2.0, opt=SimpleNamespace(lr=1e-3), tokens_per_step=256,
-                          moe=None, window_steps=0, window_time=0.0, tokens=0, train_time=0.0)
+                          moe=None, window_steps=0, window_time=0.0, tokens=0, train_time=0.0,
+                          sync_every=1, read_steps=0, read_time=0.0, rate=float("nan"))
     for dt in (0.1, 0.3, 1.0, 1.0):
         run.step_count += 1
         run.tokens, run.train_time = run.tokens + 256, run.train_time + dt
@@ -307,6 +308,32 @@ def test_progress_line_reports_step_time_and_token_rate_over_the_same_steps(caps
     assert capsys.readouterr().out.splitlines() == [
         "step 2/4: loss 2.0000, lr 1.00e-03, 200.0 ms/step, 1,280 tok/s over the last 2 steps",
         "step 4/4: loss 2.0000, lr 1.00e-03, 1000.0 ms/step, 256 tok/s over the last 2 steps"]
+
+
+def test_progress_rate_on_a_gpu_covers_the_steps_since_the_last_read():
+    """On a GPU (losses read every 2 steps here) a step returns before its work is done: the
+    bar's rate is that of the window up to the last read, which waited for the device, never
+    one step's queueing time."""
+    shown = []
+
+    class Bar:
+        disable = False
+
+        def update(self, n):
+            pass
+
+        def set_postfix_str(self, text, refresh):
+            shown.append(text)
+
+    run = SimpleNamespace(step_count=0, cfg=SimpleNamespace(log_interval=2, max_iters=4),
+                          loss_value=2.0, opt=SimpleNamespace(lr=1e-3), tokens_per_step=256,
+                          moe=None, window_steps=0, window_time=0.0, sync_every=2, read_steps=0,
+                          read_time=0.0, rate=float("nan"))
+    for dt in (0.001, 0.399, 0.001, 0.199):     # queued fast, then the read waits for the device
+        run.step_count += 1
+        train_module.TrainingRun.show_progress(run, Bar(), dt)
+    assert shown == ["loss 2.0000, nan tok/s", "loss 2.0000, 1,280 tok/s",
+                     "loss 2.0000, 1,280 tok/s", "loss 2.0000, 2,560 tok/s"]
 
 
 def test_schedule_warnings():

@@ -15,8 +15,10 @@ What is in each file:
     optimizer state array (AdamW: `m` and `v`) of each parameter. float32 or float64 only.
   * ckpt.json: "format" and "version"; "step"; "arrays" (the arrays file's name, size in bytes
     and SHA-256); "model_config" and "train_config"; "optimizer" (step_count, lr, the slot names
-    and the parameter names in the optimizer's order); "rng" ("numpy": the global generator that
-    dropout draws from; "cupy": null, the place for CuPy's generator once GPU runs save it);
+    and the parameter names in the optimizer's order); "rng" ("numpy": the global host generator
+    (init; dropout and router jitter on the CPU); "cupy": the device stream that dropout and
+    router jitter draw from on a GPU, engine/random.py's SplitMix64 seed and counter as decimal
+    strings; null in checkpoints written before it was saved);
     "sampler" (the batch sampler's train and val generators); "best_val_loss", "val_loss" and
     the per-step loss "history". Generator states are PCG64 states, their 128-bit integers
     written as decimal strings, so a resumed run draws exactly what an unbroken one would.
@@ -56,7 +58,7 @@ import safetensors.numpy
 from ..engine import backend
 from .atomic import atomic_write, sha256_hex
 from .checkpoint_schema import (FORMAT, VERSION, CheckpointError, bitgen_to_json, decode_arrays,
-                                parse_meta, refuse, split_arrays)
+                                device_stream_to_json, parse_meta, refuse, split_arrays)
 
 CKPT_NAME = "ckpt.json"          # the checkpoint inside a run folder; names its arrays file
 ARRAYS_NAME = "ckpt-{step:06d}-{digest:.12}.safetensors"      # the arrays of one checkpoint
@@ -98,7 +100,8 @@ def _split(ckpt):
             "model_config": dict(ckpt["model_config"]), "train_config": dict(ckpt["train_config"]),
             "optimizer": {"step_count": int(opt["step_count"]), "lr": float(opt["lr"]),
                           "slots": slots, "params": params},
-            "rng": {"numpy": bitgen_to_json(ckpt["rng"]), "cupy": None},
+            "rng": {"numpy": bitgen_to_json(ckpt["rng"]),
+                    "cupy": device_stream_to_json(ckpt.get("rng_cupy"))},
             "sampler": {k: bitgen_to_json(ckpt["sampler"][k]) for k in ("train", "val")},
             "best_val_loss": float(ckpt["best_val_loss"]),
             "val_loss": None if val_loss is None else float(val_loss),
@@ -110,7 +113,8 @@ def save_checkpoint(run_dir, ckpt):
     """Write a checkpoint into run_dir atomically (see the module docstring); returns the path of
     its ckpt.json. `ckpt` has the keys load_checkpoint returns: model (state dict), optimizer
     (state dict plus "params", the parameter names in its order), model_config, train_config,
-    step, rng, sampler, best_val_loss, val_loss, history. Arrays may be NumPy or CuPy."""
+    step, rng, rng_cupy (optional), sampler, best_val_loss, val_loss, history. Arrays may be
+    NumPy or CuPy."""
     meta, arrays = _split(ckpt)
     data = safetensors.numpy.save(arrays, metadata={"format": FORMAT})
     digest = sha256_hex(data)
@@ -204,7 +208,8 @@ def _read_arrays(run_dir, meta_path, entry):
 def load_checkpoint(run_dir, resume=False):
     """The checkpoint in run_dir as a dict: model ({name: array}, parameters and buffers),
     optimizer (step_count, lr, params, and one list of arrays per slot, e.g. m and v), model_config,
-    train_config, step, rng, sampler, best_val_loss, val_loss, history, plus path and arrays_path.
+    train_config, step, rng, rng_cupy (the device stream's state, or None), sampler,
+    best_val_loss, val_loss, history, plus path and arrays_path.
 
     Everything is checked before it is returned (see checkpoint_schema.py); any problem raises
     CheckpointError with one line naming the file and the fix. resume=True only words the

@@ -114,6 +114,36 @@ def bitgen_from_json(obj, path, where):
             "has_uint32": has_uint32, "uinteger": uinteger}
 
 
+DEVICE_STREAM = "SplitMix64"          # engine/random.py's device stream
+
+
+def device_stream_to_json(state):
+    """The device stream's state ({"seed", "counter"}, engine/random.py) as JSON, its integers
+    as decimal strings (64-bit values are not exact in readers that hold numbers as doubles);
+    None stays null."""
+    if state is None:
+        return None
+    return {"bit_generator": DEVICE_STREAM, "seed": str(int(state["seed"])),
+            "counter": str(int(state["counter"]))}
+
+
+def device_stream_from_json(obj, path, where):
+    """Inverse of device_stream_to_json, every field checked; null (a checkpoint written before
+    the device stream was saved) is None."""
+    if obj is None:
+        return None
+    if not isinstance(obj, dict):
+        refuse(path, f"has {where} = {_short(obj)}, which is not a generator state")
+    if obj.get("bit_generator") != DEVICE_STREAM:
+        refuse(path, f"has {where}.bit_generator = {_short(obj.get('bit_generator'))}, but "
+                     f"tinysparse's device stream is \"{DEVICE_STREAM}\"")
+    unknown = sorted(set(obj) - {"bit_generator", "seed", "counter"})
+    if unknown:
+        refuse(path, f"has {where} fields this tinysparse does not know: {', '.join(unknown)}")
+    return {"seed": _uint(obj.get("seed"), 64, path, f"{where}.seed"),
+            "counter": _uint(obj.get("counter"), 64, path, f"{where}.counter")}
+
+
 # ----------------------------------------------------------------------------- configs
 
 def _options(hint):
@@ -180,7 +210,8 @@ def parse_meta(data, path):
     out["optimizer"] = _optimizer(field(meta, "optimizer", dict, path), path)
     rng = field(meta, "rng", dict, path)
     out["rng"] = bitgen_from_json(rng.get("numpy"), path, "rng.numpy")
-    field(rng, "cupy", dict, path, "rng", optional=True)    # the GPU issue's; not restored yet
+    field(rng, "cupy", dict, path, "rng", optional=True)
+    out["rng_cupy"] = device_stream_from_json(rng["cupy"], path, "rng.cupy")
     sampler = field(meta, "sampler", dict, path)
     out["sampler"] = {k: bitgen_from_json(sampler.get(k), path, f"sampler.{k}")
                       for k in ("train", "val")}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..engine.backend import array_module, to_device
 from .corpora import DataError, SyntheticTasks, load_stdlib, read_text_file, stdlib_root
 
 VOCAB_SIZE = 256
@@ -161,21 +162,51 @@ def get_batch(data: np.ndarray, batch_size: int, block_size: int,
     return x, y
 
 
+def get_device_batch(data, batch_size: int, block_size: int, rng: np.random.Generator):
+    """get_batch's windows from a corpus already on a GPU (`data`: a CuPy uint8 array): the same
+    starts from the same generator, so the same tokens as on the CPU, but only the B starts cross
+    to the device; the windows are cut there. x and y are uint8 (B, T): a byte is a token, and a
+    uint8 id cannot be out of range for 256 tokens, so the model checks none of them (which on a
+    GPU would wait for the device; nn.check_ids)."""
+    n = data.shape[0]
+    if n < block_size + 1:
+        raise DataError(f"data has {n} tokens; block_size {block_size} needs at least {block_size + 1}")
+    starts = rng.integers(0, n - block_size, size=batch_size)    # the host generator, as get_batch
+    xp = array_module(data)
+    idx = xp.asarray(starts)[:, None] + xp.arange(block_size + 1)  # (B, T+1) positions
+    window = data[idx]                                              # (B, T+1) uint8
+    return window[:, :-1], window[:, 1:]
+
+
 class BatchSampler:
     """Draws train and val batches from a Corpus with two separate generators, so evaluating
-    (any number of val batches) never changes which train batches come next."""
+    (any number of val batches) never changes which train batches come next.
 
-    def __init__(self, corpus: Corpus, batch_size: int, block_size: int, seed: int = 0):
+    device 'cuda': the corpus is copied to the GPU once, at the first batch of each split, and
+    batches are cut there (get_device_batch): the same tokens as on the CPU, as uint8."""
+
+    def __init__(self, corpus: Corpus, batch_size: int, block_size: int, seed: int = 0,
+                 device: str = "cpu"):
         self.corpus, self.batch_size, self.block_size = corpus, batch_size, block_size
+        self.device = device
+        self._on_device = {}                   # split -> the split's tokens on the device
         ss_train, ss_val = np.random.SeedSequence(seed).spawn(2)
         self.train_rng = np.random.default_rng(ss_train)
         self.val_rng = np.random.default_rng(ss_val)
 
+    def _batch(self, split, rng):
+        data = getattr(self.corpus, split)
+        if self.device == "cpu":
+            return get_batch(data, self.batch_size, self.block_size, rng)
+        if split not in self._on_device:       # uploaded once
+            self._on_device[split] = to_device(data, self.device)
+        return get_device_batch(self._on_device[split], self.batch_size, self.block_size, rng)
+
     def train_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        return get_batch(self.corpus.train, self.batch_size, self.block_size, self.train_rng)
+        return self._batch("train", self.train_rng)
 
     def val_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        return get_batch(self.corpus.val, self.batch_size, self.block_size, self.val_rng)
+        return self._batch("val", self.val_rng)
 
     def state_dict(self) -> dict:
         """The generators' exact positions (PCG64 state dicts of ints and strings; checkpoints

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 
+from ..engine.backend import array_module, to_numpy
 from ..engine.tensor import no_grad
 from .data import get_batch
 
@@ -10,6 +11,12 @@ from .data import get_batch
 def bits_per_byte(nats):
     """Byte tokens: a token is a byte, so nats per token / ln 2 = bits per byte."""
     return nats / math.log(2)
+
+
+def _to_host(scalars):
+    """float64 values of 0-d arrays on either device, in one transfer (one wait on a GPU)."""
+    xp = array_module(scalars[0])
+    return to_numpy(xp.stack([s.reshape(()) for s in scalars])).astype(np.float64)
 
 
 def evaluate(model, corpus, cfg, block_size):
@@ -22,8 +29,8 @@ def evaluate(model, corpus, cfg, block_size):
         for i, split in enumerate(("train", "val")):
             rng = np.random.default_rng([cfg.seed, 7919, i])
             data = getattr(corpus, split)
-            losses = [float(model(*get_batch(data, cfg.batch_size, block_size, rng))[1].item())
+            losses = [model(*get_batch(data, cfg.batch_size, block_size, rng))[1].data
                       for _ in range(cfg.eval_iters)]
-            out[split] = float(np.mean(losses))
+            out[split] = float(np.mean(_to_host(losses)))
     model.train()
     return out

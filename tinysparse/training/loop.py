@@ -4,15 +4,20 @@ One step: draw a batch -> forward -> loss -> backward -> clip the gradient norm 
 learning rate from the schedule (linear warm-up, cosine decay) -> AdamW update.
 
 Everything a run needs to continue lives in one checkpoint: parameters, AdamW's moments, the
-step, the global generator (dropout) and the batch sampler's generators. So on the CPU,
-10 steps + resume + 10 steps gives exactly the parameters of 20 steps straight. (On a GPU,
-CuPy's dropout generator is not saved, so a resumed run there is close but not bit-identical.)
+step, the global generators (the host's and the device stream that dropout and router jitter
+draw from on a GPU) and the batch sampler's generators. So 10 steps + resume + 10 steps gives
+exactly the parameters of 20 steps straight, on the CPU and on one GPU alike.
 
-On a GPU the step keeps its numbers on the device: the loss and the gradient norm are read every
-log_interval steps (see _sync_interval). What still waits for the device each step is inherent
-to dropless MoE dispatch: the buffer's size (tokens kept per expert) is data, so the host reads
-it once per MoE layer before it can allocate; a fixed capacity would avoid it at the cost of
-padding.
+On a GPU the step keeps its numbers on the device, and the host never waits for it in a dense
+step: the batch is cut from the corpus already on the device (only its B start positions cross),
+and the loss and the gradient norm are read every log_interval steps (see _sync_interval). A MoE
+step waits once per MoE layer, which is inherent to dropless dispatch: the buffer's size
+(tokens kept per expert) is data, and the host reads it before it can allocate; a fixed
+capacity would avoid it at the cost of padding. tests/test_fake_gpu.py counts these waits.
+
+Times on a GPU: a step returns once its work is queued, not done. The times printed (the
+progress line, the tokens/s of log.jsonl and of the summary) cover windows that end with a read
+of the losses, which waits for every queued step: they are device times, not queueing times.
 """
 from __future__ import annotations
 
@@ -111,12 +116,15 @@ class TrainingRun:
         self.model = GPT(mcfg).to(self.device)
         self.opt = optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
                                weight_decay=cfg.weight_decay)
-        self.sampler = BatchSampler(self.corpus, cfg.batch_size, mcfg.block_size, seed=cfg.seed)
+        self.sampler = BatchSampler(self.corpus, cfg.batch_size, mcfg.block_size, seed=cfg.seed,
+                                    device=self.device)
         self.st = {"step": 0, "best_val_loss": math.inf, "history": [], "val_loss": None}
         if ckpt is not None:
             load_state(ckpt, self.model, self.opt)
             self.sampler.load_state_dict(ckpt["sampler"])
             ts_random.set_state(ckpt["rng"])
+            if ckpt.get("rng_cupy") is not None:    # None: a checkpoint from before it was saved
+                ts_random.set_device_state(ckpt["rng_cupy"])
             self.st.update({k: ckpt[k] for k in self.st if k in ckpt})
             self.st["history"] = list(self.st["history"])
         save_json(os.path.join(cfg.out_dir, CONFIG_NAME),
@@ -129,6 +137,8 @@ class TrainingRun:
         self.tokens_per_step = cfg.batch_size * mcfg.block_size
         self.tokens, self.train_time = 0, 0.0
         self.window_steps, self.window_time = 0, 0.0   # steps since the last printed progress line
+        self.read_steps, self.read_time = 0, 0.0       # steps since the last read of the losses
+        self.rate = math.nan                           # tokens/s over the last read window
         self.moe = None                 # load statistics of the last read training step
         # Reading a number from the GPU makes the host wait for the device. On the CPU every
         # step is checked at once; on a GPU the losses and gradient norms stay on the device and
@@ -154,7 +164,8 @@ class TrainingRun:
             "model": self.model.state_dict(),
             "optimizer": {**self.opt.state_dict(), "params": params},
             "model_config": self.mcfg.to_dict(), "train_config": self.cfg.to_dict(),
-            "step": step, "rng": ts_random.get_state(), "sampler": self.sampler.state_dict(),
+            "step": step, "rng": ts_random.get_state(), "rng_cupy": ts_random.get_device_state(),
+            "sampler": self.sampler.state_dict(),
             **{k: self.st[k] for k in ("best_val_loss", "history", "val_loss")}})
 
     # ---- evaluate and log ----------------------------------------------------------------------------
@@ -224,14 +235,22 @@ class TrainingRun:
             self.moe = self.model.moe_stats()
 
     def show_progress(self, bar, dt):
-        """The bar's postfix (on a terminal: this step's time and rate), or a printed line every
+        """The bar's postfix (on a terminal: the rate of the steps since the last read of the
+        losses: every step on the CPU, log_interval steps on a GPU), or a printed line every
         log_interval steps (without a terminal). The line's ms/step and tok/s are both over the
-        same window, the steps since the previous line: mean step time, and tokens / time."""
+        same window, the steps since the previous line: mean step time, and tokens / time.
+        Every window ends with a read of the losses, which waits for the device: on a GPU the
+        times are those of the work done, not of its queueing (the module docstring)."""
         step = self.step_count
         self.window_steps += 1
         self.window_time += dt
+        self.read_steps += 1
+        self.read_time += dt
+        if step % self.sync_every == 0:     # step() has just read the losses: the device is done
+            self.rate = self.tokens_per_step * self.read_steps / self.read_time
+            self.read_steps, self.read_time = 0, 0.0
         bar.update(1)
-        bar.set_postfix_str(f"loss {self.loss_value:.4f}, {self.tokens_per_step / dt:,.0f} tok/s"
+        bar.set_postfix_str(f"loss {self.loss_value:.4f}, {self.rate:,.0f} tok/s"
                             + _moe_text(self.moe), refresh=False)
         if bar.disable and step % self.cfg.log_interval == 0:
             mean = self.window_time / self.window_steps
@@ -256,7 +275,8 @@ class TrainingRun:
                 while self.step_count < cfg.max_iters:
                     if sigint.requested:
                         return "interrupted"
-                    before = (self.sampler.state_dict(), ts_random.get_state())
+                    before = (self.sampler.state_dict(), ts_random.get_state(),
+                              ts_random.get_device_state())
                     progress = {"phase": "step"}
                     try:
                         t0 = time.perf_counter()
@@ -274,6 +294,7 @@ class TrainingRun:
                         if progress["phase"] == "step":   # the step never happened: undo its draw
                             self.sampler.load_state_dict(before[0])
                             ts_random.set_state(before[1])
+                            ts_random.set_device_state(before[2])
                         # during the update the parameters are half updated: never save them
                         return "aborted" if progress["phase"] == "update" else "interrupted"
             finally:
