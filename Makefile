@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 DEVICE ?=
 PRESET ?= tiny
 ARGS   ?=
 
 LESSONS := $(sort $(notdir $(wildcard lessons/[0-9][0-9]_*)))
 
-.PHONY: help install test train sample bench gpu-check lessons transcripts clean
+.PHONY: help install cuda-install test train sample bench gpu-check lessons transcripts clean
 
 help:  ## list every target and every chapter
 	@echo "tinysparse: a course and library for sparse-activation models"
@@ -20,7 +21,10 @@ help:  ## list every target and every chapter
 	@echo "  make test       run the test suite"
 	@echo "  make bench      time training steps and MoE layers against PyTorch, side by side"
 	@echo "  make gpu-check  on a machine with a CUDA GPU: kernel tests on the device, timings,"
-	@echo "                  a short tiny-moe training (exit 2 where there is no GPU)"
+	@echo "                  a short tiny-moe training (exit 2 where there is no GPU);"
+	@echo "                  ARGS=--full adds the checks of a lent GPU (sync-free steps, resume)"
+	@echo "  make cuda-install  CuPy + numba-cuda for this machine's driver (DRY_RUN=1: print only;"
+	@echo "                  gpu-check and train DEVICE=cuda run it first)"
 	@echo "  make install    create .venv and install tinysparse with its dev extra"
 	@echo "  make lessons    run every chapter's script in quick mode"
 	@echo "  make lesson-NN  run chapter NN's script in full (ARGS=--quick for a fast run)"
@@ -40,20 +44,36 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The CuPy wheel of the driver's CUDA major version (cupy-cuda12x or cupy-cuda13x) and numba-cuda;
+# idempotent; exit 2 with one line saying which to choose when no driver answers.
+CUDA_INSTALL = $(PY) -m tinysparse.bench.cuda_install
+
+cuda-install: $(STAMP)
+	$(CUDA_INSTALL) $(if $(DRY_RUN),--dry-run)
+
+# the PyTorch that make bench compares against
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	@touch $(BENCH_STAMP)
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 train: $(STAMP)
+	$(if $(filter cuda,$(DEVICE)),$(CUDA_INSTALL))
 	$(PY) -m tinysparse train --preset $(PRESET) $(if $(DEVICE),--device $(DEVICE)) $(ARGS)
 
 sample: $(STAMP)
 	$(PY) -m tinysparse sample --out-dir out/$(PRESET) $(ARGS)
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(PY) -m tinysparse bench $(ARGS)
 
-# Needs the cuda extra (pip install -e '.[cuda]') and a GPU; see tinysparse/bench/gpu_check.py.
+# Needs a GPU; installs CuPy and numba-cuda for it first (without a driver the install step's
+# exit 2 is passed over and gpu_check itself says there is no GPU, exit 2).
+# See tinysparse/bench/gpu_check.py; ARGS=--full: the checks to run when a GPU is lent.
 gpu-check: $(STAMP)
+	$(CUDA_INSTALL) || test $$? -eq 2
 	$(PY) -m tinysparse.bench.gpu_check $(ARGS)
 
 lessons: $(STAMP)

@@ -24,7 +24,7 @@ def _why_no_gpu():
         return ("the CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1, the default of tests/conftest.py); "
                 "run `make gpu-check` or `NUMBA_ENABLE_CUDASIM=0 pytest -m gpu` on a GPU machine")
     if not backend.cuda_available():
-        return "no real GPU: CuPy is not installed or finds no CUDA device (pip install -e .[cuda])"
+        return "no real GPU: CuPy is not installed or finds no CUDA device (make cuda-install)"
     return None
 
 

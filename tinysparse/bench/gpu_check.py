@@ -1,6 +1,15 @@
 """make gpu-check: the CUDA kernels on a real GPU, end to end, in under five minutes.
 
     python -m tinysparse.bench.gpu_check [--budget 280] [--iters 50]
+    python -m tinysparse.bench.gpu_check --full      # (make gpu-check ARGS=--full) the checks of
+                                                     # a lent GPU first, then the three stages
+    python -m tinysparse.bench.gpu_check --full --dry-run   # list the stages; needs no GPU
+
+--full (gpu_full.py) adds, before the stages below, in about two minutes more: the versions,
+one dense (tiny) and one MoE (tiny-moe) training step with the host forbidden to wait for the
+device (only the MoE dispatch plan may, once per layer), 30 tiny-moe steps on dispatch 'numpy'
+and on 'cuda' (synchronised ms/step, losses side by side), and a resume with dropout compared
+bit for bit with an unbroken run.
 
 Three stages; each one reports PASS or FAIL with its reason, and a failure does not stop the next:
 
@@ -47,10 +56,10 @@ def why_no_gpu():
     try:
         from tinysparse.engine import backend
         if not backend.cuda_available():
-            return "CuPy is not installed or finds no CUDA device (pip install -e .[cuda])"
+            return "CuPy is not installed or finds no CUDA device (make cuda-install)"
         from numba import cuda
         if not cuda.is_available():
-            return "CuPy sees a GPU but Numba's CUDA driver binding does not (pip install -e .[cuda])"
+            return "CuPy sees a GPU but Numba's CUDA driver binding does not (make cuda-install)"
     except Exception as exc:                    # a broken CUDA install raises at import
         return f"the CUDA stack does not load ({exc.__class__.__name__}: {exc})"
     return None
@@ -214,27 +223,54 @@ def print_table(rows, header):
         print(f"{label.ljust(width)}  {result:<6}  {detail}")
 
 
+FULL_STAGES = [  # (label, gpu_full function name, arguments)
+    ("versions", "versions", ()),
+    ("sync-free step, tiny (dense)", "sync_free", ("tiny",)),
+    ("sync-free step, tiny-moe, dispatch numpy", "sync_free", ("tiny-moe", "numpy")),
+    ("sync-free step, tiny-moe, dispatch auto (cuda)", "sync_free", ("tiny-moe", "auto")),
+    ("30 tiny-moe steps, dispatch numpy then cuda", "two_backends", ()),
+    ("resume with dropout, bit for bit", "resume", ()),
+]
+STAGES = ["tests on the device (pytest)", "timing (MoE layer, numpy / cuda naive / cuda tiled)",
+          "train tiny-moe, dispatch numpy", "train tiny-moe, dispatch cuda"]
+
+
+def run_full(rows):
+    """The stages of a lent GPU (gpu_full.py), each into rows."""
+    from . import gpu_full
+    for label, name, args in FULL_STAGES:
+        _run(rows, label, getattr(gpu_full, name), *args)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tinysparse.bench.gpu_check",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--budget", type=float, default=280, help="seconds for all stages (default 280)")
+    p.add_argument("--budget", type=float, default=280,
+                   help="seconds for the three stages (default 280; --full's come before, ~2 min)")
     p.add_argument("--iters", type=int, default=50, help="training steps per run (default 50)")
+    p.add_argument("--full", action="store_true",
+                   help="first the checks to run when a GPU is lent (gpu_full.py)")
+    p.add_argument("--dry-run", action="store_true", help="list the stages, run none (no GPU needed)")
     args = p.parse_args(argv)
+    if args.dry_run:
+        for label in [f"{label} (--full)" for label, _, _ in FULL_STAGES] * args.full + STAGES:
+            print(f"would run: {label}")
+        return EXIT_OK
     os.environ["NUMBA_ENABLE_CUDASIM"] = "0"   # before anything here imports numba (nothing has)
-    start = time.perf_counter()
-    deadline = start + args.budget
-
     reason = why_no_gpu()
     if reason is not None:
         print(f"gpu-check: no CUDA GPU here: {reason}. Nothing was checked (exit {EXIT_NO_GPU}).")
         return EXIT_NO_GPU
     header = f"gpu-check on {device_line()}"
     print(header, flush=True)
+    rows, began = [], time.perf_counter()
+    if args.full:
+        run_full(rows)
+    deadline = time.perf_counter() + args.budget
 
     def left(reserve):
         return deadline - time.perf_counter() - reserve
 
-    rows = []
     # the time each stage may take, keeping a reserve for the ones after it
     _run(rows, "tests on the device (pytest)", stage_tests, max(30, min(150, left(110))))
     t0 = time.perf_counter()
@@ -251,7 +287,7 @@ def main(argv=None):
             continue
         _run(rows, label, stage_train, dispatch, args.iters, budget)
 
-    print_table(rows, f"{header}; {time.perf_counter() - start:.0f} s")
+    print_table(rows, f"{header}; {time.perf_counter() - began:.0f} s")
     failed = [r for r in rows if r[1] is False]
     return EXIT_FAILED if failed else EXIT_OK
 

@@ -30,7 +30,8 @@ def _try_cupy():
     try:
         import cupy  # noqa: the only import of cupy in tinysparse
     except Exception as exc:  # ImportError, or a broken CUDA install raising at import
-        _cupy_error = f"CuPy is not installed ({exc.__class__.__name__}); install it with `pip install -e .[cuda]`"
+        _cupy_error = (f"CuPy is not installed ({exc.__class__.__name__}); install it with "
+                       f"`make cuda-install` (it picks the wheel of the driver's CUDA version)")
         return None
     try:
         # `import cupy` succeeds without a GPU; the first allocation would fail, so ask first.
@@ -89,6 +90,8 @@ def is_cuda_array(array):
     `Tensor(cupy_array)` as the first call): a CuPy array's type says where it comes from."""
     if _cupy is not None:
         return isinstance(array, _cupy.ndarray)
+    if isinstance(array, np.ndarray):
+        return False
     return (type(array).__module__.split(".")[0] == "cupy" and _try_cupy() is not None
             and isinstance(array, _cupy.ndarray))
 
@@ -114,14 +117,16 @@ def synchronize(device="cuda"):
         _cupy.cuda.Device().synchronize()
 
 
-def forbid_synchronize():
-    """A context in which any wait of the host for the GPU raises (cupyx.allow_synchronize(False),
-    CuPy's own check); a no-op context where no GPU is in use. For checks of sync-free code."""
+def allow_synchronize(allow):
+    """A context in which a wait of the host for the GPU raises, with allow=False (CuPy's own
+    check, cupyx.allow_synchronize; it sees the waits CuPy makes: reading values, sizes, copies
+    to the host), or is allowed again inside such a block (allow=True). A no-op context where
+    no GPU is in use. For checks that code runs without waiting (bench/gpu_check.py)."""
     import contextlib
     if _cupy is None:
         return contextlib.nullcontext()
     import cupyx  # noqa: CuPy's companion package, installed with it
-    return cupyx.allow_synchronize(False)
+    return cupyx.allow_synchronize(allow)
 
 
 def to_device(array, device):
