@@ -75,10 +75,15 @@ class Ledger:
 LEDGER = Ledger()
 
 
+_PASS_THROUGH = (os.sep + os.path.join("tinysparse", "engine", "backend.py"),)
+
+
 def _caller():
-    """'path:line (function)' of the first frame outside this file: the line that asked."""
+    """'path:line (function)' of the line that asked: the first frame outside this file and the
+    device switch's helpers (backend.to_numpy reads for its caller)."""
     frame = sys._getframe(1)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename) == _HERE:
+    while frame is not None and (os.path.abspath(frame.f_code.co_filename) == _HERE
+                                 or frame.f_code.co_filename.endswith(_PASS_THROUGH)):
         frame = frame.f_back
     if frame is None:
         return "?"
