@@ -142,5 +142,5 @@ def test_gpu_check_full_stages_on_the_stand_in(fake_gpu):
     from tinysparse.bench import gpu_full
     ok, detail = gpu_full.sync_free("tiny")
     assert ok, detail
-    ok, detail = gpu_full.resume()
+    ok, detail = gpu_full.resume(n_layer=1, n_embd=32, block_size=16)
     assert ok and "parameters bit-identical" in detail, detail

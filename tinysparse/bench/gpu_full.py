@@ -131,13 +131,14 @@ def two_backends(steps=30, warmup=3):
                 f"{h_cu[0]:.4f} -> {h_cu[-1]:.4f}, largest difference {diff:.2e}")
 
 
-def resume(preset="tiny", dropout=0.1, device="cuda"):
-    """3 steps + resume + 3 steps == 6 steps, bit for bit, with dropout on the device."""
+def resume(preset="tiny", dropout=0.1, device="cuda", **changes):
+    """3 steps + resume + 3 steps == 6 steps, bit for bit, with dropout on the device; `changes`
+    are model fields (the tests shrink the model)."""
     from ..gpt import GPTConfig
     from ..training import train
     from ..training.checkpoint import load_checkpoint
     from ..training.config import PRESETS, TrainConfig
-    model = GPTConfig(**{**PRESETS[preset]["model"], "dropout": dropout})
+    model = GPTConfig(**{**PRESETS[preset]["model"], "dropout": dropout, **changes})
 
     def config(out_dir, iters):
         return TrainConfig(**{**PRESETS[preset]["train"], **SMALL, "out_dir": out_dir,
