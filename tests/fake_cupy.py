@@ -333,6 +333,9 @@ class ndarray:
     def fill(self, value):
         self._a.fill(_unwrap(value))
 
+    def argsort(self, axis=-1, kind=None):
+        return argsort(self, axis, kind)
+
     def _method(name):
         def method(self, *args, **kwargs):
             return _wrap(getattr(self._a, name)(*_unwrap(args), **_unwrap_kwargs(kwargs)))
@@ -389,7 +392,7 @@ def _function(name, np_func=None):
 _PLAIN = ("arange", "zeros", "ones", "empty", "full", "zeros_like", "ones_like", "empty_like",
           "full_like", "exp", "log", "log1p", "expm1", "sqrt", "tanh", "abs", "absolute", "sign",
           "maximum", "minimum", "clip", "concatenate", "stack", "split", "take", "take_along_axis",
-          "argsort", "sort", "argpartition", "partition", "cumsum", "broadcast_to", "expand_dims",
+          "argpartition", "partition", "cumsum", "broadcast_to", "expand_dims",
           "squeeze", "triu", "tril", "isnan", "isfinite", "isinf", "hypot", "frexp", "ldexp",
           "searchsorted", "diff", "matmul", "dot", "sum", "mean", "max", "min", "amax", "amin",
           "argmax", "argmin", "prod", "all", "any", "logical_and", "logical_or", "logical_not",
@@ -403,6 +406,18 @@ _PLAIN = ("arange", "zeros", "ones", "empty", "full", "zeros_like", "ones_like",
 for _name in _PLAIN:
     globals()[_name] = _function(_name)
 del _name
+
+
+def _stable(name):
+    def func(a, axis=-1, kind=None):
+        if kind not in (None, "stable"):   # CuPy's sorts are always stable and take no other kind
+            raise ValueError(f"cupy.{name}: kind={kind!r} is not supported (None or 'stable')")
+        return _wrap(getattr(_np, name)(_unwrap(a), axis=axis, kind="stable"))
+    func.__name__ = name
+    return func
+
+
+argsort, sort = _stable("argsort"), _stable("sort")
 
 
 def repeat(a, repeats, axis=None):
