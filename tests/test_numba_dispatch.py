@@ -218,13 +218,14 @@ def test_the_flavour_rule_follows_numpys_blas_threads():
         assert not parallel_pays()
 
 
-def test_auto_is_numba_for_float_numpy_arrays_and_numpy_otherwise(monkeypatch):
+def test_auto_is_numba_for_float_numpy_arrays_cuda_for_cupy_and_numpy_otherwise(monkeypatch):
     resolve = dispatch.resolve_backend_name
     assert resolve("auto", np.zeros((3, 4), np.float32)) == "numba"
     assert resolve("auto", np.zeros((3, 4), np.float64)) == "numba"
     assert resolve("auto", np.zeros((3, 4), np.float16)) == "numpy"   # no kernels compiled for it
     monkeypatch.setattr(dispatch, "array_module", lambda a: "cupy")  # a CuPy array, to auto
-    assert resolve("auto", np.zeros((3, 4), np.float32)) == "numpy"
+    assert resolve("auto", np.zeros((3, 4), np.float32)) == "cuda"    # the CUDA kernels
+    assert resolve("auto", np.zeros((3, 4), np.float16)) == "numpy"
 
 
 def test_time_primitives_runs_every_primitive_on_every_backend():

@@ -51,7 +51,8 @@ class GPTConfig:
                                      # selection bias by +-gamma toward balance (DeepSeek-V3)
     jitter: float = 0.0       # router noise: its input times U(1-j, 1+j) in training (Switch); 0 = off
     dispatch_backend: str = "auto"  # sparse dispatch: 'numpy', 'numba' (CPU kernels), 'cuda', or
-                                    # 'auto' (numba on float32/64 NumPy arrays, else numpy)
+                                    # 'auto' (float32/64: numba on NumPy arrays, cuda on
+                                    # CuPy arrays; else numpy)
     # Adaptive computation (chapter 09; tinysparse/adaptive). The defaults turn it all off.
     n_null: int = 0           # null experts beside the n_expert routed ones (AdaMoE): a token takes
                               # 0..top_k real experts; null slots cost nothing
