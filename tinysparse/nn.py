@@ -269,7 +269,8 @@ class Embedding(Module):
         if not hasattr(idx, "dtype"):                     # a list of ids
             idx = np.asarray(idx)
         check_ids("Embedding input", idx, self.weight.shape[0])     # before the copy to a GPU
-        return self.weight[backend.array_module(self.weight.data).asarray(idx)]
+        xp = backend.array_module(self.weight.data)
+        return self.weight[xp.asarray(idx).astype(np.int64, copy=False)]   # uint8 ids as indices
 
 
 class LayerNorm(Module):

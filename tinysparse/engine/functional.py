@@ -161,7 +161,7 @@ def cross_entropy(logits, targets, ignore_index=None):
         raise ValueError(f"cross_entropy: {targets.size} targets for logits of shape {data.shape}: "
                          f"give one target per row, targets of shape {data.shape[:-1]}")
     _check_targets(targets, V, ignore_index)       # on the host when targets are host arrays
-    targets = array_module(data).asarray(targets)
+    targets = array_module(data).asarray(targets).astype(np.int64, copy=False)  # index dtype
     return CrossEntropy.apply(logits, targets, ignore_index=ignore_index)
 
 
