@@ -30,6 +30,7 @@ import numpy as np
 from .._checks import check_int, check_number
 from ..engine import functional as F
 from ..engine.backend import array_module
+from ..moe.dispatch import expert_counts
 from ..moe.router import RoutingResult, TopKRouter, top_k_ids
 
 NULL_KINDS = ("zero", "identity")
@@ -97,7 +98,7 @@ class NullExpertRouter(TopKRouter):
             self._real_slots += int((~null).sum())
             self._tokens += int(selected.shape[0])
             if self.bias is not None:
-                load = xp.bincount(expert_ids[~null], minlength=E)
+                load = expert_counts(expert_ids, E)                    # null slots are -1 here
                 self._load = load if self._load is None else self._load + load
         return RoutingResult(expert_ids, gates, probs, scores, logits, selected=selected,
                              passthrough=passthrough)
@@ -113,7 +114,7 @@ class NullExpertRouter(TopKRouter):
         f_i: fraction of the T*k slots on expert i (a constant), P_i: mean router probability."""
         xp = array_module(r.selected)
         n_all = self.n_real + self.n_null
-        f = xp.bincount(r.selected.reshape(-1), minlength=n_all) / max(r.selected.size, 1)
+        f = expert_counts(r.selected, n_all) / max(r.selected.size, 1)  # no wait on a GPU
         eta = np.ones(n_all)
         eta[self.n_real:] = self.tau
         P = r.probs.sum(axis=0) / max(r.probs.shape[0], 1)               # (E + n,)
