@@ -115,6 +115,28 @@ def test_float32_sum_and_mean_do_not_overflow_in_partial_sums():
     assert m64 == 1e308
 
 
+BIG = np.finfo(np.float64).max
+
+
+@pytest.mark.parametrize("fn, values, want", [
+    # mean of three largest floats: (x / 3).sum() rounded past the maximum (hypothesis found it)
+    (lambda x: x.mean(-1), [[BIG, BIG, BIG]], [BIG]),
+    (lambda x: x.mean(), [BIG, BIG, -BIG, BIG], [BIG / 2]),
+    (lambda x: x.mean(axis=0), [[BIG, 1.0], [BIG, 3.0]], [BIG, 2.0]),
+    (lambda x: x.mean(axis=(0, 1), keepdims=True), [[BIG, BIG], [BIG, BIG]], [[BIG]]),
+    # a float64 sum whose partial sum overflows although the result is finite
+    (lambda x: x.sum(), [1e308, 1e308, -1e308], [1e308]),
+    (lambda x: x.sum(axis=1), [[1e308, 1e308, -1e308], [1.0, 2.0, 3.0]], [1e308, 6.0]),
+    (lambda x: x.sum(axis=0, keepdims=True), [[BIG, 0.0], [-BIG / 2, 0.0]], [[BIG / 2, 0.0]]),
+])
+def test_float64_sum_and_mean_finite_where_the_result_is(fn, values, want):
+    """The kind of [max, max, max].mean(): every partial result of the safe path stays finite,
+    and each row comes out at its exact value (an all-zero row too)."""
+    y, (dx,) = grad_of(fn, values, dtype=np.float64)
+    np.testing.assert_allclose(y.reshape(-1), np.asarray(want, np.float64).reshape(-1), rtol=1e-15)
+    assert np.isfinite(dx).all()
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_layer_norm_of_huge_rows(dtype):
     """(x - mean)^2 overflowed: var = inf, rstd = 0, and every output 0; a constant huge row

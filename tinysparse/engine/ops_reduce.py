@@ -4,8 +4,10 @@ Split from ops.py, which re-exports them; the same rules hold (backward right un
 Numerics, float32 and float64: a partial sum can overflow although the result is finite
 (sum([3e38, 3e38, -3e38]) in float32, mean([1e308, 1e308]) in float64). Where the plain result is
 not finite but the input is, it is computed again safely: float32 (and narrower) adds up in
-float64 and rounds once; a float64 mean adds up x / n, which cannot exceed the largest |x|. (A
-float64 sum still overflows where a partial sum exceeds 1.8e308.) On the CPU the safe way runs
+float64 and rounds once; float64 scales by the largest |x| along the axes, m, and adds up x / m
+(no partial sum can exceed n), then multiplies by m: mean = m * mean(x / m), clipped to [-1, 1]
+before the product since the mean of numbers in [-1, 1] lies there and a rounding step past 1
+would make m * 1.0000000000000002 overflow at m = 1.8e308. On the CPU the safe way runs
 only then, so ordinary results are NumPy's to the bit; on a GPU, where the check would wait for
 the device, it always runs.
 Also:
@@ -46,6 +48,20 @@ def _safe_when_needed(a, plain, safe):
     return safe()
 
 
+def _scaled_reduction(a, axis, keepdims, mean):
+    """sum or mean of a float64 array as m * reduce(a / m), m = max |a| along the axes (see above)."""
+    xp = array_module(a)
+    m = xp.abs(a).max(axis=axis, keepdims=True)
+    m = xp.where(m == 0, xp.ones_like(m), m)                 # an all-zero slice: a / 1
+    q = (a / m).mean(axis=axis, keepdims=True) if mean else (a / m).sum(axis=axis, keepdims=True)
+    if mean:
+        q = xp.clip(q, -1.0, 1.0)                            # |mean(a / m)| <= 1 exactly
+    out = q * m
+    if keepdims:
+        return out
+    return out.reshape(()) if axis is None else xp.squeeze(out, axis=normalize_axes(axis, a.ndim))
+
+
 def _expand_reduced(grad, shape, axis, keepdims):
     """Put back the axes a reduction removed, so grad broadcasts against the input's shape."""
     if axis is None:
@@ -68,7 +84,8 @@ class Sum(Function):
         acc = _accumulator(a.dtype)
         return _safe_when_needed(
             a, lambda: a.sum(axis=axis, keepdims=keepdims),
-            lambda: a.sum(axis=axis, keepdims=keepdims, dtype=acc or a.dtype).astype(a.dtype))
+            (lambda: a.sum(axis=axis, keepdims=keepdims, dtype=acc).astype(a.dtype)) if acc else
+            (lambda: _scaled_reduction(a, axis, keepdims, mean=False)))
 
     @staticmethod
     def backward(ctx, grad):
@@ -87,7 +104,7 @@ class Mean(Function):
         if acc is not None:
             safe = lambda: (a.sum(axis=axis, keepdims=keepdims, dtype=acc) / n).astype(a.dtype)  # noqa: E731
         else:
-            safe = lambda: (a / n).sum(axis=axis, keepdims=keepdims)  # noqa: E731
+            safe = lambda: _scaled_reduction(a, axis, keepdims, mean=True)  # noqa: E731
         return _safe_when_needed(a, lambda: a.mean(axis=axis, keepdims=keepdims), safe)
 
     @staticmethod
