@@ -22,6 +22,19 @@ class Parameter(Tensor):
                          requires_grad=True)
 
 
+# Told which module runs, while the efficiency ledger counts (it sets this through
+# set_call_observer; nn never imports it). None: the only cost of a call is this one check.
+_call_observer = None
+
+
+def set_call_observer(observer):
+    """Install `observer` (enter(module) before a Module's forward, exit(module) after it) and
+    return the previous one; None removes it. tinysparse.ledger.count() keeps its module stack so."""
+    global _call_observer
+    previous, _call_observer = _call_observer, observer
+    return previous
+
+
 class Module:
     """Base class: subclasses set attributes in __init__ and write forward()."""
 
@@ -32,7 +45,13 @@ class Module:
                                   f"must define forward(self, ...)")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        if _call_observer is None:
+            return self.forward(*args, **kwargs)
+        _call_observer.enter(self)
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            _call_observer.exit(self)
 
     # ---- printing, as PyTorch prints a model ---------------------------------------------------
     def extra_repr(self):

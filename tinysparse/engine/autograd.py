@@ -8,6 +8,7 @@ in `.grad`.
 Lesson 01 builds this up from a scalar micrograd-style value; this file is the real thing.
 """
 from . import backend
+from . import function
 
 
 def unbroadcast(grad, shape):
@@ -81,6 +82,7 @@ def backward(root, grad=None, retain_graph=False):
                                f"got {grad.shape}")
         grads = {id(root): (grad, False)}
     order = _topological_order(root)
+    observer = function._observer          # the ledger's, while one counts (function.set_observer)
     if any(node._ctx is not None and node._ctx[1] is _FREED for node in order):
         raise RuntimeError("Trying to backward through the graph a second time: the first "
                            "backward() freed it to release its memory. Pass retain_graph=True to "
@@ -101,6 +103,8 @@ def backward(root, grad=None, retain_graph=False):
         if grad is None:
             continue
         input_grads = _call_backward(fn, ctx, grad)
+        if observer is not None:
+            observer.on_backward(fn, ctx, grad, input_grads)
         for parent, g in zip(inputs, input_grads):
             if g is None or not isinstance(parent, Tensor) or not parent.requires_grad:
                 continue

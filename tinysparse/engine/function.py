@@ -24,6 +24,19 @@ import contextlib
 import numpy as np
 
 _grad_enabled = True
+# The observer of every apply and every backward call (the efficiency ledger sets it while it
+# counts; the engine never imports who observes). None: the only cost is this one check.
+_observer = None
+
+
+def set_observer(observer):
+    """Install `observer` and return the previous one (None removes it). While installed, each
+    apply calls observer.on_forward(cls, ctx, inputs, arrays, output_array, options) after the
+    forward, and the backward engine calls observer.on_backward(fn, ctx, grad, input_grads)
+    after each node's backward. tinysparse.ledger.count() is the one user."""
+    global _observer
+    previous, _observer = _observer, observer
+    return previous
 
 
 def is_grad_enabled():
@@ -109,6 +122,8 @@ class Function:
         out.grad = None
         out.requires_grad = record
         out._ctx = (cls, ctx, inputs) if record else None
+        if _observer is not None:
+            _observer.on_forward(cls, ctx, inputs, arrays, data, options)
         return out
 
 
