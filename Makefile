@@ -10,7 +10,7 @@ ARGS   ?=
 
 LESSONS := $(sort $(notdir $(wildcard lessons/[0-9][0-9]_*)))
 
-.PHONY: help install cuda-install test train sample bench gpu-check lessons transcripts clean
+.PHONY: help install cuda-install test train sample bench ledger gpu-check lessons transcripts clean
 
 help:  ## list every target and every chapter
 	@echo "tinysparse: a course and library for sparse-activation models"
@@ -20,6 +20,8 @@ help:  ## list every target and every chapter
 	@echo "  make sample     print text from the last training run of PRESET"
 	@echo "  make test       run the test suite"
 	@echo "  make bench      time training steps and MoE layers against PyTorch, side by side"
+	@echo "  make ledger     FLOPs, bytes and energy per token of the last run of PRESET"
+	@echo "                  (ARGS=--train-step counts a training step too)"
 	@echo "  make gpu-check  on a machine with a CUDA GPU: kernel tests on the device, timings,"
 	@echo "                  a short tiny-moe training (exit 2 where there is no GPU);"
 	@echo "                  ARGS=--full adds the checks of a lent GPU (sync-free steps, resume)"
@@ -65,6 +67,10 @@ train: $(STAMP)
 
 sample: $(STAMP)
 	$(PY) -m tinysparse sample --out-dir out/$(PRESET) $(ARGS)
+
+ledger: $(STAMP)
+	@test -f out/$(PRESET)/ckpt.json || { echo "error: no run of PRESET=$(PRESET) in out/$(PRESET) yet: train one first with 'make train PRESET=$(PRESET)'" >&2; exit 1; }
+	$(PY) -m tinysparse ledger --out-dir out/$(PRESET) $(ARGS)
 
 bench: $(BENCH_STAMP)
 	$(PY) -m tinysparse bench $(ARGS)

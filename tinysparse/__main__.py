@@ -1,4 +1,4 @@
-"""Command line: python -m tinysparse train | sample | map | bench | convert-checkpoint
+"""Command line: python -m tinysparse train | sample | map | bench | ledger | convert-checkpoint
 (also installed as `tinysparse`).
 
     python -m tinysparse train                      # the tiny preset on the stdlib corpus
@@ -6,6 +6,7 @@
     python -m tinysparse train --resume --max-iters 6000
     python -m tinysparse sample --prompt "def " --max-new-tokens 300
     python -m tinysparse map --out-dir out/tiny-adaptive --text tinysparse/gpt.py   # chapter 09
+    python -m tinysparse ledger --out-dir out/tiny --train-step   # FLOPs, bytes, energy per token
     python -m tinysparse convert-checkpoint --out-dir out/tiny --i-trust-this-file   # old ckpt.pkl
 
 The flags of `train` are made from the fields of GPTConfig and TrainConfig (their comments are the
@@ -32,7 +33,9 @@ from .engine.backend import DeviceError
 from .gpt import GPTConfig, check_generate_args
 from .training.checkpoint import LEGACY_NAME, load_checkpoint
 from .training.convert import TRUST_FLAG, convert_checkpoint
+from .ledger.energy import PRESETS as LEDGER_ENERGY
 from .training.config import PRESETS, TrainConfig
+from .training.data import load_corpus
 from .training.loop import TrainingDiverged, train
 from .training.sampling import causality_warning, load_run, sample_text
 
@@ -95,7 +98,7 @@ def build_parser(bench_arguments=None):
                                      "(and, later, sparse models) on a from-scratch NumPy engine.")
     parser.add_argument("--version", action="version", version=f"tinysparse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{train,sample,map,bench,convert-checkpoint}")
+                                metavar="{train,sample,map,bench,ledger,convert-checkpoint}")
 
     presets = "; ".join(f"{k}: {v['model']}" for k, v in PRESETS.items())
     tr = sub.add_parser("train", help="train a GPT (then print a sample)",
@@ -136,6 +139,23 @@ def build_parser(bench_arguments=None):
                     "the mapped model itself)")
     mp.add_argument("--ansi", action="store_true", help="also print the text coloured for a "
                     "terminal (always, when matplotlib is missing)")
+
+    le = sub.add_parser("ledger", help="FLOPs, bytes and energy per token of a trained run",
+                        description="Count the FLOPs and bytes a trained run executes per token "
+                        "on validation text (tinysparse/ledger/), with modelled and measured "
+                        "energy, the analytic estimate, a roofline and, for a MoE, weight bytes "
+                        "against batch size.")
+    le.add_argument("--out-dir", default=PRESETS["tiny"]["train"]["out_dir"],
+                    help="run folder to load (default: the tiny preset's)")
+    le.add_argument("--batch-size", type=int, default=8,
+                    help="validation windows of block_size tokens to count (default 8)")
+    le.add_argument("--train-step", action="store_true",
+                    help="also count one training step (forward + backward)")
+    le.add_argument("--energy-model", default="horowitz-45nm", choices=sorted(LEDGER_ENERGY),
+                    help="modelled energy preset (default horowitz-45nm)")
+    le.add_argument("--no-roofline", action="store_true",
+                    help="skip measuring this machine's ceilings and the roofline plot")
+    le.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
 
     cv = sub.add_parser("convert-checkpoint", help="convert an old pickle checkpoint (ckpt.pkl) "
                         "that you made yourself", description="Convert the ckpt.pkl of a run "
@@ -249,6 +269,19 @@ def cmd_map(args):
     return 0
 
 
+def cmd_ledger(args):
+    from .ledger.report import format_report, ledger_report
+    check_int("--batch-size", args.batch_size, low=1, hint="e.g. 8")
+    model, (mcfg, tcfg), _ = load_run(args.out_dir, args.device)
+    corpus = load_corpus(tcfg.data, mcfg.block_size, tcfg.max_bytes, seed=tcfg.seed)
+    png = None if args.no_roofline else os.path.join(args.out_dir, "ledger_roofline.png")
+    result = ledger_report(model, corpus.val, args.batch_size, args.train_step,
+                           args.energy_model, png, measure_roofline=not args.no_roofline)
+    print(f"run folder {args.out_dir}")
+    print(format_report(result))
+    return 0
+
+
 def cmd_convert(args):
     path = convert_checkpoint(args.out_dir, trust=args.trust)
     print(f"converted: {path} (and its arrays file); the old {LEGACY_NAME} is left as it was: "
@@ -292,7 +325,7 @@ def main(argv=None) -> int:
             return EXIT_ERROR
     args = build_parser(bench_arguments).parse_args(argv)
     command = {"train": cmd_train, "sample": cmd_sample, "bench": cmd_bench, "map": cmd_map,
-               "convert-checkpoint": cmd_convert}[args.command]
+               "ledger": cmd_ledger, "convert-checkpoint": cmd_convert}[args.command]
     try:
         return int(command(args))
     except KeyboardInterrupt:
