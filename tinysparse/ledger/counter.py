@@ -38,6 +38,7 @@ from ..engine import function as _function
 from .. import nn
 from .costs import COSTS, ZERO
 
+_NONE = {}
 FIELDS = ("flops_matmul", "flops_other", "flops_padding", "bytes_rw")
 PHASES = ("forward", "backward")
 OUTSIDE = "(no module)"
@@ -110,8 +111,8 @@ class Ledger:
     `per_token(n)`; `unknown_ops` names Function classes without a cost formula (their bytes
     count, their FLOPs cannot)."""
 
-    def __init__(self, model=None):
-        self.model = model
+    def __init__(self, model=None, weights=True):
+        self.model, self.weights = model, weights
         self.root = type(model).__name__ if model is not None else OUTSIDE
         self._paths = module_paths(model) if model is not None else {}
         self._stack = []
@@ -148,8 +149,12 @@ class Ledger:
         nbytes = out.nbytes + cost.extra_bytes
         for a in arrays:
             nbytes += getattr(a, "nbytes", 0) if hasattr(a, "dtype") else 0
-        touched = (formula.touched(inputs, options) if formula is not None and formula.touched
-                   else {id(x): x.data.nbytes for x in inputs if isinstance(x, nn.Parameter)})
+        if not self.weights:
+            touched = _NONE
+        elif formula is not None and formula.touched:
+            touched = formula.touched(inputs, options)
+        else:
+            touched = {id(x): x.data.nbytes for x in inputs if isinstance(x, nn.Parameter)}
         self._touched["forward"].update(touched)
         self._add("forward", module, cls.__name__, cost, nbytes)
         if ctx.needs_input_grad is not None:  # a graph node: its backward will be counted
@@ -251,14 +256,16 @@ def _with_other(cost, other):
 
 
 @contextlib.contextmanager
-def count(model=None):
+def count(model=None, weights=True):
     """Count every Function call (forward and backward) inside the block: yields a Ledger.
 
     model: the nn.Module whose submodules name the rows ('h.0.attn.c_attn'); None names them
-    by class. A block inside another counts its own work and passes every event on to the
-    outer one, which keeps counting too.
+    by class. weights=False skips weight_bytes_touched (it stays 0): which experts got rows is
+    then never read, so on a GPU the count adds no wait for the device (the training loop).
+    A block inside another counts its own work and passes every event on to the outer one,
+    which keeps counting too.
     """
-    led = Ledger(model)
+    led = Ledger(model, weights)
     led._outer = _function._observer if isinstance(_function._observer, Ledger) else None
     previous = _function.set_observer(led)
     previous_call = nn.set_call_observer(led)

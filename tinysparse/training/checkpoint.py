@@ -20,8 +20,10 @@ What is in each file:
     router jitter draw from on a GPU, engine/random.py's SplitMix64 seed and counter as decimal
     strings; null in checkpoints written before it was saved);
     "sampler" (the batch sampler's train and val generators); "best_val_loss", "val_loss" and
-    the per-step loss "history". Generator states are PCG64 states, their 128-bit integers
-    written as decimal strings, so a resumed run draws exactly what an unbroken one would.
+    the per-step loss "history"; "train_flops" and "train_flops_matmul" (cumulative FLOPs of
+    the training steps, counted by the ledger; absent in older runs). Generator states are
+    PCG64 states, their 128-bit integers written as decimal strings, so a resumed run draws
+    exactly what an unbroken one would.
 
 Why not pickle: unpickling runs whatever code the file asks for, so a shared run folder could
 run commands on the machine that samples from it. Hugging Face ships weights as safetensors and
@@ -57,8 +59,9 @@ import safetensors.numpy
 
 from ..engine import backend
 from .atomic import atomic_write, sha256_hex
-from .checkpoint_schema import (FORMAT, VERSION, CheckpointError, bitgen_to_json, decode_arrays,
-                                device_stream_to_json, parse_meta, refuse, split_arrays)
+from .checkpoint_schema import (FORMAT, TRAIN_FLOPS, VERSION, CheckpointError, bitgen_to_json,
+                                decode_arrays, device_stream_to_json, parse_meta, refuse,
+                                split_arrays)
 
 CKPT_NAME = "ckpt.json"          # the checkpoint inside a run folder; names its arrays file
 ARRAYS_NAME = "ckpt-{step:06d}-{digest:.12}.safetensors"      # the arrays of one checkpoint
@@ -106,6 +109,9 @@ def _split(ckpt):
             "best_val_loss": float(ckpt["best_val_loss"]),
             "val_loss": None if val_loss is None else float(val_loss),
             "history": [float(x) for x in ckpt["history"]]}
+    for key in TRAIN_FLOPS:            # optional: None (not counted) is written as null
+        if ckpt.get(key) is not None:
+            meta[key] = float(ckpt[key])
     return meta, arrays
 
 

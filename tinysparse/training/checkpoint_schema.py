@@ -223,7 +223,16 @@ def parse_meta(data, path):
     out["history"] = [_float(x, path, "a history entry") for x in history]
     if not all(math.isfinite(x) for x in out["history"]):
         refuse(path, "has a loss in its history that is not finite")
+    for key in TRAIN_FLOPS:            # written since the ledger counts steps; older runs lack them
+        value = field(meta, key, float, path, optional=True) if key in meta else None
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            refuse(path, f"has {key} = {value}, which is not a finite count >= 0")
+        out[key] = value
     return out
+
+
+# cumulative FLOPs of the training steps so far, counted by the ledger (training/loop.py)
+TRAIN_FLOPS = ("train_flops", "train_flops_matmul")
 
 
 def _optimizer(opt, path):

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import optim
+from .. import ledger
 from ..engine import backend
 from ..engine import random as ts_random
 from ..gpt import GPT, GPTConfig
@@ -118,14 +119,15 @@ class TrainingRun:
                                weight_decay=cfg.weight_decay)
         self.sampler = BatchSampler(self.corpus, cfg.batch_size, mcfg.block_size, seed=cfg.seed,
                                     device=self.device)
-        self.st = {"step": 0, "best_val_loss": math.inf, "history": [], "val_loss": None}
+        self.st = {"step": 0, "best_val_loss": math.inf, "history": [], "val_loss": None,
+                   "train_flops": 0.0, "train_flops_matmul": 0.0}
         if ckpt is not None:
             load_state(ckpt, self.model, self.opt)
             self.sampler.load_state_dict(ckpt["sampler"])
             ts_random.set_state(ckpt["rng"])
             if ckpt.get("rng_cupy") is not None:    # None: a checkpoint from before it was saved
                 ts_random.set_device_state(ckpt["rng_cupy"])
-            self.st.update({k: ckpt[k] for k in self.st if k in ckpt})
+            self.st.update({k: ckpt[k] for k in self.st if ckpt.get(k) is not None})
             self.st["history"] = list(self.st["history"])
         save_json(os.path.join(cfg.out_dir, CONFIG_NAME),
                   {"model": mcfg.to_dict(), "train": cfg.to_dict(), "device": self.device,
@@ -166,7 +168,8 @@ class TrainingRun:
             "model_config": self.mcfg.to_dict(), "train_config": self.cfg.to_dict(),
             "step": step, "rng": ts_random.get_state(), "rng_cupy": ts_random.get_device_state(),
             "sampler": self.sampler.state_dict(),
-            **{k: self.st[k] for k in ("best_val_loss", "history", "val_loss")}})
+            **{k: self.st[k] for k in ("best_val_loss", "history", "val_loss", "train_flops",
+                                       "train_flops_matmul")}})
 
     # ---- evaluate and log ----------------------------------------------------------------------------
     def evaluate(self, step):
@@ -178,7 +181,8 @@ class TrainingRun:
         rate = self.tokens / self.train_time if self.train_time else None
         record = {"step": step, "train_loss": losses["train"], "val_loss": losses["val"],
                   "val_bpb": bits_per_byte(losses["val"]), "lr": self.opt.lr if step else None,
-                  "tokens_per_s": rate}
+                  "tokens_per_s": rate, "train_flops": self.st["train_flops"],
+                  "train_flops_matmul": self.st["train_flops_matmul"]}
         if self.moe is not None:        # load balance of the last training step
             record.update({f"moe_{k}": v for k, v in self.moe.items()})
         append_log(self.log_path, record)
@@ -214,9 +218,13 @@ class TrainingRun:
         says how far it got ("step", then "update", then "after"), for the Ctrl-C handler."""
         cfg, step = self.cfg, self.step_count
         x, y = self.sampler.train_batch()
-        _, loss = self.model(x, y)
-        self.opt.zero_grad()
-        loss.backward()
+        # every step is counted (the ledger: FLOPs executed, forward + backward; the optimizer's
+        # update is not a Function and is not in it); weights=False: no wait for a GPU
+        with ledger.count(weights=False) as led:
+            _, loss = self.model(x, y)
+            self.opt.zero_grad()
+            loss.backward()
+        counted = led.totals
         norm = optim.clip_grad_norm(self.model.parameters(), cfg.grad_clip or math.inf)
         entry = (step + 1, loss.data, norm)
         if self.sync_every == 1:        # on the CPU: a diverged step never reaches the update
@@ -228,6 +236,8 @@ class TrainingRun:
         if hasattr(self.model, "update_router_bias"):
             self.model.update_router_bias()  # MoE aux-loss-free balancing; no-op when dense
         self.step_count = step = step + 1
+        self.st["train_flops"] += counted.flops           # with the step, never for an undone one
+        self.st["train_flops_matmul"] += counted.flops_matmul
         progress["phase"] = "after"     # from here on the state is consistent at `step`
         if (step % self.sync_every == 0 or step % cfg.eval_interval == 0
                 or step % cfg.checkpoint_interval == 0 or step == cfg.max_iters):
@@ -325,7 +335,8 @@ class TrainingRun:
                    "best_val_loss": st["best_val_loss"], "history": list(st["history"]),
                    "tokens_per_s": self.tokens / self.train_time if self.train_time else None,
                    "train_time_s": self.train_time, "out_dir": self.cfg.out_dir,
-                   "checkpoint": self.ckpt_path, "moe": self.moe}
+                   "checkpoint": self.ckpt_path, "moe": self.moe,
+                   "train_flops": st["train_flops"]}
         if status == "done" and self.cfg.sample_tokens:
             n = self.cfg.sample_tokens
             summary["sample"] = sample_text(self.model, "\n", n, 0.8, 50, seed=0)

@@ -1,0 +1,141 @@
+"""The ledger's energy model (hand-computed), measured energy (a fake RAPL tree), the roofline's
+placement, and MoE weight bytes against batch size."""
+import math
+
+import numpy as np
+import pytest
+
+import tinysparse as ts
+from tinysparse.gpt import GPT, GPTConfig
+from tinysparse.ledger import Figures, measure, moe_bytes, roofline
+from tinysparse.ledger.energy import PRESETS, EnergyModel, get_preset
+from tinysparse.moe.dispatch import get_backend
+
+
+def test_energy_model_on_a_hand_computed_example():
+    """1e9 FLOPs (6e8 matmul + 4e8 other) and 1e6 bytes, Horowitz 45 nm, float32 from DRAM:
+    compute 1e9 x 0.9 pJ = 0.9 mJ to 1e9 x 3.7 pJ = 3.7 mJ; memory 1e6 x 1300/8 pJ = 0.1625 mJ
+    to 1e6 x 2600/8 pJ = 0.325 mJ; total 1.0625 to 4.025 mJ. The weights-once floor: 2e5 bytes,
+    0.0325 to 0.065 mJ."""
+    f = Figures(flops_matmul=6e8, flops_other=4e8, bytes_rw=1e6, weight_bytes_touched=2e5)
+    e = PRESETS["horowitz-45nm"].estimate(f)
+    assert e.compute == pytest.approx((0.9e-3, 3.7e-3))
+    assert e.memory == pytest.approx((1.625e-4, 3.25e-4))
+    assert e.total == pytest.approx((1.0625e-3, 4.025e-3))
+    floor = PRESETS["horowitz-45nm"].estimate(f, bytes_figure="weight_bytes_touched")
+    assert floor.memory == pytest.approx((3.25e-5, 6.5e-5))
+    # HBM2 3.97 pJ/bit = 31.76 pJ/byte, half of it at the low end
+    hbm = PRESETS["hbm-accelerator"].estimate(f)
+    assert hbm.memory == pytest.approx((1e6 * 15.88e-12, 1e6 * 31.76e-12))
+    sram = PRESETS["horowitz-45nm"].memory_joules(8, "sram_8kb")      # one 64-bit access: 10 pJ
+    assert sram == pytest.approx((10e-12, 10e-12))
+
+
+def test_energy_model_refuses_what_it_has_no_number_for():
+    model = EnergyModel("toy", {"float32": (1.0, 2.0)}, {"dram": (3.0, 4.0)})
+    assert model.compute_joules(1e12) == pytest.approx((1.0, 2.0))
+    with pytest.raises(ValueError, match="no dtype 'float64'.*float32"):
+        model.compute_joules(1, "float64")
+    with pytest.raises(ValueError, match="no memory level 'hbm'"):
+        model.memory_joules(1, "hbm")
+    with pytest.raises(ValueError, match="bytes_figure"):
+        model.estimate(Figures(), bytes_figure="bytes")
+    with pytest.raises(ValueError, match="horowitz-45nm"):
+        get_preset("nope")
+
+
+def _fake_rapl(root, energy_uj, wrap=10_000_000):
+    for name, sub in (("package-0", "intel-rapl:0"), ("core", "intel-rapl:0:0")):
+        d = root / sub
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "name").write_text(name + "\n")
+        (d / "energy_uj").write_text(f"{energy_uj}\n")
+        (d / "max_energy_range_uj").write_text(f"{wrap}\n")
+    return root / "intel-rapl:0" / "energy_uj"
+
+
+@pytest.fixture
+def no_nvml(monkeypatch):
+    def missing():
+        raise ImportError("No module named 'pynvml'")
+    monkeypatch.setattr(measure, "_Nvml", missing)
+
+
+def test_rapl_is_read_with_its_wraparound(tmp_path, no_nvml):
+    counter = _fake_rapl(tmp_path, 1_000_000)
+    with measure.EnergyMeter(str(tmp_path)) as meter:
+        counter.write_text("3500000\n")                 # +2.5 J; the core sub-domain is not added
+    assert meter.joules == pytest.approx(2.5) and "RAPL" in meter.source
+    counter.write_text("9000000\n")
+    with measure.EnergyMeter(str(tmp_path)) as meter:
+        counter.write_text("500000\n")                  # wrapped at 10 J: 1 J + 0.5 J
+    assert meter.joules == pytest.approx(1.5)
+
+
+def test_nothing_measurable_says_so(tmp_path, no_nvml):
+    with measure.EnergyMeter(str(tmp_path / "no-powercap")) as meter:
+        pass
+    assert meter.joules is None and meter.source is None
+    assert meter.why.startswith("not measurable on this machine")
+    assert "nvidia-ml-py" in meter.why and "RAPL" in meter.why
+    assert meter.seconds >= 0
+
+
+def test_roofline_places_ops_by_intensity(tmp_path):
+    ceilings = roofline.Ceilings(peak_flops=100e9, bandwidth=10e9, matmul_n=1, copy_bytes=1)
+    assert ceilings.ridge == pytest.approx(10.0)
+    table = [("dense", Figures(flops_matmul=1000, bytes_rw=10)),
+             ("elementwise", Figures(flops_other=100, bytes_rw=100)),
+             ("copy", Figures(bytes_rw=50))]
+    rows = {r.name: r for r in roofline.place(table, ceilings)}
+    assert set(rows) == {"dense", "elementwise"}                 # a copy has no FLOPs to place
+    assert rows["dense"].bound == "compute" and rows["dense"].attainable == pytest.approx(100e9)
+    assert rows["elementwise"].bound == "memory"
+    assert rows["elementwise"].attainable == pytest.approx(10e9)  # 10 GB/s x 1 FLOP/byte
+    pytest.importorskip("matplotlib")
+    path = roofline.plot(list(rows.values()), ceilings, str(tmp_path / "r.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ceilings_are_measured_numbers():
+    c = roofline.measure_ceilings(matmul_n=64, repeats=1, copy_bytes=1 << 20)
+    assert math.isfinite(c.peak_flops) and c.peak_flops > 0
+    assert math.isfinite(c.bandwidth) and c.bandwidth > 0 and c.copy_bytes == 1 << 20
+    assert roofline.last_level_cache_bytes() > 0
+
+
+def test_uniform_distinct_experts():
+    assert moe_bytes.uniform_distinct_experts(16, 2, 1) == pytest.approx(2.0)
+    assert moe_bytes.uniform_distinct_experts(16, 2, 8) == pytest.approx(16 * (1 - (7 / 8) ** 8))
+    assert moe_bytes.uniform_distinct_experts(16, 2, 10_000) == pytest.approx(16.0)
+
+
+def test_distinct_experts_from_a_plan():
+    plan = get_backend("numpy").plan(np.array([[0, 3], [3, 1], [0, 3]]), 5)
+    use = moe_bytes.expert_use(plan, 3, 5)
+    assert use.tolist() == [[True, False, False, True, False], [False, True, False, True, False],
+                            [True, False, False, True, False]]
+    rng = np.random.default_rng(0)
+    assert moe_bytes.mean_distinct(use, 3, rng) == 3.0          # the whole batch: experts 0, 1, 3
+    assert moe_bytes.mean_distinct(use, 1, rng) == 2.0
+    with pytest.raises(ValueError, match="at least 4 routed tokens"):
+        moe_bytes.mean_distinct(use, 4, rng)
+
+
+def test_moe_bytes_per_token_against_batch(rng):
+    """At B = 1 a top-k MoE reads exactly its active weights, as the dense model of equal active
+    FLOPs does; from there on it reads more experts than k and its bytes per token exceed it."""
+    ts.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32,
+                          n_expert=6, top_k=2, d_expert=8, dispatch_backend="numpy"))
+    idx = rng.integers(0, 32, (16, 8))
+    rows = moe_bytes.bytes_vs_batch(model, idx, batches=(1, 8, 64), n_batches=16)
+    assert rows[0].distinct == 2.0
+    assert rows[0].moe_bytes_per_token == pytest.approx(rows[0].dense_bytes_per_token)
+    assert all(r.moe_bytes_per_token > r.dense_bytes_per_token for r in rows[1:])
+    assert rows[2].distinct <= 6 and rows[2].uniform == pytest.approx(6.0, abs=1e-9)
+    with pytest.raises(ValueError, match="Mixture-of-Experts"):
+        moe_bytes.bytes_vs_batch(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8,
+                                               vocab_size=32)), idx)
+
