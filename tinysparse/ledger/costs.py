@@ -21,15 +21,15 @@ Work outside a Function is not counted: the router's top-k selection and the dis
 the Mixture-of-Experts primitives live in costs_fused.py; both register here.
 """
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..engine import ops, ops_reduce, ops_shape
 from ..engine.functional import _ScaleByMask
 
 
-@dataclass(frozen=True)
-class Cost:
-    """FLOPs of one call, by column, and the bytes of arrays read that are not inputs."""
+class Cost(NamedTuple):
+    """FLOPs of one call, by column, and the bytes of arrays read that are not inputs (a tuple:
+    one is made per counted call, and a tuple is the cheapest object Python makes)."""
     matmul: int = 0
     other: int = 0
     padding: int = 0

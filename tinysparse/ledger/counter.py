@@ -147,19 +147,16 @@ class Ledger:
         else:
             cost = formula.forward(arrays, out, options, ctx)
         nbytes = out.nbytes + cost.extra_bytes
-        for a in arrays:
-            nbytes += getattr(a, "nbytes", 0) if hasattr(a, "dtype") else 0
-        if not self.weights:
-            touched = _NONE
-        elif formula is not None and formula.touched:
-            touched = formula.touched(inputs, options)
-        else:
-            touched = {id(x): x.data.nbytes for x in inputs if isinstance(x, nn.Parameter)}
-        self._touched["forward"].update(touched)
+        for a in arrays:                      # arrays have nbytes; scalars and indices do not
+            nbytes += getattr(a, "nbytes", 0)
+        touched = _NONE
+        if self.weights:
+            touched = (formula.touched(inputs, options) if formula is not None and formula.touched
+                       else {id(x): x.data.nbytes for x in inputs if isinstance(x, nn.Parameter)})
+            self._touched["forward"].update(touched)
         self._add("forward", module, cls.__name__, cost, nbytes)
         if ctx.needs_input_grad is not None:  # a graph node: its backward will be counted
-            shapes = tuple(getattr(a, "shape", None) if hasattr(a, "dtype") else None
-                           for a in arrays)
+            shapes = tuple([getattr(a, "shape", None) for a in arrays])
             ctx._ledger_node = Node(module, shapes, out.shape, options, touched)
         if self._outer is not None:
             self._outer.on_forward(cls, ctx, inputs, arrays, out, options)
@@ -173,14 +170,15 @@ class Ledger:
         else:
             cost, module = formula.backward(node, ctx, grad, input_grads), node.module
         nbytes = grad.nbytes + cost.extra_bytes
-        nbytes += sum(a.nbytes for a in ctx.saved if hasattr(a, "nbytes") and hasattr(a, "dtype"))
+        for a in ctx.saved:                   # what backward reads besides the gradient
+            nbytes += getattr(a, "nbytes", 0)
         other = cost.other
         for shape, g in zip(node.shapes if node is not None else (), input_grads):
             if g is not None and hasattr(g, "nbytes"):
                 nbytes += g.nbytes
                 if shape is not None and g.shape != shape:    # the engine's unbroadcast sum
                     other += g.size - math.prod(shape)
-        if node is not None:
+        if node is not None and node.touched:
             self._touched["backward"].update(node.touched)
         self._add("backward", module, fn.__name__,
                   cost if other == cost.other else _with_other(cost, other), nbytes)
@@ -251,8 +249,7 @@ class Ledger:
 
 
 def _with_other(cost, other):
-    return type(cost)(matmul=cost.matmul, other=other, padding=cost.padding,
-                      extra_bytes=cost.extra_bytes)
+    return cost._replace(other=other)
 
 
 @contextlib.contextmanager
