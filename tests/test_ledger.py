@@ -259,3 +259,24 @@ def test_matches_pytorch_flop_counter(rng):
             tloss.backward()
         assert led.totals.forward.flops_matmul == forward_torch, n_expert
         assert led.totals.flops_matmul == counter.get_total_flops(), n_expert
+
+
+def test_every_function_of_the_library_has_a_cost_formula():
+    """A new op without a formula would count 0 FLOPs silently (its name would only show in
+    led.unknown_ops): every Function subclass tinysparse defines must be registered."""
+    import importlib
+    import pkgutil
+    import tinysparse
+    for info in pkgutil.walk_packages(tinysparse.__path__, "tinysparse."):
+        if not info.name.endswith(("__main__", "gpu_check")):
+            importlib.import_module(info.name)
+    seen, stack = set(), list(function.Function.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        if cls not in seen:
+            seen.add(cls)
+            stack.extend(cls.__subclasses__())
+    ours = {c for c in seen if c.__module__.startswith("tinysparse.")}
+    assert len(ours) > 30
+    missing = sorted(c.__qualname__ for c in ours if c not in ledger.COSTS)
+    assert missing == []
