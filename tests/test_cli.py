@@ -215,7 +215,7 @@ def test_the_flag_lists_are_complete():
                                            "--dropout", "--capacity-factor", "--aux-coef",
                                            "--z-coef", "--bias-update-rate", "--jitter",
                                            "--temperature", "--settle"}
-    assert {c for c, _ in INT_FLAGS} == {"train", "sample", "map", "bench"}
+    assert {c for c, _ in INT_FLAGS} == {"train", "sample", "map", "bench", "ledger"}
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])

@@ -8,8 +8,9 @@
 PyTorch's torch.utils.flop_counter.FlopCounterMode is the model; three things are done
 differently, on purpose:
 - Backward work is attributed to the module its forward ran in, recorded on each graph node at
-  forward time (FlopCounterMode finds modules in backward through hooks on module outputs,
-  which misses work whose gradient leaves through another path and attributes it poorly).
+  forward time. FlopCounterMode has to rebuild the module stack during backward from hooks on
+  the modules' inputs and outputs, which is brittle (work whose gradient does not pass those
+  hooks in order lands in another module, or in none).
 - Elementwise ops, reductions, softmax, layer norm, GELU and the non-matmul part of attention
   are counted (`flops_other`, each formula's convention in costs.py); FlopCounterMode counts
   them as 0, so `flops_matmul` alone is its total.
@@ -28,7 +29,10 @@ The engine's unbroadcast sums (a bias gradient summed over the batch) are counte
 as (gradient elements - input elements) adds.
 
 Cost when no ledger is active: one check of a module global in Function.apply, in the backward
-loop and in Module.__call__ (measured in the efficiency chapter's notes).
+loop and in Module.__call__. Measured on a dense tiny training step against the same engine with
+those lines removed, 40 alternating steps each on a shared 2-core machine: 205.5 vs 209.5 ms of
+process CPU time (median), within the noise. Counting a tiny-moe step (318 Function calls,
+forward and backward) cost 3.4% of the step (621 vs 601 ms, same method).
 """
 import contextlib
 import math
