@@ -280,3 +280,14 @@ def test_every_function_of_the_library_has_a_cost_formula():
     assert len(ours) > 30
     missing = sorted(c.__qualname__ for c in ours if c not in ledger.COSTS)
     assert missing == []
+
+
+def test_a_backward_whose_forward_was_not_counted_is_named(rng):
+    a = ts.Tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    b = ts.Tensor(rng.standard_normal((4, 2)), requires_grad=True)
+    y = a @ b                                          # outside any ledger
+    with ledger.count() as led:
+        y.backward(np.ones((3, 2)))
+    assert led.unknown_ops == {"MatMul (backward of a forward not counted)"}
+    assert led.totals.flops == 0
+    assert led.totals.bytes_rw == (6 + 12 + 8 + 12 + 8) * 8        # g, saved a b, da db

@@ -46,6 +46,7 @@ _NONE = {}
 FIELDS = ("flops_matmul", "flops_other", "flops_padding", "bytes_rw")
 PHASES = ("forward", "backward")
 OUTSIDE = "(no module)"
+NODE = "_ledger_node"            # the attribute a counted forward leaves on its graph node's ctx
 
 
 @dataclass
@@ -159,25 +160,31 @@ class Ledger:
                        else {id(x): x.data.nbytes for x in inputs if isinstance(x, nn.Parameter)})
             self._touched["forward"].update(touched)
         self._add("forward", module, cls.__name__, cost, nbytes)
-        if ctx.needs_input_grad is not None:  # a graph node: its backward will be counted
+        if ctx.needs_input_grad is not None and NODE not in ctx.__dict__:
+            # a graph node: what its backward's count needs, for whichever ledger counts it (the
+            # innermost ledger's record when blocks nest: the outer one does not overwrite it)
             shapes = tuple([getattr(a, "shape", None) for a in arrays])
-            ctx._ledger_node = Node(module, shapes, out.shape, options, touched)
+            ctx.__dict__[NODE] = Node(module, shapes, out.shape, options, touched)
         if self._outer is not None:
             self._outer.on_forward(cls, ctx, inputs, arrays, out, options)
 
     def on_backward(self, fn, ctx, grad, input_grads):
-        node = getattr(ctx, "_ledger_node", None)
+        node = ctx.__dict__.get(NODE)
         formula = COSTS.get(fn)
-        if node is None or formula is None:   # forward outside this ledger, or no formula
+        if node is None:                      # its forward ran outside this ledger: no shapes
+            self.unknown_ops.add(f"{fn.__name__} (backward of a forward not counted)")
+            cost, module, shapes = ZERO, OUTSIDE, (None,) * len(input_grads)
+        elif formula is None:
             self.unknown_ops.add(fn.__name__)
-            cost, module = ZERO, node.module if node is not None else OUTSIDE
+            cost, module, shapes = ZERO, node.module, node.shapes
         else:
-            cost, module = formula.backward(node, ctx, grad, input_grads), node.module
+            cost = formula.backward(node, ctx, grad, input_grads)
+            module, shapes = node.module, node.shapes
         nbytes = grad.nbytes + cost.extra_bytes
         for a in ctx.saved:                   # what backward reads besides the gradient
             nbytes += getattr(a, "nbytes", 0)
         other = cost.other
-        for shape, g in zip(node.shapes if node is not None else (), input_grads):
+        for shape, g in zip(shapes, input_grads):
             if g is not None and hasattr(g, "nbytes"):
                 nbytes += g.nbytes
                 if shape is not None and g.shape != shape:    # the engine's unbroadcast sum
