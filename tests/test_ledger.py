@@ -65,6 +65,9 @@ def test_backward_is_attributed_to_the_module_of_its_forward(rng):
     with ledger.count(model) as led:
         _, loss = model(idx, targets)
         loss.backward()
+    per = led.per_token(4)
+    assert per.backward.flops_matmul == pytest.approx(led.totals.backward.flops_matmul / 4)
+    assert per.backward.calls == pytest.approx(led.totals.backward.calls / 4)
     fwd = dict(led.by_module("forward"))
     bwd = dict(led.by_module("backward"))
     assert fwd["h.1.mlp.c_fc"].flops_matmul == 2 * B * T * C * 4 * C
@@ -198,8 +201,10 @@ def test_per_token_and_the_hook_is_removed(rng):
     per = led.per_token(B * T)
     assert per.flops_matmul == pytest.approx(led.totals.flops_matmul / (B * T))
     assert per.forward.bytes_rw == pytest.approx(led.totals.forward.bytes_rw / (B * T))
-    with pytest.raises(ValueError, match="positive number of tokens"):
-        led.per_token(0)
+    assert per.weight_bytes_touched == pytest.approx(led.totals.weight_bytes_touched / (B * T))
+    for bad in (0, -3, None):
+        with pytest.raises(ValueError, match="positive number of tokens"):
+            led.per_token(bad)
     assert function._observer is None and nn._call_observer is None
     calls = led.totals.calls
     model(idx)                                      # outside the block: nothing more is counted
@@ -230,6 +235,18 @@ def test_elementwise_conventions(rng):
     assert ops["GELU"].flops_other == 15 * 35 and ops["Sum"].flops_other == 35
     assert dict(led.by_op("backward"))["GELU"].flops_other == 15 * 35
     assert "GELU" in ledger.conventions()
+    # per input gradient computed: Mul 1 each; Div 1 for a, 2 for b; a constant costs nothing
+    c = ts.Tensor(rng.standard_normal((5, 7)))
+    with ledger.count() as led:
+        (x * c).backward(np.ones((5, 7)))
+        (x * x).backward(np.ones((5, 7)))
+        (c / x).backward(np.ones((5, 7)))
+        x.exp().max(axis=1).backward(np.ones(5))
+    backward = dict(led.by_op("backward"))
+    assert backward["Mul"].flops_other == 35 * (1 + 2)
+    assert backward["Div"].flops_other == 35 * (1 + 2)
+    assert backward["Exp"].flops_other == 35 and backward["Max"].flops_other == 3 * 35
+    assert dict(led.by_op("forward"))["Max"].flops_other == 2 * 35
 
 
 def test_matches_pytorch_flop_counter(rng):

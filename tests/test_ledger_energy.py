@@ -1,5 +1,6 @@
 """The ledger's energy model (hand-computed), measured energy (a fake RAPL tree), the roofline's
 placement, and MoE weight bytes against batch size."""
+import itertools
 import math
 
 import numpy as np
@@ -29,6 +30,8 @@ def test_energy_model_on_a_hand_computed_example():
     assert hbm.memory == pytest.approx((1e6 * 15.88e-12, 1e6 * 31.76e-12))
     sram = PRESETS["horowitz-45nm"].memory_joules(8, "sram_8kb")      # one 64-bit access: 10 pJ
     assert sram == pytest.approx((10e-12, 10e-12))
+    assert PRESETS["horowitz-45nm"].memory_joules(8) == pytest.approx((1.3e-9, 2.6e-9))  # DRAM
+    assert PRESETS["horowitz-45nm"].compute_joules(2) == pytest.approx((1.8e-12, 7.4e-12))
 
 
 def test_energy_model_refuses_what_it_has_no_number_for():
@@ -44,14 +47,18 @@ def test_energy_model_refuses_what_it_has_no_number_for():
         get_preset("nope")
 
 
-def _fake_rapl(root, energy_uj, wrap=10_000_000):
-    for name, sub in (("package-0", "intel-rapl:0"), ("core", "intel-rapl:0:0")):
-        d = root / sub
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "name").write_text(name + "\n")
-        (d / "energy_uj").write_text(f"{energy_uj}\n")
-        (d / "max_energy_range_uj").write_text(f"{wrap}\n")
-    return root / "intel-rapl:0" / "energy_uj"
+def _fake_rapl(root, energy_uj, wrap=10_000_000, packages=1):
+    """A powercap tree: packages intel-rapl:N with a core sub-domain intel-rapl:N:0 each (sorted,
+    a sub-domain comes between two packages), and a domain without a name file."""
+    for n in range(packages):
+        for name, sub in ((f"package-{n}", f"intel-rapl:{n}"), ("core", f"intel-rapl:{n}:0")):
+            d = root / sub
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "name").write_text(name + "\n")
+            (d / "energy_uj").write_text(f"{energy_uj}\n")
+            (d / "max_energy_range_uj").write_text(f"{wrap}\n")
+    (root / "intel-rapl:9").mkdir(exist_ok=True)
+    return [root / f"intel-rapl:{n}" / "energy_uj" for n in range(packages)]
 
 
 @pytest.fixture
@@ -62,14 +69,38 @@ def no_nvml(monkeypatch):
 
 
 def test_rapl_is_read_with_its_wraparound(tmp_path, no_nvml):
-    counter = _fake_rapl(tmp_path, 1_000_000)
+    counters = _fake_rapl(tmp_path, 1_000_000, packages=2)
     with measure.EnergyMeter(str(tmp_path)) as meter:
-        counter.write_text("3500000\n")                 # +2.5 J; the core sub-domain is not added
-    assert meter.joules == pytest.approx(2.5) and "RAPL" in meter.source
-    counter.write_text("9000000\n")
+        counters[0].write_text("3500000\n")             # +2.5 J; the core sub-domains are not added
+        counters[1].write_text("1250000\n")             # +0.25 J in the second package
+    assert meter.joules == 2.75 and "RAPL" in meter.source
+    counters[0].write_text("9000000\n")
     with measure.EnergyMeter(str(tmp_path)) as meter:
-        counter.write_text("500000\n")                  # wrapped at 10 J: 1 J + 0.5 J
-    assert meter.joules == pytest.approx(1.5)
+        counters[0].write_text("500000\n")              # wrapped at 10 J: 1 J + 0.5 J
+    assert meter.joules == 1.5
+    with measure.EnergyMeter(str(tmp_path)) as meter:
+        pass                                             # no change is 0 J, not a wrap
+    assert meter.joules == 0.0
+
+
+def test_nvml_counter_difference_and_errors_pass_through(monkeypatch):
+    class FakeNvml:
+        source = "fake NVML"
+        readings = itertools.count(1000.0, 3.5)          # each read 3.5 J after the last
+
+        def read(self):
+            return next(self.readings)
+    monkeypatch.setattr(measure, "_Nvml", FakeNvml)
+    import time
+    t0 = time.perf_counter()
+    with measure.EnergyMeter() as meter:
+        pass
+    outer = time.perf_counter() - t0
+    assert meter.joules == 3.5 and meter.source == "fake NVML" and meter.why is None
+    assert 0 <= meter.seconds <= outer
+    with pytest.raises(KeyError):
+        with measure.EnergyMeter():
+            raise KeyError("the meter must not swallow errors")
 
 
 def test_nothing_measurable_says_so(tmp_path, no_nvml):
@@ -84,11 +115,17 @@ def test_nothing_measurable_says_so(tmp_path, no_nvml):
 def test_roofline_places_ops_by_intensity(tmp_path):
     ceilings = roofline.Ceilings(peak_flops=100e9, bandwidth=10e9, matmul_n=1, copy_bytes=1)
     assert ceilings.ridge == pytest.approx(10.0)
-    table = [("dense", Figures(flops_matmul=1000, bytes_rw=10)),
+    table = [("copy", Figures(bytes_rw=50)),
+             ("dense", Figures(flops_matmul=1000, bytes_rw=10)),
+             ("no bytes", Figures(flops_other=5)),
              ("elementwise", Figures(flops_other=100, bytes_rw=100)),
-             ("copy", Figures(bytes_rw=50))]
+             ("at the ridge", Figures(flops_other=10, bytes_rw=1)),
+             ("one flop", Figures(flops_other=1, bytes_rw=1))]
     rows = {r.name: r for r in roofline.place(table, ceilings)}
-    assert set(rows) == {"dense", "elementwise"}                 # a copy has no FLOPs to place
+    # a copy has no FLOPs to place, an op without bytes no intensity
+    assert set(rows) == {"dense", "elementwise", "at the ridge", "one flop"}
+    assert (rows["dense"].flops, rows["dense"].bytes_rw, rows["dense"].intensity) == (1000, 10, 100)
+    assert rows["at the ridge"].bound == "compute" and rows["one flop"].bound == "memory"
     assert rows["dense"].bound == "compute" and rows["dense"].attainable == pytest.approx(100e9)
     assert rows["elementwise"].bound == "memory"
     assert rows["elementwise"].attainable == pytest.approx(10e9)  # 10 GB/s x 1 FLOP/byte
@@ -130,11 +167,22 @@ def test_moe_bytes_per_token_against_batch(rng):
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32,
                           n_expert=6, top_k=2, d_expert=8, dispatch_backend="numpy"))
     idx = rng.integers(0, 32, (16, 8))
-    rows = moe_bytes.bytes_vs_batch(model, idx, batches=(1, 8, 64), n_batches=16)
+    model.train()
+    rows = moe_bytes.bytes_vs_batch(model, idx, batches=(1, 8, 64, 128), n_batches=16)
+    assert model.training                                   # its mode is given back
     assert rows[0].distinct == 2.0
     assert rows[0].moe_bytes_per_token == pytest.approx(rows[0].dense_bytes_per_token)
     assert all(r.moe_bytes_per_token > r.dense_bytes_per_token for r in rows[1:])
     assert rows[2].distinct <= 6 and rows[2].uniform == pytest.approx(6.0, abs=1e-9)
+    # B = all 128 tokens: every batch is the whole set, so the bytes are exact, counted by hand
+    uses, layers = moe_bytes.routing_of(model, idx)
+    experts = [int(u.any(axis=0).sum()) for u in uses]
+    assert rows[3].distinct == pytest.approx(np.mean(experts))
+    per_expert = (16 * 8 + 8 + 8 * 16 + 16) * 4                      # w1, b1, w2, b2 of one expert
+    every = sum(p.data.nbytes for p in model.parameters())
+    fixed = every - 2 * 6 * per_expert
+    assert rows[3].moe_bytes_per_token == pytest.approx((fixed + sum(experts) * per_expert) / 128)
+    assert rows[3].dense_bytes_per_token == pytest.approx((fixed + 2 * 2 * per_expert) / 128)
     with pytest.raises(ValueError, match="Mixture-of-Experts"):
         moe_bytes.bytes_vs_batch(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8,
                                                vocab_size=32)), idx)

@@ -94,8 +94,16 @@ def free(cls, convention, backward_other=lambda ctx, grad, grads: 0):
 elementwise(ops.Add, 1, (0, 0), "a+b: 1 per element; backward passes the gradient on (0)")
 elementwise(ops.Sub, 1, (0, 1), "a-b: 1 per element; backward 1 to negate b's gradient")
 elementwise(ops.Mul, 1, (1, 1), "a*b: 1 per element; backward 1 per input gradient")
-elementwise(ops.Div, 1, (1, 2), "a/b: 1 per element; backward g/b (1), and -(g/b)*out for b (2)")
 elementwise(ops.Neg, 1, (1,), "-a: 1 per element; backward 1")
+
+
+def _div_backward(node, ctx, grad, grads):
+    return Cost(other=grad.size * (1 + 2 * (grads[1] is not None)))
+
+
+register(ops.Div, Formula(lambda arrays, out, options, ctx: Cost(other=out.size), _div_backward,
+                          "a/b: 1 per element; backward g/b always (1), and -(g/b)*out for "
+                          "b's gradient (2)"))
 elementwise(ops.Pow, 1, (3,), "a**p: 1 per element; backward a**(p-1), *p, *g (3)")
 elementwise(ops.Exp, 1, (1,), "exp: 1 per element (a transcendental counts 1); backward g*out (1)")
 elementwise(ops.Log, 1, (1,), "log: 1 per element; backward g/a (1)")
