@@ -308,3 +308,23 @@ def test_a_backward_whose_forward_was_not_counted_is_named(rng):
     assert led.unknown_ops == {"MatMul (backward of a forward not counted)"}
     assert led.totals.flops == 0
     assert led.totals.bytes_rw == (6 + 12 + 8 + 12 + 8) * 8        # g, saved a b, da db
+
+
+def test_fused_and_indexing_conventions(rng):
+    """Softmax 5 forward / 4 backward per element; attention 6 / 5 per score beside its
+    matmuls; an integer-array index scatter-adds its gradient (1 add per gradient element)."""
+    x = ts.Tensor(rng.standard_normal((3, 7)), requires_grad=True)
+    table = ts.Tensor(rng.standard_normal((10, 4)), requires_grad=True)
+    qkv = ts.Tensor(rng.standard_normal((2, 5, 3 * 6)), requires_grad=True)
+    with ledger.count() as led:
+        ts.functional.softmax(x, axis=-1).backward(np.ones((3, 7)))
+        table[np.array([1, 1, 4])].backward(np.ones((3, 4)))
+        table[1:3].backward(np.ones((2, 4)))                       # a slice: no adds
+        ts.functional.causal_self_attention(qkv, 2).backward(np.ones((2, 5, 6)))
+    fwd, bwd = dict(led.by_op("forward")), dict(led.by_op("backward"))
+    assert (fwd["Softmax"].flops_other, bwd["Softmax"].flops_other) == (5 * 21, 4 * 21)
+    assert bwd["GetItem"].flops_other == 3 * 4
+    scores, hd = 2 * 2 * 5 * 5, 3                                  # B * heads * T * T, C / heads
+    attn_f, attn_b = fwd["PackedCausalAttention"], bwd["PackedCausalAttention"]
+    assert (attn_f.flops_matmul, attn_f.flops_other) == (4 * scores * hd, 6 * scores)
+    assert (attn_b.flops_matmul, attn_b.flops_other) == (8 * scores * hd, 5 * scores)

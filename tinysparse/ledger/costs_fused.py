@@ -18,7 +18,7 @@ import math
 from ..engine import attention, functional, normalization
 from ..engine.backend import to_numpy
 from ..moe import primitives
-from .costs import Cost, Formula, ZERO, _computed, register
+from .costs import Cost, Formula, _computed, register
 
 
 def _rowwise(cls, forward, backward, convention):
@@ -174,4 +174,3 @@ register(primitives.GroupedLinear, Formula(
     "backward 2*S*d_in*d_out for dX and again for dW (+ S*d_out for db)",
     touched=_grouped_touched))
 
-__all__ = ["ZERO"]

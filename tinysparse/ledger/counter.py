@@ -43,7 +43,6 @@ from .. import nn
 from .costs import COSTS, ZERO
 
 _NONE = {}
-FIELDS = ("flops_matmul", "flops_other", "flops_padding", "bytes_rw")
 PHASES = ("forward", "backward")
 OUTSIDE = "(no module)"
 NODE = "_ledger_node"            # the attribute a counted forward leaves on its graph node's ctx
