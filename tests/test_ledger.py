@@ -328,3 +328,20 @@ def test_fused_and_indexing_conventions(rng):
     attn_f, attn_b = fwd["PackedCausalAttention"], bwd["PackedCausalAttention"]
     assert (attn_f.flops_matmul, attn_f.flops_other) == (4 * scores * hd, 6 * scores)
     assert (attn_b.flops_matmul, attn_b.flops_other) == (8 * scores * hd, 5 * scores)
+
+
+def test_analytic_estimate_differs_from_the_count_by_the_non_matmul_parameters(rng):
+    """2N + 4LTC counts every active parameter as a multiply-add per token; the biases and
+    layer-norm gains in N are elementwise work, so the counted matmul FLOPs per token are the
+    estimate minus 2 per such parameter, exactly. Training: 3 x the forward (6N + 12LTC)."""
+    from tinysparse.ledger import analytic
+    model = dense_gpt()
+    idx, _ = batch(rng)
+    with ledger.count(model) as led:
+        model(idx)
+    elementwise_params = sum(p.size for name, p in model.named_parameters()
+                             if name.endswith("bias") or ".ln_" in f".{name}")
+    per_token = led.totals.flops_matmul / (B * T)
+    assert per_token == analytic.forward_flops_per_token(model, T) - 2 * elementwise_params
+    assert analytic.training_flops_per_token(model, T) == 3 * analytic.forward_flops_per_token(model, T)
+    assert analytic.training_flops_per_token(model) == model.flops_per_token()
