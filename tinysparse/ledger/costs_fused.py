@@ -15,6 +15,7 @@ design: the combine's k multiply-adds per token element, 2*T*k*C, are left out o
 """
 import math
 
+from ..adaptive import kv_cache
 from ..engine import attention, functional, normalization
 from ..engine.backend import to_numpy
 from ..moe import primitives
@@ -110,6 +111,22 @@ def _attention_formula(cls, packed):
 
 _attention_formula(attention.Attention, packed=False)
 _attention_formula(attention.PackedCausalAttention, packed=True)
+
+
+def _cached_attention_forward(arrays, out, options, ctx):
+    """T new queries against the L cached keys up to the last query's position (the slice the
+    kernel computes; a prefill is L = T)."""
+    B, T, C3 = arrays[0].shape
+    start, n_head = options["start"], options["n_head"]
+    L = int(start.max()) + 1 if hasattr(start, "shape") else start + T
+    hd = C3 // 3 // n_head
+    return _attention_cost((B * n_head, T, L, hd, hd), False)
+
+
+register(kv_cache.CachedAttention, Formula(
+    _cached_attention_forward, lambda node, ctx, grad, grads: Cost(),
+    "attention of T new tokens over the KV cache's L keys (adaptive/kv_cache.py): as attention, "
+    "over T x L scores; sampling only, no backward"))
 
 
 # ---- Mixture-of-Experts primitives (moe/primitives.py) --------------------------------------------
