@@ -145,6 +145,9 @@ free(ops_shape.GetItem, "a[index]: 0 FLOPs; backward scatter-adds the gradient: 
      "gradient element for an integer-array index (an embedding), 0 for slices",
      lambda ctx, grad, grads: grad.size if grads[0] is not None and ops_shape._is_advanced(
          ctx.index) else 0)
+free(ops_shape.TakeAlongAxis, "take_along_axis (a gather): 0 FLOPs; backward adds each "
+     "gradient element back where it was read (1 add per gradient element)",
+     lambda ctx, grad, grads: grad.size if grads[0] is not None else 0)
 
 
 # ---- reductions (engine/ops_reduce.py) -------------------------------------------------------------
