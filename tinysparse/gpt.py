@@ -312,8 +312,9 @@ class GPT(nn.Module):
         return logits, loss
 
     def _checked_ids(self, what, idx):
-        """idx as an integer array (B, T) with 1 <= T <= block_size and every id in [0, vocab_size).
-        Checked where the array is (on the host for NumPy input, before any copy to a GPU)."""
+        """idx as an integer array (B, T) with 1 <= T <= block_size (any T >= 1 for generate's
+        "prompt") and every id in [0, vocab_size). Checked where the array is (on the host for
+        NumPy input, before any copy to a GPU)."""
         idx = idx.data if isinstance(idx, Tensor) else idx
         if not hasattr(idx, "dtype"):
             idx = np.asarray(idx)
@@ -322,7 +323,7 @@ class GPT(nn.Module):
             raise ValueError(f"GPT {what} must be a 2-D array (B, T) of token ids, got shape "
                              f"{tuple(idx.shape)}{fix}")
         T = idx.shape[1]
-        if T > self.config.block_size:
+        if T > self.config.block_size and what != "prompt":   # generate crops a long prompt
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         if T == 0:
             need = ("generate needs a prompt of at least one token" if what == "prompt"
@@ -358,7 +359,8 @@ class GPT(nn.Module):
         """Extend idx (B, T) by max_new_tokens sampled tokens; returns a NumPy int64 array (B, T +
         max_new_tokens). The context is cropped to the last block_size tokens each step.
 
-        idx             token ids (B, T), T >= 1 (a prompt of at least one token), in [0, vocab_size)
+        idx             token ids (B, T), T >= 1 (a prompt of at least one token), in [0, vocab_size);
+                        a prompt longer than block_size is fine: the model sees its last tokens
         max_new_tokens  an integer >= 0
         temperature     a positive finite number: logits are divided by it (1: the model's own
                         distribution; lower: more conservative)

@@ -1,0 +1,184 @@
+"""Sampling: GPT.generate (tinysparse/gpt.py) and tinysparse/training/sampling.py.
+
+The model here is a 1-layer GPT whose embeddings are scaled up, so its next token depends
+strongly on the context: keeping the wrong tokens of a long prompt, or multiplying the logits by
+the temperature instead of dividing, gives another answer (each test checks that its input tells
+the right rule from the wrong one). The sampling distributions are read where generate draws
+from them, and compared with softmax(logits / temperature) computed here.
+"""
+import numpy as np
+import pytest
+from scipy.special import softmax
+
+import tinysparse as ts
+from tinysparse.engine import random as ts_random
+from tinysparse.gpt import GPT, GPTConfig
+from tinysparse.training import sample
+from tinysparse.training.data import ByteTokenizer
+from tinysparse.training.sampling import causality_warning, load_run, sample_text
+
+V, BLOCK = 13, 4
+
+
+def sharp_gpt(dropout=0.0, vocab_size=V, seed=0):
+    """A GPT of block_size 4 with logits spread over about +-10 (N(0, 0.02) init gives +-0.1)."""
+    ts.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=vocab_size, n_layer=1, n_head=1, n_embd=8, block_size=BLOCK,
+                          dropout=dropout))
+    model.wte.weight.data = model.wte.weight.data * 100
+    model.wpe.weight.data = model.wpe.weight.data * 100
+    return model
+
+
+def last_logits(model, context):
+    """(B, V) float64 logits of the next token after `context`, in eval mode."""
+    was = model.training
+    model.eval()
+    logits = model(context)[0].data[:, -1, :].astype(np.float64)
+    model.train(was)
+    return logits
+
+
+class Recorder:
+    """Stands in for the global generator: records each distribution generate draws from."""
+
+    def __init__(self, seed=0):
+        self.rng, self.probs = np.random.default_rng(seed), []
+
+    def choice(self, n, p):
+        self.probs.append(np.array(p))
+        return self.rng.choice(n, p=p)
+
+
+@pytest.fixture
+def record_draws(monkeypatch):
+    """record_draws() -> a Recorder that generate draws from from then on."""
+    def install():
+        rec = Recorder()
+        monkeypatch.setattr(ts_random, "generator", lambda: rec)
+        return rec
+    return install
+
+
+# ----------------------------------------------------------------------------- the context
+
+def test_a_long_prompt_is_cropped_to_its_last_block_size_tokens():
+    model = sharp_gpt()
+    prompt = np.array([[7, 9, 11, 0, 2, 4, 6], [5, 1, 8, 3, 12, 6, 10]])  # T = 7 > block_size 4
+    out = model.generate(prompt, 3, top_k=1)                               # greedy
+    ctx = prompt
+    for _ in range(3):
+        nxt = last_logits(model, ctx[:, -BLOCK:]).argmax(-1)
+        ctx = np.concatenate([ctx, nxt[:, None]], axis=1)
+    np.testing.assert_array_equal(out, ctx)
+    # keeping the FIRST block_size tokens would have given other tokens: the input tells them apart
+    first = last_logits(model, prompt[:, :BLOCK]).argmax(-1)
+    assert np.all(first != ctx[:, 7])
+
+
+def test_generate_returns_int64_ids_and_keeps_the_prompt_and_the_mode():
+    model = sharp_gpt(dropout=0.5)
+    prompt = np.array([[3, 1]], dtype=np.int32)
+    model.train()
+    out = model.generate(prompt, 5)
+    assert out.dtype == np.int64 and out.shape == (1, 7) and out[0, :2].tolist() == [3, 1]
+    assert model.training                          # back in training mode
+    model.eval()
+    model.generate(prompt, 2)
+    assert not model.training                      # and an eval model stays in eval mode
+
+
+# ----------------------------------------------------------------------------- the distribution
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0, 0.01])
+def test_each_draw_is_from_the_softmax_of_the_logits_divided_by_the_temperature(
+        record_draws, temperature):
+    # dropout 0.5 and training mode: generate must sample from the eval-mode model; 0.01 puts
+    # logits near +-1000, where exp overflows unless the largest is subtracted first
+    model = sharp_gpt(dropout=0.5)
+    prompt = np.array([[1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1]])
+    model.train()
+    recorder = record_draws()
+    out = model.generate(prompt, 3, temperature=temperature)
+    assert len(recorder.probs) == 3 * 2                                  # 3 steps x B = 2 rows
+    for step in range(3):
+        logits = last_logits(model, out[:, :6 + step][:, -BLOCK:])
+        expected = softmax(logits / temperature, axis=-1)
+        got = np.stack(recorder.probs[2 * step:2 * step + 2])
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-300)
+        # multiplying by the temperature gives another distribution here
+        assert not np.allclose(softmax(logits * temperature, axis=-1), expected, atol=1e-3)
+
+
+def test_top_k_keeps_the_k_likeliest_tokens_of_each_row(record_draws):
+    model = sharp_gpt()
+    prompt = np.array([[1, 2, 3], [9, 8, 7]])
+    recorder = record_draws()
+    model.generate(prompt, 1, temperature=0.7, top_k=3)
+    logits = last_logits(model, prompt) / 0.7
+    for row, p in zip(logits, recorder.probs):
+        top = np.argsort(row)[-3:]
+        expected = np.zeros(V)
+        expected[top] = softmax(row[top])
+        np.testing.assert_allclose(p, expected, rtol=1e-12, atol=0)
+
+
+def test_generate_records_no_graph(monkeypatch):
+    model, seen = sharp_gpt(), []
+    real = GPT.forward
+
+    def forward(self, idx, targets=None, ignore_index=None):
+        logits, loss = real(self, idx, targets, ignore_index)
+        seen.append(logits.requires_grad)
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", forward)
+    model.generate(np.array([[1]]), 2)
+    assert seen == [False, False]
+
+
+# ----------------------------------------------------------------------------- sampling.py
+
+def test_sample_text_is_the_seeded_generation_of_the_encoded_prompt():
+    model = sharp_gpt(vocab_size=256)
+    text = sample_text(model, "ab", 6, 1.5, None, seed=3)
+    ts.manual_seed(3)
+    ids = model.generate(ByteTokenizer().encode("ab")[None, :], 6, 1.5, None)
+    assert text == ByteTokenizer().decode(ids[0]) and text.startswith("ab")
+    assert sample_text(model, "ab", 6, 1.5, None, seed=3) == text
+    assert sample_text(model, "ab", 6, 1.5, None, seed=4) != text       # the seed matters
+
+
+def test_sample_reads_the_run_and_passes_every_setting_on(ckpt_runs):
+    run = str(ckpt_runs["dense"])
+    model, _, _ = load_run(run)
+    assert sample(run) == sample_text(model, "\n", 500, 0.8, 50, 0)     # the documented defaults
+    assert sample(run, "def ", 7, 1.3, 5, seed=2) == sample_text(model, "def ", 7, 1.3, 5, 2)
+    assert sample(run, b"\xff", 3, seed=1) == sample_text(model, b"\xff", 3, 0.8, 50, 1)
+    long = "a prompt longer than the block size of 16"               # the model sees its end
+    assert sample(run, long, 4, seed=1) == sample_text(model, long, 4, 0.8, 50, 1)
+
+
+def test_sample_refuses_bad_settings_before_reading_anything(tmp_path):
+    nowhere = str(tmp_path / "no run here")
+    with pytest.raises(ValueError, match="temperature"):
+        sample(nowhere, temperature=0.0)
+    with pytest.raises(ValueError, match="top_k"):
+        sample(nowhere, top_k=0)
+    with pytest.raises(ValueError, match="prompt must not be empty"):
+        sample(nowhere, prompt="")
+
+
+def test_only_expert_choice_routing_is_warned_about():
+    assert causality_warning(GPTConfig(n_expert=4, router="topk")) is None
+    assert causality_warning(GPTConfig(n_expert=0, router="expert_choice")) is None  # dense
+    assert causality_warning(GPTConfig(n_expert=4, router="expert_choice")).startswith(
+        "router expert_choice is not causal")
+
+
+def test_load_run_gives_the_model_in_eval_mode_with_both_configs(ckpt_runs):
+    model, (mcfg, tcfg), ckpt = load_run(str(ckpt_runs["moe-bias"]))
+    assert not model.training and mcfg.n_expert == 4 and tcfg.max_iters == 4
+    for name, array in ckpt["model"].items():
+        assert np.array_equal(dict(model.named_parameters(), **dict(model.named_buffers()))[name].data,
+                              array), name
