@@ -38,7 +38,8 @@ def ckpt_of(out_dir):
 
 
 def assert_same_state(a, b):
-    """Bit-identical: parameters, AdamW moments, step, loss history, generator positions."""
+    """Bit-identical: parameters, AdamW moments, step, loss history, the validation losses,
+    generator positions."""
     assert a["step"] == b["step"]
     assert a["model"].keys() == b["model"].keys()
     for name in a["model"]:
@@ -47,7 +48,14 @@ def assert_same_state(a, b):
         for x, y in zip(a["optimizer"][slot], b["optimizer"][slot]):
             assert np.array_equal(x, y), slot
     assert a["history"] == b["history"]
+    assert (a["val_loss"], a["best_val_loss"]) == (b["val_loss"], b["best_val_loss"])
     assert a["rng"] == b["rng"] and a["sampler"] == b["sampler"]
+
+
+def evaluations(out_dir):
+    """(step, train loss, val loss) of every line of a run's log (its timings left out)."""
+    return [(r["step"], r["train_loss"], r["val_loss"])
+            for r in map(json.loads, open(os.path.join(out_dir, LOG_NAME)))]
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +94,9 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path, straight):
     assert second["step"] == 20
     assert second["history"] == straight[0]["history"]   # the whole loss history, exactly
     assert_same_state(ckpt_of(out), straight[1])
-    steps = [json.loads(line)["step"] for line in open(out / LOG_NAME)]
-    assert steps == [0, 5, 10, 15, 20]
+    assert second["val_loss"] == straight[0]["val_loss"]
+    assert evaluations(out) == evaluations(straight[0]["out_dir"])   # every evaluation, exactly
+    assert [step for step, _, _ in evaluations(out)] == [0, 5, 10, 15, 20]
 
 
 @pytest.mark.parametrize("kind", [
@@ -100,6 +109,7 @@ def test_resume_is_bit_identical_for_moe_models(tmp_path, kind):
     train(config, train_config(tmp_path / "split", max_iters=10))
     resumed = train(config, train_config(tmp_path / "split"), resume=True)
     assert resumed["history"] == straight["history"]
+    assert evaluations(tmp_path / "split") == evaluations(tmp_path / "straight")
     a, b = ckpt_of(tmp_path / "split"), ckpt_of(tmp_path / "straight")
     assert_same_state(a, b)
     biases = [a["model"][n] for n in a["model"] if n.endswith("router.bias")]

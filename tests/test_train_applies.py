@@ -1,0 +1,321 @@
+"""What the training loop actually applies (tinysparse/training/loop.py, evaluation.py), as
+opposed to what its helpers compute: the learning rate the optimizer receives at each step, the
+clipped gradient it updates with, the splits evaluation reads, that a diverged step never reaches
+the update, that evaluation is repeatable, and what the log and the summary say.
+
+Every input is chosen so that a plausible bug gives a different answer: a schedule shifted by one
+step, clipping ignored, the splits swapped, an unseeded evaluation generator. The runs are the
+1-layer, 16-wide GPT of test_train.py on a 20 kB synthetic corpus (milliseconds a step).
+"""
+import json
+import math
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import tinysparse.training.evaluation as evaluation_module
+import tinysparse.training.loop as loop
+from tinysparse import optim
+from tinysparse.engine import random as ts_random
+from tinysparse.engine.tensor import Tensor
+from tinysparse.gpt import GPT, GPTConfig
+from tinysparse.training import TrainingDiverged, load_run, train
+from tinysparse.training.checkpoint import LOG_NAME, load_checkpoint
+from tinysparse.training.config import TrainConfig
+from tinysparse.training.evaluation import bits_per_byte, evaluate
+from tinysparse.training.sampling import sample_text
+
+
+def model_config(**kw):
+    return GPTConfig(**{**dict(n_layer=1, n_head=2, n_embd=16, block_size=16, dropout=0.0), **kw})
+
+
+def train_config(out_dir, **kw):
+    base = dict(data="synthetic", max_bytes=20_000, batch_size=4, max_iters=8, lr=1e-2,
+                min_lr=1e-3, warmup_iters=3, lr_decay_iters=6, eval_interval=4, eval_iters=2,
+                checkpoint_interval=4, out_dir=str(out_dir), sample_tokens=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def log_of(out_dir):
+    return [json.loads(line) for line in open(out_dir / LOG_NAME)]
+
+
+def global_norm(params):
+    return math.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum())
+                         for p in params if p.grad is not None))
+
+
+@pytest.fixture
+def updates(monkeypatch):
+    """Every AdamW update of the runs in the test: the lr it used and the norm of the gradient
+    it read, recorded as the update starts."""
+    seen, real = [], optim.AdamW.step
+
+    def step(self):
+        seen.append(SimpleNamespace(lr=self.lr, norm=global_norm(self.params)))
+        real(self)
+
+    monkeypatch.setattr(optim.AdamW, "step", step)
+    return seen
+
+
+# ----------------------------------------------------------------------------- the learning rate
+
+@pytest.mark.parametrize("decay", [6, None], ids=["lr_decay_iters", "max_iters"])
+def test_each_update_gets_the_schedules_rate_for_its_own_step(tmp_path, updates, decay):
+    # warm-up 3, cosine to step 6 (or to max_iters 8), then min_lr: the schedule shifted by one
+    # step, or decayed over the wrong horizon, differs at every step of this run
+    cfg = train_config(tmp_path, lr_decay_iters=decay)
+    train(model_config(), cfg)
+    horizon = decay or cfg.max_iters
+    expected = [optim.cosine_lr(s, cfg.lr, cfg.warmup_iters, horizon, cfg.min_lr)
+                for s in range(cfg.max_iters)]
+    assert [u.lr for u in updates] == expected
+    shifted = [optim.cosine_lr(s + 1, cfg.lr, cfg.warmup_iters, horizon, cfg.min_lr)
+               for s in range(cfg.max_iters)]
+    assert all(a != b for a, b in zip(expected[:6], shifted[:6]))     # the input discriminates
+    log = log_of(tmp_path)
+    assert [r["lr"] for r in log] == [None, expected[3], expected[7]]  # steps 0, 4 and 8
+
+
+def test_a_resumed_run_continues_the_schedule_where_it_stopped(tmp_path, updates):
+    cfg = train_config(tmp_path)
+    train(model_config(), train_config(tmp_path, max_iters=4))
+    train(model_config(), cfg, resume=True)
+    assert [u.lr for u in updates] == [optim.cosine_lr(s, cfg.lr, cfg.warmup_iters, 6, cfg.min_lr)
+                                       for s in range(8)]
+
+
+# ----------------------------------------------------------------------------- gradient clipping
+
+def test_the_update_reads_the_clipped_gradient(tmp_path, updates):
+    # at initialisation the gradient's global norm is far above 0.01: every step clips
+    train(model_config(), train_config(tmp_path, grad_clip=0.01))
+    assert len(updates) == 8 and all(u.norm <= 0.01 * (1 + 1e-6) for u in updates)
+
+
+def test_grad_clip_zero_updates_with_the_whole_gradient(tmp_path, updates, monkeypatch):
+    norms, real = [], optim.clip_grad_norm
+
+    def measured(params, max_norm):
+        params = list(params)
+        norms.append(global_norm(params))
+        return real(params, max_norm)
+
+    monkeypatch.setattr(optim, "clip_grad_norm", measured)
+    train(model_config(), train_config(tmp_path, grad_clip=0.0))
+    assert min(norms) > 0.01                          # so clipping at 0.01 would have changed them
+    assert [u.norm for u in updates] == norms         # untouched: 0 means no clipping
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+class MeanIdModel:
+    """A stand-in model whose 'loss' on a batch is the mean of its input ids: evaluation's result
+    then tells which split and which windows it read."""
+
+    def __init__(self):
+        self.training, self.modes = True, []
+
+    def eval(self):
+        self.training = False
+        self.modes.append("eval")
+
+    def train(self, mode=True):
+        self.training = mode
+        self.modes.append("train")
+
+    def __call__(self, x, y):
+        assert not self.training
+        return None, Tensor(np.array(float(x.mean())))
+
+
+def split_corpus(train_value=3, val_value=200, n=400):
+    return SimpleNamespace(train=np.full(n, train_value, np.uint8), val=np.full(n, val_value, np.uint8))
+
+
+def test_evaluation_scores_train_on_train_and_val_on_val():
+    model = MeanIdModel()
+    cfg = SimpleNamespace(seed=1, batch_size=3, eval_iters=2)
+    assert evaluate(model, split_corpus(), cfg, 8) == {"train": 3.0, "val": 200.0}
+    assert model.modes == ["eval", "train"] and model.training       # back in training mode
+
+
+def test_evaluation_scores_the_same_batches_every_time_whatever_the_generators_did():
+    corpus = SimpleNamespace(train=np.arange(256, dtype=np.uint8).repeat(3),
+                             val=np.arange(256, dtype=np.uint8)[::-1].repeat(3))
+    cfg = SimpleNamespace(seed=1, batch_size=2, eval_iters=3)
+    first = evaluate(MeanIdModel(), corpus, cfg, 8)
+    np.random.default_rng().random(7)                 # anything else drawing numbers meanwhile
+    ts_random.generator().random(5)
+    assert evaluate(MeanIdModel(), corpus, cfg, 8) == first
+    # the windows are random (a ramp's windows have different means), so an unseeded generator
+    # would give other numbers: that is what the equality above rules out
+    rng = np.random.default_rng(0)
+    assert len({float(corpus.train[i:i + 8].mean()) for i in rng.integers(0, 700, 10)}) > 1
+
+
+def test_evaluation_does_not_move_the_training_generators(tmp_path):
+    run = loop.TrainingRun(model_config(dropout=0.1), train_config(tmp_path))
+    before = (run.sampler.state_dict(), ts_random.get_state())
+    run.evaluate(0)
+    assert (run.sampler.state_dict(), ts_random.get_state()) == before
+
+
+def test_bits_per_byte_is_nats_over_ln_2():
+    assert bits_per_byte(math.log(2) * 3) == pytest.approx(3.0, rel=1e-15)
+
+
+def test_the_log_and_the_state_take_each_split_from_evaluation(tmp_path, monkeypatch, capsys):
+    scores = iter([(5.0, 4.0), (3.0, 2.0), (2.5, 2.0), (1.5, 2.5)])     # (train, val) per call
+
+    def fake_evaluate(model, corpus, cfg, block_size):
+        train_loss, val_loss = next(scores)
+        return {"train": train_loss, "val": val_loss}
+
+    monkeypatch.setattr(loop, "evaluate", fake_evaluate)
+    summary = train(model_config(), train_config(tmp_path, max_iters=10, eval_interval=4))
+    log = log_of(tmp_path)
+    assert [(r["step"], r["train_loss"], r["val_loss"]) for r in log] == [
+        (0, 5.0, 4.0), (4, 3.0, 2.0), (8, 2.5, 2.0), (10, 1.5, 2.5)]
+    assert [r["val_bpb"] for r in log] == [bits_per_byte(v) for v in (4.0, 2.0, 2.0, 2.5)]
+    assert summary["val_loss"] == 2.5 and summary["best_val_loss"] == 2.0   # last and best
+    assert summary["val_bpb"] == bits_per_byte(2.5)
+    ckpt = load_checkpoint(str(tmp_path))
+    assert (ckpt["val_loss"], ckpt["best_val_loss"]) == (2.5, 2.0)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")]
+    # "(best)" only where val improved: a tie (step 8) is not an improvement
+    assert lines == [
+        f"step      0: train 5.0000, val 4.0000 nats = {4 / math.log(2):.3f} bits/byte  (best)",
+        f"step      4: train 3.0000, val 2.0000 nats = {2 / math.log(2):.3f} bits/byte  (best)",
+        f"step      8: train 2.5000, val 2.0000 nats = {2 / math.log(2):.3f} bits/byte",
+        f"step     10: train 1.5000, val 2.5000 nats = {2.5 / math.log(2):.3f} bits/byte"]
+
+
+def test_the_log_has_one_line_per_evaluation_and_the_last_step_once(tmp_path):
+    train(model_config(), train_config(tmp_path, max_iters=8))           # 8 is an eval step
+    assert [r["step"] for r in log_of(tmp_path)] == [0, 4, 8]
+    train(model_config(), train_config(tmp_path, max_iters=7))           # a new run, same folder
+    log = log_of(tmp_path)
+    assert [r["step"] for r in log] == [0, 4, 7]                        # the old log is gone
+    assert log[0]["tokens_per_s"] is None and all(r["tokens_per_s"] > 0 for r in log[1:])
+
+
+# ----------------------------------------------------------------------------- divergence
+
+@pytest.mark.parametrize("what", ["loss", "gradient norm"])
+def test_a_non_finite_step_never_reaches_the_update(tmp_path, updates, monkeypatch, what):
+    calls, real_forward, real_clip = [], GPT.forward, optim.clip_grad_norm
+
+    def forward(self, idx, targets=None, ignore_index=None):
+        logits, loss = real_forward(self, idx, targets, ignore_index)
+        if targets is not None and self.training:
+            calls.append(1)
+            if what == "loss" and len(calls) == 3:
+                loss.data = np.array(np.inf, dtype=loss.data.dtype)
+        return logits, loss
+
+    def clip(params, max_norm):
+        norm = real_clip(params, max_norm)
+        return math.nan if what == "gradient norm" and len(calls) == 3 else norm
+
+    monkeypatch.setattr(GPT, "forward", forward)
+    monkeypatch.setattr(optim, "clip_grad_norm", clip)
+    value = "inf" if what == "loss" else "nan"
+    with pytest.raises(TrainingDiverged, match=fr"^{what} is {value} at step 3; training stopped, "
+                                               r"no checkpoint of this run was written yet; lower"):
+        train(model_config(), train_config(tmp_path))
+    assert len(calls) == 3 and len(updates) == 2      # the third step stopped before its update
+
+
+def test_the_steps_loss_history_is_each_steps_training_loss(tmp_path, monkeypatch):
+    losses, real_forward = [], GPT.forward
+
+    def forward(self, idx, targets=None, ignore_index=None):
+        logits, loss = real_forward(self, idx, targets, ignore_index)
+        if targets is not None and self.training:
+            losses.append(float(loss.data))
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", forward)
+    summary = train(model_config(), train_config(tmp_path, max_iters=5))
+    assert summary["history"] == losses and len(losses) == 5
+    monkeypatch.setattr(loop, "_sync_interval", lambda device, cfg: 100)   # read as on a GPU
+    losses.clear()
+    # eval and checkpoint at 3, then the last steps read only because the run ends at 5
+    deferred = train(model_config(), train_config(tmp_path / "gpu", max_iters=5, eval_interval=3,
+                                                  checkpoint_interval=3))
+    assert deferred["history"] == losses == summary["history"]
+
+
+def test_the_pieces_of_a_step(capsys):
+    assert loop._sync_interval("cpu", SimpleNamespace(log_interval=7)) == 1
+    assert loop._sync_interval("cuda", SimpleNamespace(log_interval=7)) == 7
+    assert loop._host_floats([1, 2.5]) == [1.0, 2.5]
+    assert loop._host_floats([np.array(3.0), np.float32(0.25), 2]) == [3.0, 0.25, 2.0]
+    assert loop._moe_text(None) == ""
+    assert loop._moe_text({"max_over_mean_load": 1.314, "dropped_fraction": 0.004}) == \
+        ", load 1.31 max/mean, dropped 0.4%"
+
+
+def test_a_second_ctrl_c_interrupts_at_once_and_other_threads_keep_the_default():
+    flag = loop._SigintFlag()
+    flag._handle(2, None)
+    assert flag.requested
+    with pytest.raises(KeyboardInterrupt):
+        flag._handle(2, None)
+    entered = []
+
+    def in_a_thread():
+        with loop._SigintFlag() as f:               # signal handlers only in the main thread
+            entered.append(f._old)
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    assert entered == [None]
+
+
+def test_ctrl_c_during_an_update_saves_nothing(tmp_path, monkeypatch, capsys):
+    real = optim.AdamW.step
+
+    def step(self):
+        if self.step_count == 5:                    # the 6th update, half done
+            raise KeyboardInterrupt
+        real(self)
+
+    monkeypatch.setattr(optim.AdamW, "step", step)
+    summary = train(model_config(), train_config(tmp_path, max_iters=10))
+    assert summary["status"] == "interrupted" and summary["step"] == 5
+    assert load_checkpoint(str(tmp_path))["step"] == 4
+    assert (f"interrupted during the update of step 6; nothing saved, the last good checkpoint "
+            f"(step 4) is kept in {tmp_path / 'ckpt.json'}") in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- the summary
+
+def test_the_summary_and_the_header_line(tmp_path, capsys):
+    cfg = train_config(tmp_path, max_iters=6, sample_tokens=12)
+    summary = train(model_config(), cfg)
+    out = capsys.readouterr().out.splitlines()
+    model, _, _ = load_run(str(tmp_path))
+    n = model.num_parameters()
+    assert out[0] == (f"training GPT ({n / 1e6:.2f}M parameters) on {summary_corpus(tmp_path)}, "
+                      f"cpu, steps 0->6 of 4x16 tokens, run folder {tmp_path}")
+    assert summary["status"] == "done" and summary["step"] == 6
+    assert summary["tokens_per_s"] * summary["train_time_s"] == pytest.approx(6 * 4 * 16)
+    assert summary["out_dir"] == str(tmp_path) and summary["moe"] is None
+    assert summary["checkpoint"] == str(tmp_path / "ckpt.json")
+    # the sample is the trained model's own: 12 bytes after "\n", temperature 0.8, top_k 50, seed 0
+    assert summary["sample"] == sample_text(model, "\n", 12, 0.8, 50, seed=0)
+    assert "---- sample (12 bytes, temperature 0.8, top_k 50) ----" in out
+    train(model_config(), train_config(tmp_path, max_iters=8), resume=True)
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "steps 6->8 of 4x16 tokens" in header and header.endswith(" (resumed)")
+
+
+def summary_corpus(run_dir):
+    return json.loads((run_dir / "config.json").read_text())["corpus"]
