@@ -452,6 +452,38 @@ def test_capacity_is_capped_at_the_number_of_slots():
     assert huge.stats["dropped_fraction"] == 0.0
 
 
+def test_capacity_rounds_up_where_the_product_is_not_whole():
+    # C = ceil(factor * T*k / E); each product here has a fraction, so floor gives one less
+    assert capacity(1.25, 6, 4) == 2           # 1.875
+    assert capacity(1.0, 10, 4) == 3           # 2.5
+    assert capacity(2.0, 7, 3) == 5            # 4.67
+    assert capacity(0.3, 10, 4) == 1           # 0.75: ceil, not the floor of 0 raised to 1
+
+
+def test_the_layer_keeps_ceil_of_the_fractional_capacity():
+    # 5 tokens x top-2 over 4 experts, factor 1: C = ceil(2.5) = 3. Every token prefers experts 0
+    # and 1, so each gets 5 slots and keeps 3: 4 of 10 slots dropped (floor, C = 2, drops 6)
+    layer = _layer(n_expert=4, capacity_factor=1.0)
+    layer.router.weight.data = np.tile([10.0, 5.0, -10.0, -10.0], (4, 1))
+    layer(ts.Tensor(np.random.default_rng(3).random((1, 5, 4)) + 1.0))     # x > 0: fixed choice
+    assert layer.stats["tokens_per_expert"].tolist() == [5, 5, 0, 0]
+    assert layer.stats["dropped_fraction"] == 0.4
+
+
+def test_default_expert_width_counts_the_shared_experts():
+    # d_expert = 4 * n_embd // (top_k + n_shared): a token's active FFN compute is the dense MLP's
+    assert MoE(8, 4, top_k=2).d_expert == 16                   # 32 // 2
+    assert MoE(8, 4, top_k=2, n_shared=1).d_expert == 10       # 32 // 3
+    assert MoE(8, 4, top_k=1, n_shared=2).d_expert == 10       # 32 // 3
+    layer = MoE(8, 4, top_k=2, n_shared=2)                     # 32 // 4 = 8, shared 2 x 8 wide
+    assert layer.d_expert == 8 and layer.experts.w1.shape == (4, 8, 8)
+    assert layer.shared.c_fc.weight.shape == (8, 16)           # Linear(n_embd, n_shared * d)
+    assert MoE(1, 8, top_k=8, n_shared=1).d_expert == 1        # 4 // 9 = 0: at least one unit
+    assert MoE(8, 4, top_k=2, d_expert=5, n_shared=1).d_expert == 5    # given: kept
+    gpt = GPT(GPTConfig(n_embd=8, n_head=2, n_layer=1, n_expert=4, top_k=2, n_shared=1))
+    assert gpt.moe_layers()[0].d_expert == 10
+
+
 # ---- sigmoid scores where sigmoid underflows or saturates (issue 11, kind 1, the router's part) ---
 
 def _sigmoid_router(logits, top_k, dtype):
