@@ -7,6 +7,7 @@ Every run here is a 1-layer, 16-wide GPT on a 20 kB synthetic corpus (millisecon
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 from checkpoint_helpers import KINDS, arrays_path
 from tinysparse.engine import random as ts_random
 from tinysparse.training import load_run
+from tinysparse.training import atomic
 from tinysparse.training import checkpoint as ckpt_module
 from tinysparse.training.checkpoint import CKPT_NAME, load_checkpoint, save_checkpoint
 from tinysparse.training.checkpoint_schema import bitgen_from_json, bitgen_to_json
@@ -154,3 +156,93 @@ def test_a_save_that_json_cannot_hold_writes_nothing(ckpt_run):
     with pytest.raises(TypeError):
         save_checkpoint(str(ckpt_run), bad)
     assert {p.name: p.read_bytes() for p in ckpt_run.iterdir()} == before
+
+
+# ----------------------------------------------------------------------------- durability
+
+@pytest.fixture
+def disk_events(monkeypatch):
+    """Every os.fsync and os.replace of the test, in order, with what was on disk at the time:
+    ("fsync", inode, bytes on disk, is a folder) and ("replace", inode, bytes, target name)."""
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", st.st_ino, st.st_size, stat.S_ISDIR(st.st_mode)))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        st = os.stat(src)
+        events.append(("replace", st.st_ino, st.st_size, os.path.basename(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def test_each_file_is_flushed_and_fsynced_before_its_rename_then_the_folder(ckpt_run, disk_events):
+    save_checkpoint(str(ckpt_run), {**load_checkpoint(str(ckpt_run)), "step": 9})
+    renames = [i for i, e in enumerate(disk_events) if e[0] == "replace"]
+    assert [disk_events[i][3][:12] for i in renames] == ["ckpt-000009-", CKPT_NAME]  # arrays first
+    previous = -1
+    for i in renames:
+        _, inode, size, _ = disk_events[i]
+        synced = disk_events[previous + 1:i]
+        # the temporary file itself, with every byte on disk (a missing flush leaves them in
+        # Python's buffer: fewer bytes), is fsynced before the rename makes it the real file
+        assert ("fsync", inode, size, False) in synced
+        # ... and the folder right after, so that the rename survives a power cut
+        assert disk_events[i + 1][0] == "fsync" and disk_events[i + 1][3]
+        previous = i + 1
+    assert len(disk_events) == 3 * len(renames)      # nothing else: one file fsync, one folder fsync
+
+
+def test_small_files_are_written_the_same_way(tmp_path, disk_events):
+    atomic.save_json(str(tmp_path / "config.json"), {"a": 1})
+    (tmp_path / "log.jsonl").write_text('{"step": 0}\n{"step": 5}\n')
+    atomic.truncate_log(str(tmp_path / "log.jsonl"), 0)
+    sizes = {"config.json": len('{\n  "a": 1\n}\n'), "log.jsonl": len('{"step": 0}\n')}
+    for i, event in enumerate(disk_events):
+        if event[0] == "replace":
+            assert event[2] == sizes[event[3]]
+            assert ("fsync", event[1], event[2], False) == disk_events[i - 1]
+            assert disk_events[i + 1][0] == "fsync" and disk_events[i + 1][3]
+    assert json.loads((tmp_path / "config.json").read_text()) == {"a": 1}
+    assert (tmp_path / "log.jsonl").read_text() == '{"step": 0}\n'
+
+
+def test_a_checkpoint_file_gets_a_normal_files_mode_and_the_umask_is_kept(ckpt_run):
+    old = os.umask(0o027)
+    try:
+        save_checkpoint(str(ckpt_run), load_checkpoint(str(ckpt_run)))
+        assert os.umask(0o027) == 0o027                  # reading the umask put it back
+    finally:
+        os.umask(old)
+    for path in (ckpt_run / CKPT_NAME, arrays_path(ckpt_run)):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path     # 0o666 & ~0o027, not 0o600
+
+
+def test_a_folder_that_cannot_be_opened_or_synced_does_not_stop_a_save(ckpt_run, monkeypatch):
+    # Windows cannot open a folder, some file systems refuse to fsync one: the save goes on
+    real_open, real_fsync, closed = os.open, os.fsync, []
+
+    def open_no_folder(path, flags, *args, **kwargs):
+        if os.path.isdir(path) and not closed:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def fsync_files_only(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(22, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "open", open_no_folder)
+    save_checkpoint(str(ckpt_run), {**load_checkpoint(str(ckpt_run)), "step": 5})
+    closed.append(True)                              # folders open again, fsync refuses them
+    monkeypatch.setattr(os, "fsync", fsync_files_only)
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    save_checkpoint(str(ckpt_run), {**load_checkpoint(str(ckpt_run)), "step": 6})
+    if fds is not None:
+        assert len(os.listdir("/proc/self/fd")) == fds             # the folder's fd is closed
+    assert load_checkpoint(str(ckpt_run))["step"] == 6
