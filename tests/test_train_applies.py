@@ -195,6 +195,19 @@ def test_the_log_and_the_state_take_each_split_from_evaluation(tmp_path, monkeyp
         f"step     10: train 1.5000, val 2.5000 nats = {2.5 / math.log(2):.3f} bits/byte"]
 
 
+def test_a_resumed_run_remembers_the_best_val_loss_reached_before_it(tmp_path, monkeypatch):
+    vals = iter([3.0, 1.0, 2.0])                                    # steps 0, 4 and, resumed, 8
+
+    def fake_evaluate(model, corpus, cfg, block_size):
+        return {"train": 9.0, "val": next(vals)}
+
+    monkeypatch.setattr(loop, "evaluate", fake_evaluate)
+    train(model_config(), train_config(tmp_path, max_iters=4))
+    resumed = train(model_config(), train_config(tmp_path), resume=True)
+    assert (resumed["best_val_loss"], resumed["val_loss"]) == (1.0, 2.0)
+    assert len(resumed["history"]) == 8                              # the first 4 steps' too
+
+
 def test_the_log_has_one_line_per_evaluation_and_the_last_step_once(tmp_path):
     train(model_config(), train_config(tmp_path, max_iters=8))           # 8 is an eval step
     assert [r["step"] for r in log_of(tmp_path)] == [0, 4, 8]
