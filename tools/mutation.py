@@ -1,0 +1,167 @@
+"""Mutation testing of one module (or a few): do the tests notice a planted bug?
+
+    make mutation MODULE=tinysparse/training/loop.py
+    make mutation MODULE="tinysparse/training/sampling.py tinysparse/gpt.py::GPT.generate"
+    .venv/bin/python tools/mutation.py tinysparse/moe/dispatch.py [--jobs 2] [--tests tests/x.py]
+
+mutmut (3.8) copies the package into mutants/, plants one small bug at a time in every function
+of the named modules (an operator flipped, a constant moved by one, a call argument dropped,
+...), and runs the tests against each. A mutant the tests fail on is KILLED; one they pass is a
+SURVIVOR: either a bug the suite would let through, or an equivalent mutant (a change no input
+can observe). Score = killed / total.
+
+Which tests run: first the module's own test files (TESTS below; a module without an entry gets
+every test file but the slow whole-program ones) run once with every function instrumented, so
+mutmut learns which tests call which function; then each mutant runs only the tests that called
+its function, stopping at the first failure. One module takes minutes on 2 cores.
+
+Every run starts from an empty mutants/ folder: mutmut keeps a survivor's verdict even after new
+tests are added, so a cached run would report stale survivors. A target `path.py::Name` or
+`path.py::Class.method` scores only that function's mutants.
+
+Exit status: 0 when every selected mutant was killed, 1 when some survived (or were not run),
+2 on bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MUTANTS = "mutants"         # mutmut's working copy (fixed by mutmut); git-ignored
+SEP = "ǁ"                   # mutmut's separator in the mangled name of a method
+
+# Module -> the test files that exercise it. A mutant runs only those of these tests that call
+# its function, so an entry only narrows the first, instrumented run.
+TESTS = {
+    "tinysparse/training/loop.py": ["tests/test_train.py", "tests/test_train_applies.py"],
+    "tinysparse/training/evaluation.py": ["tests/test_train.py", "tests/test_train_applies.py"],
+    "tinysparse/training/checkpoint.py": ["tests/test_checkpoint.py",
+                                          "tests/test_checkpoint_refusals.py",
+                                          "tests/test_train.py"],
+    "tinysparse/training/checkpoint_schema.py": ["tests/test_checkpoint.py",
+                                                 "tests/test_checkpoint_refusals.py"],
+    "tinysparse/training/atomic.py": ["tests/test_checkpoint.py", "tests/test_train.py"],
+    "tinysparse/training/sampling.py": ["tests/test_sampling.py", "tests/test_train.py",
+                                        "tests/test_cli.py"],
+    "tinysparse/gpt.py": ["tests/test_gpt.py", "tests/test_sampling.py"],
+    "tinysparse/moe/dispatch.py": ["tests/test_moe_dispatch.py", "tests/test_numba_dispatch.py",
+                                   "tests/test_moe.py"],
+    "tinysparse/moe/router.py": ["tests/test_router.py", "tests/test_moe.py",
+                                 "tests/test_router_topk.py"],
+}
+# Whole-program tests (every chapter script, benchmarks, PyTorch parity): minutes each, and
+# every mutant would rerun them. Left out of the fallback selection.
+SLOW = {"tests/test_lessons.py", "tests/test_bench.py", "tests/test_torch_parity.py",
+        "tests/test_gpu.py"}
+
+
+def parse_target(text):
+    """'path.py' or 'path.py::Class.method' -> (path, qualified name or None)."""
+    path, _, name = text.partition("::")
+    if not path.endswith(".py") or not (ROOT / path).is_file():
+        raise SystemExit(f"error: {path!r} is not a Python file of this repository; name one "
+                         f"like MODULE=tinysparse/training/loop.py")
+    return path, name or None
+
+
+def module_name(path):
+    return path[:-len(".py")].replace("/", ".").removesuffix(".__init__")
+
+
+def mutant_pattern(path, name):
+    """The fnmatch pattern of a target's mutant names (mutmut: 'pkg.mod.x_func__mutmut_3',
+    'pkg.mod.xǁClassǁmethod__mutmut_3')."""
+    if name is None:
+        return f"{module_name(path)}.*"
+    *classes, func = name.split(".")
+    mangled = f"x{SEP}{'.'.join(classes)}{SEP}{func}" if classes else f"x_{func}"
+    return f"{module_name(path)}.{mangled}__mutmut_*"
+
+
+def select_tests(paths, override=None):
+    if override:
+        return override
+    if all(p in TESTS for p in paths):
+        return sorted({t for p in paths for t in TESTS[p]})
+    every = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py"))
+    return [t for t in every if t not in SLOW]
+
+
+def configure(paths, tests):
+    """mutmut's settings from [tool.mutmut] in pyproject.toml, narrowed to this run's modules
+    and test files (mutmut reads one static config; this is its documented dataclass)."""
+    from mutmut import configuration
+    cfg = configuration.config()
+    cfg.only_mutate = list(paths)
+    cfg.pytest_add_cli_args_test_selection = list(tests)
+    return cfg
+
+
+def results(paths):
+    """{mutant name: (mutmut status, source path)} of the modules' meta files."""
+    from mutmut.stats import status_by_exit_code
+    out = {}
+    for path in paths:
+        meta = json.loads((ROOT / MUTANTS / f"{path}.meta").read_text())
+        for name, code in meta["exit_code_by_key"].items():
+            out[name] = (status_by_exit_code[code], path)
+    return out
+
+
+def summarize(statuses, patterns):
+    """(killed, total, survivors sorted) of the mutants matching any pattern. A timeout counts
+    as killed (the mutant hung the tests: noticed); anything but killed is listed."""
+    chosen = {n: s for n, (s, _) in statuses.items()
+              if any(fnmatch.fnmatch(n, p) for p in patterns)}
+    killed = sum(s in ("killed", "timeout") for s in chosen.values())
+    others = sorted((n, s) for n, s in chosen.items() if s not in ("killed", "timeout"))
+    return killed, len(chosen), others
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("targets", nargs="+", help="path.py or path.py::Class.method")
+    parser.add_argument("--tests", nargs="+", help="test files to use instead of the map")
+    parser.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS") or 2),
+                        help="mutants tested at once (default 2, or $JOBS)")
+    parser.add_argument("--diffs", action="store_true", help="print each survivor's diff")
+    args = parser.parse_args(argv)
+    targets = [parse_target(t) for t in args.targets]
+    paths = sorted({p for p, _ in targets})
+    patterns = [mutant_pattern(p, n) for p, n in targets]
+    tests = select_tests(paths, args.tests)
+
+    os.chdir(ROOT)
+    # as in tests/conftest.py: Numba's CUDA simulator, set before numba is first imported
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+    shutil.rmtree(MUTANTS, ignore_errors=True)
+    configure(paths, tests)
+    print(f"mutating {', '.join(args.targets)}\ntests: {' '.join(tests)}", flush=True)
+    import mutmut.__main__ as mutmut_main
+    only = [p for p, (_, n) in zip(patterns, targets) if n is not None]
+    # a function target: only its mutants run (mutmut takes fnmatch patterns of mutant names)
+    mutmut_main._run([*only, *(mutant_pattern(p, None) for p, n in targets if n is None)]
+                     if only else [], args.jobs)
+
+    statuses = results(paths)
+    killed, total, others = summarize(statuses, patterns)
+    print(f"\nmutation score of {', '.join(args.targets)}: {killed}/{total} killed"
+          + (f" ({100 * killed / total:.1f}%)" if total else ""))
+    if others:
+        from mutmut.mutation.diff_apply import get_diff_for_mutant
+        print(f"{len(others)} not killed (see one with: .venv/bin/mutmut show NAME):")
+        for name, status in others:
+            print(f"  {status:10} {name}")
+            if args.diffs:
+                print("    " + get_diff_for_mutant(name, path=statuses[name][1]).replace("\n", "\n    "))
+    return 0 if total and killed == total else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
