@@ -183,3 +183,58 @@ def test_dispatch_is_deterministic(backend):
         runs.append([out.data.copy(), x.grad, gates.grad, *(p.grad for p in experts.parameters())])
     for a, b in zip(*runs):
         assert np.array_equal(a, b)                    # bitwise
+
+
+# ---- the plan's types, capacity's refusals, the backend registry (issue 19) ----------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cap", [None, 2])
+def test_plan_arrays_are_int64(backend, cap):
+    plan = get_backend(backend).plan(IDS, 3, cap)
+    for name in ("token_index", "slot_position", "offsets", "counts", "rank"):
+        assert getattr(plan, name).dtype == np.int64, name
+    assert plan.capacity == cap and plan.n_kept == (8 if cap is None else 5)
+
+
+@pytest.mark.parametrize("factor", [0.0, -1.0, float("nan"), float("inf"), "2"])
+def test_capacity_refuses_a_factor_without_meaning(factor):
+    with pytest.raises(ValueError, match=r"^capacity_factor must be None \(dropless\) or a "
+                                         r"positive finite number, got "):
+        capacity(factor, 8, 4)
+
+
+def test_capacity_takes_numpy_numbers_and_is_at_least_one():
+    assert capacity(np.float32(1.5), 8, 4) == 3 and capacity(np.int64(2), 8, 4) == 4
+    assert capacity(2, 8, 4) == 4 and capacity(None, 8, 4) is None
+    assert capacity(0.01, 10, 4) == 1                    # ceil(0.025) = 1
+
+
+def test_expert_segments_leave_out_the_experts_without_rows():
+    from tinysparse.moe.dispatch import expert_segments
+    assert expert_segments(np.array([0, 2, 2, 5, 5])) == [(0, 0, 2), (2, 2, 5)]
+    assert all(type(v) is int for seg in expert_segments(np.array([0, 3])) for v in seg)
+
+
+def test_the_backend_registry(monkeypatch):
+    from tinysparse.moe import dispatch
+    names = dispatch.backend_names()
+    assert names[0] == "auto" and len(names) == len(set(names))
+    assert {"numpy", "numba", "cuda"} <= set(names)
+    assert dispatch.resolve_backend_name("numpy") == "numpy"
+    with pytest.raises(ValueError, match=r"^unknown dispatch_backend 'fast': use one of auto, "
+                                         r"numpy, "):
+        dispatch.resolve_backend_name("fast")
+    monkeypatch.setitem(dispatch.LAZY_BACKENDS, "missing", "tinysparse.no_such_module:Nothing")
+    with pytest.raises(ValueError, match=r"^dispatch_backend 'missing' is not available here "
+                                         r"\(No module named 'tinysparse.no_such_module'\); use "
+                                         r"dispatch_backend='numpy'$"):
+        dispatch.get_backend("missing")
+    assert "missing" not in dispatch.DISPATCH_BACKENDS
+    mine = object()
+    monkeypatch.setitem(dispatch.DISPATCH_BACKENDS, "mine", mine)
+    assert dispatch.get_backend("mine") is mine
+    # auto falls back to the reference where numba cannot load
+    monkeypatch.delitem(dispatch.DISPATCH_BACKENDS, "numba", raising=False)
+    monkeypatch.setitem(dispatch.LAZY_BACKENDS, "numba", "tinysparse.no_such_module:Nothing")
+    assert dispatch.auto_backend_name(np.zeros((2, 2), np.float32)) == "numpy"
+    assert dispatch.get_backend("auto", np.zeros((2, 2), np.float32)).name == "numpy"
