@@ -332,3 +332,90 @@ def test_the_summary_and_the_header_line(tmp_path, capsys):
 
 def summary_corpus(run_dir):
     return json.loads((run_dir / "config.json").read_text())["corpus"]
+
+
+# ----------------------------------------------------------------------------- stopping early
+
+class RequestedFlag(loop._SigintFlag):
+    """A Ctrl-C that arrived before the first step."""
+
+    def __enter__(self):
+        super().__enter__()
+        self.requested = True
+        return self
+
+
+def test_a_run_stopped_before_its_first_step_reports_what_it_has(tmp_path, monkeypatch):
+    train(model_config(), train_config(tmp_path, max_iters=4))
+    meta = json.loads((tmp_path / "ckpt.json").read_text())
+    meta["val_loss"] = None                         # a checkpoint that never evaluated
+    (tmp_path / "ckpt.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(loop, "_SigintFlag", RequestedFlag)
+    summary = train(model_config(), train_config(tmp_path, sample_tokens=5), resume=True)
+    assert summary["status"] == "interrupted" and summary["step"] == 4
+    assert summary["val_loss"] is None and summary["val_bpb"] is None
+    assert summary["tokens_per_s"] is None and summary["train_time_s"] == 0.0
+    assert "sample" not in summary                  # only a finished run samples
+
+
+def test_resume_names_only_the_model_settings_that_differ(tmp_path):
+    train(model_config(), train_config(tmp_path, max_iters=2))
+    with pytest.raises(ValueError, match=r"^--resume: the checkpoint in .* has model config "
+                                         r"\{'n_embd': 16\}; drop the model flags that differ, "
+                                         r"or use a new --out-dir$"):
+        train(model_config(n_embd=32), train_config(tmp_path, max_iters=4), resume=True)
+
+
+class FlushRecorder:
+    """A stdout that records what was written and when it was flushed."""
+
+    def __init__(self):
+        self.events = []
+
+    def write(self, text):
+        self.events.append(("write", text))
+        return len(text)
+
+    def flush(self):
+        self.events.append(("flush", None))
+
+    def isatty(self):
+        return False
+
+    def flushed(self, needle):
+        """True when the write holding `needle` is followed by a flush before the next write
+        (print writes its end="\n" separately)."""
+        i = next(i for i, (kind, text) in enumerate(self.events) if kind == "write"
+                 and needle in text)
+        rest = [kind for kind, text in self.events[i + 1:] if text != "\n"] + ["write"]
+        return rest.index("flush") < rest.index("write") if "flush" in rest else False
+
+
+@pytest.mark.parametrize("when", ["between steps", "during an update"])
+def test_each_status_line_is_flushed_at_once(tmp_path, monkeypatch, when):
+    # shown at once also when stdout is a pipe (| tee log), not when the buffer fills
+    real = optim.AdamW.step
+
+    def step(self):
+        if self.step_count == 2:
+            if when == "during an update":
+                raise KeyboardInterrupt
+            loop_flag[0].requested = True
+        real(self)
+
+    loop_flag = []
+
+    class Flag(loop._SigintFlag):
+        def __enter__(self):
+            loop_flag.append(super().__enter__())
+            return loop_flag[-1]
+
+    out = FlushRecorder()
+    monkeypatch.setattr(loop, "_SigintFlag", Flag)
+    monkeypatch.setattr(optim.AdamW, "step", step)
+    monkeypatch.setattr("sys.stdout", out)
+    train(model_config(), train_config(tmp_path, log_interval=1))
+    assert out.flushed("training GPT (") and out.flushed("step      0: train")
+    assert out.flushed("step 1/8: loss")                        # a progress line (no terminal)
+    assert out.flushed("interrupted during the update" if when == "during an update"
+                       else "interrupted at step 3")
