@@ -7,10 +7,11 @@ BENCH_STAMP := $(VENV)/.installed-bench
 DEVICE ?=
 PRESET ?= tiny
 ARGS   ?=
+MODULE ?=
 
 LESSONS := $(sort $(notdir $(wildcard lessons/[0-9][0-9]_*)))
 
-.PHONY: help install cuda-install test train sample bench ledger gpu-check lessons transcripts clean
+.PHONY: help install cuda-install test mutation train sample bench ledger gpu-check lessons transcripts clean
 
 help:  ## list every target and every chapter
 	@echo "tinysparse: a course and library for sparse-activation models"
@@ -19,6 +20,10 @@ help:  ## list every target and every chapter
 	@echo "                  (PRESET=tiny|tiny-moe|tiny-adaptive|small, DEVICE=cpu|cuda, ARGS=more flags)"
 	@echo "  make sample     print text from the last training run of PRESET"
 	@echo "  make test       run the test suite"
+	@echo "  make mutation MODULE=tinysparse/training/loop.py"
+	@echo "                  mutation testing: plant small bugs in MODULE one at a time, run its"
+	@echo "                  tests against each, print the score (killed / total) and every"
+	@echo "                  survivor (MODULE may list several files, or path.py::Class.method)"
 	@echo "  make bench      time training steps and MoE layers against PyTorch, side by side"
 	@echo "  make ledger     FLOPs, bytes and energy per token of the last run of PRESET"
 	@echo "                  (ARGS=--train-step counts a training step too)"
@@ -61,6 +66,11 @@ $(BENCH_STAMP): $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# tools/mutation.py: mutmut over MODULE, only the tests that call each mutated function.
+mutation: $(STAMP)
+	@if [ -z "$(MODULE)" ]; then echo "name a module: make mutation MODULE=tinysparse/training/loop.py"; exit 2; fi
+	$(PY) tools/mutation.py $(MODULE) $(ARGS)
+
 train: $(STAMP)
 	$(if $(filter cuda,$(DEVICE)),$(CUDA_INSTALL))
 	$(PY) -m tinysparse train --preset $(PRESET) $(if $(DEVICE),--device $(DEVICE)) $(ARGS)
@@ -98,5 +108,5 @@ transcript-%: $(STAMP)
 	$(PY) lessons/transcripts.py record $*
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info out
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info out mutants
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

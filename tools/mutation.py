@@ -16,8 +16,11 @@ mutmut learns which tests call which function; then each mutant runs only the te
 its function, stopping at the first failure. One module takes minutes on 2 cores.
 
 Every run starts from an empty mutants/ folder: mutmut keeps a survivor's verdict even after new
-tests are added, so a cached run would report stale survivors. A target `path.py::Name` or
-`path.py::Class.method` scores only that function's mutants.
+tests are added, so a cached run would report stale survivors. `--survivors` is the exception,
+for the loop of killing survivors: it keeps the last run of the same modules and retests only
+the mutants that were not killed, with the tests as they are now (mutmut collects the new tests'
+coverage first). A target `path.py::Name` or `path.py::Class.method` scores only that function's
+mutants.
 
 Exit status: 0 when every selected mutant was killed, 1 when some survived (or were not run),
 2 on bad arguments.
@@ -42,9 +45,10 @@ TESTS = {
     "tinysparse/training/loop.py": ["tests/test_train.py", "tests/test_train_applies.py"],
     "tinysparse/training/evaluation.py": ["tests/test_train.py", "tests/test_train_applies.py"],
     "tinysparse/training/checkpoint.py": ["tests/test_checkpoint.py",
-                                          "tests/test_checkpoint_refusals.py",
-                                          "tests/test_train.py"],
+                                          "tests/test_checkpoint_state.py",
+                                          "tests/test_checkpoint_refusals.py"],
     "tinysparse/training/checkpoint_schema.py": ["tests/test_checkpoint.py",
+                                                 "tests/test_checkpoint_state.py",
                                                  "tests/test_checkpoint_refusals.py"],
     "tinysparse/training/atomic.py": ["tests/test_checkpoint.py", "tests/test_train.py"],
     "tinysparse/training/sampling.py": ["tests/test_sampling.py", "tests/test_train.py",
@@ -131,6 +135,8 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS") or 2),
                         help="mutants tested at once (default 2, or $JOBS)")
     parser.add_argument("--diffs", action="store_true", help="print each survivor's diff")
+    parser.add_argument("--survivors", action="store_true",
+                        help="retest only the last run's survivors (after adding tests)")
     args = parser.parse_args(argv)
     targets = [parse_target(t) for t in args.targets]
     paths = sorted({p for p, _ in targets})
@@ -140,14 +146,24 @@ def main(argv=None):
     os.chdir(ROOT)
     # as in tests/conftest.py: Numba's CUDA simulator, set before numba is first imported
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
-    shutil.rmtree(MUTANTS, ignore_errors=True)
     configure(paths, tests)
+    if args.survivors:
+        if not all((ROOT / MUTANTS / f"{p}.meta").is_file() for p in paths):
+            raise SystemExit(f"error: no earlier run of {', '.join(paths)} in {MUTANTS}/; run "
+                             f"without --survivors first")
+        names = summarize(results(paths), patterns)[2]
+        if not names:
+            print("no survivors to retest")
+        names = [n for n, _ in names]
+    else:
+        shutil.rmtree(MUTANTS, ignore_errors=True)
+        only = [p for p, (_, n) in zip(patterns, targets) if n is not None]
+        # a function target: only its mutants run (mutmut takes fnmatch patterns of mutant names)
+        names = [*only, *(mutant_pattern(p, None) for p, n in targets if n is None)] if only else []
     print(f"mutating {', '.join(args.targets)}\ntests: {' '.join(tests)}", flush=True)
     import mutmut.__main__ as mutmut_main
-    only = [p for p, (_, n) in zip(patterns, targets) if n is not None]
-    # a function target: only its mutants run (mutmut takes fnmatch patterns of mutant names)
-    mutmut_main._run([*only, *(mutant_pattern(p, None) for p, n in targets if n is None)]
-                     if only else [], args.jobs)
+    if names or not args.survivors:
+        mutmut_main._run(names, args.jobs)
 
     statuses = results(paths)
     killed, total, others = summarize(statuses, patterns)
