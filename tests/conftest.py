@@ -7,6 +7,7 @@ import os
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
+import functools  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -17,7 +18,28 @@ import pytest  # noqa: E402
 import tinysparse as ts  # noqa: E402  (after the simulator switch: tinysparse may load numba)
 from checkpoint_helpers import KINDS, model_config, train_config  # noqa: E402
 from tinysparse.moe import MoE  # noqa: E402
+from tinysparse.training import data as data_module  # noqa: E402
+from tinysparse.training import loop as loop_module  # noqa: E402
 from tinysparse.training import train  # noqa: E402
+
+
+@functools.lru_cache(maxsize=None)
+def _synthetic_corpus(*args, **kwargs):
+    return data_module.load_corpus("synthetic", *args, **kwargs)
+
+
+def _load_corpus_once(spec, *args, **kwargs):
+    """load_corpus, with each synthetic corpus built once per session: the generator is seeded
+    (same arguments, same bytes: test_data.py checks it), and building one took a third of each
+    tiny training run. Files and the stdlib are read as they are now."""
+    if spec == "synthetic":
+        return _synthetic_corpus(*args, **kwargs)
+    return data_module.load_corpus(spec, *args, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _corpora_built_once(monkeypatch):
+    monkeypatch.setattr(loop_module, "load_corpus", _load_corpus_once)
 
 
 @pytest.fixture
