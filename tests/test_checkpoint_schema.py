@@ -1,0 +1,187 @@
+"""The field checks of ckpt.json and the arrays file (tinysparse/training/checkpoint_schema.py),
+one rule at a time, at the edges of each range and with the exact one-line message.
+
+test_checkpoint_refusals.py damages whole run folders; here each check gets the values just
+inside and just outside its range, where an off-by-one or a dropped condition changes the answer.
+"""
+import json
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from tinysparse.gpt import GPTConfig
+from tinysparse.training.checkpoint_schema import (FIX, VERSION, CheckpointError,
+                                                   bitgen_from_json, bitgen_to_json, check_config,
+                                                   decode_arrays, field, parse_meta, split_arrays)
+from tinysparse.training.config import TrainConfig
+
+P = "run/ckpt.json"
+
+
+def refused(message, fix=FIX):
+    return pytest.raises(CheckpointError, match="^" + _escape(f"{P} {message}; {fix}") + "$")
+
+
+def _escape(text):
+    import re
+    return re.escape(text)
+
+
+# ----------------------------------------------------------------------------- fields
+
+def test_field_types():
+    assert field({"a": 3}, "a", int, P) == 3
+    value = field({"a": 3}, "a", float, P)
+    assert value == 3.0 and type(value) is float           # a JSON integer is a number
+    assert field({"a": None}, "a", float, P, optional=True) is None
+    with refused("has a = true, which is not an integer"):
+        field({"a": True}, "a", int, P)                     # JSON true is not a number
+    with refused("has x.a = true, which is not a number"):
+        field({"a": True}, "a", float, P, "x")
+    with refused("has x.a = null, which is not a number"):
+        field({"a": None}, "a", float, P, "x")
+    with refused("has no x.b"):
+        field({"a": 1}, "b", int, P, "x")
+    with refused("has a = a number too large for a float"):
+        field({"a": 10 ** 400}, "a", float, P)
+
+
+def test_long_values_are_shortened_to_40_characters():
+    forty = "x" * 38                                         # json.dumps adds the quotes: 40
+    with refused(f"has a = {json.dumps(forty)}, which is not an integer"):
+        field({"a": forty}, "a", int, P)
+    longer = "y" * 39                                        # 41 characters: 37 and "..."
+    with refused(f"has a = {json.dumps(longer)[:37]}..., which is not an integer"):
+        field({"a": longer}, "a", int, P)
+
+
+# ----------------------------------------------------------------------------- generator states
+
+def good_state():
+    return bitgen_to_json(np.random.default_rng(5).bit_generator.state)
+
+
+def test_a_generator_state_at_the_edges_of_its_ranges():
+    state = {**good_state(), "state": str(2 ** 128 - 1), "uinteger": 2 ** 32 - 1, "has_uint32": 1}
+    back = bitgen_from_json(state, P, "rng")
+    assert back["state"]["state"] == 2 ** 128 - 1 and back["uinteger"] == 2 ** 32 - 1
+    assert bitgen_from_json({**good_state(), "state": "0", "uinteger": 0, "has_uint32": 0},
+                            P, "rng")["state"]["state"] == 0
+    with pytest.raises(ValueError, match=r"^only PCG64 generator states are saved, got MT19937$"):
+        bitgen_to_json(np.random.Generator(np.random.MT19937(1)).bit_generator.state)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"state": str(2 ** 128)}, "has rng.state = {s}, which is not a decimal string of a "
+                               "128-bit integer"),
+    ({"state": "-1"}, "has rng.state = {s}, which is not a decimal string of a 128-bit integer"),
+    ({"state": "9" * 39}, "has rng.state = {s}, which is not a decimal string of a 128-bit "
+                          "integer"),                         # 39 digits, above 2**128
+    ({"state": "0" * 41}, "has rng.state = {s}, which is not a decimal string of a 128-bit "
+                          "integer"),                         # small, but more than 40 digits
+    ({"state": "١٢"}, "has rng.state = {s}, which is not a decimal string of a 128-bit integer"),
+    ({"inc": "4"}, "has an even rng.inc, which no PCG64 generator has"),
+    ({"has_uint32": 2}, "has rng.has_uint32 = 2 and .uinteger = {w}; a PCG64 state has 0 or 1 "
+                        "and a 32-bit integer"),
+    ({"uinteger": 2 ** 32}, "has rng.has_uint32 = {h} and .uinteger = 4294967296; a PCG64 state "
+                            "has 0 or 1 and a 32-bit integer"),
+    ({"uinteger": -1}, "has rng.has_uint32 = {h} and .uinteger = -1; a PCG64 state has 0 or 1 "
+                       "and a 32-bit integer"),
+    ({"bit_generator": "MT"}, 'has rng.bit_generator = "MT", but tinysparse\'s generators are '
+                              '"PCG64"'),
+])
+def test_a_generator_state_outside_its_ranges(change, message):
+    state = {**good_state(), **change}
+    value = next(iter(change.values()))
+    shown = json.dumps(value)                               # shortened past 40 characters
+    text = message.format(s=shown if len(shown) <= 40 else shown[:37] + "...",
+                          w=state["uinteger"], h=state["has_uint32"])
+    with refused(text):
+        bitgen_from_json(state, P, "rng")
+
+
+def test_a_generator_state_that_is_not_an_object():
+    with refused("has rng = [1, 2], which is not a generator state"):
+        bitgen_from_json([1, 2], P, "rng")
+
+
+# ----------------------------------------------------------------------------- configs
+
+def test_configs_fill_defaults_and_treat_unknown_fields_by_kind():
+    model = check_config(GPTConfig, {"n_layer": 2}, P, "model_config", unknown_ok=False)
+    assert model == {**GPTConfig().to_dict(), "n_layer": 2}
+    train = check_config(TrainConfig, {"max_iters": 7, "lr_decay_iters": None, "wizardry": 1},
+                         P, "train_config", unknown_ok=True)
+    assert train["max_iters"] == 7 and train["lr_decay_iters"] is None and "wizardry" not in train
+    with refused("has model_config fields this tinysparse does not know: a, b",
+                 "it was saved by a newer tinysparse: upgrade, or train anew"):
+        check_config(GPTConfig, {"b": 1, "a": 2}, P, "model_config", unknown_ok=False)
+    with refused('has train_config.lr_decay_iters = "5", which is not an integer or null'):
+        check_config(TrainConfig, {"lr_decay_iters": "5"}, P, "train_config", unknown_ok=True)
+
+
+# ----------------------------------------------------------------------------- ckpt.json
+
+def meta(**changes):
+    base = {"format": "tinysparse-checkpoint", "version": VERSION, "step": 3,
+            "arrays": {"file": "ckpt-000003-0123456789ab.safetensors", "bytes": 10,
+                       "sha256": "0" * 64},
+            "model_config": {}, "train_config": {},
+            "optimizer": {"step_count": 3, "lr": 0.1, "slots": ["m", "v"], "params": ["w"]},
+            "rng": {"numpy": good_state(), "cupy": None},
+            "sampler": {"train": good_state(), "val": good_state()},
+            "best_val_loss": 2.0, "val_loss": None, "history": [3.0, 2]}
+    base.update(changes)
+    return json.dumps(base).encode()
+
+
+def test_a_good_ckpt_json_reads_back():
+    out = parse_meta(meta(), P)
+    assert out["step"] == 3 and out["val_loss"] is None and out["history"] == [3.0, 2.0]
+    assert out["arrays"]["sha256"] == "0" * 64 and out["optimizer"]["params"] == ["w"]
+    assert parse_meta(meta(step=0), P)["step"] == 0
+
+
+@pytest.mark.parametrize("changes, message, fix", [
+    (dict(version=VERSION + 1), f"has format version {VERSION + 1}, this tinysparse reads "
+                                f"version {VERSION}", "use the tinysparse that wrote it, or train anew"),
+    (dict(version=VERSION - 1), f"has format version {VERSION - 1}, this tinysparse reads "
+                                f"version {VERSION}", FIX),
+    (dict(step=-1), "has a negative step or an arrays.sha256 that is not 64 hex digits", FIX),
+    (dict(arrays={"file": "f", "bytes": 1, "sha256": "A" * 64}),
+     "has a negative step or an arrays.sha256 that is not 64 hex digits", FIX),
+    (dict(history=[1.0, "2"]), "has a history entry that is not a number", FIX),
+    (dict(history=[1.0, float("inf")]), "has a loss in its history that is not finite", FIX),
+    (dict(rng={"numpy": good_state(), "cupy": 5}), "has rng.cupy = 5, which is not an object", FIX),
+    (dict(optimizer={"step_count": 1, "lr": 0.1, "slots": ["m", "m"], "params": ["w"]}),
+     "has an optimizer.slots that is not a list of distinct names", FIX),
+    (dict(optimizer={"step_count": 1, "lr": 0.1, "slots": ["m"], "params": [""]}),
+     "has an optimizer.params that is not a list of distinct names", FIX),
+    (dict(format="other"), 'is not a tinysparse checkpoint (no "format": "tinysparse-checkpoint" '
+                           'in it)', FIX),
+])
+def test_ckpt_json_outside_its_ranges(changes, message, fix):
+    with refused(message, fix):
+        parse_meta(meta(**changes), P)
+
+
+# ----------------------------------------------------------------------------- the arrays file
+
+def test_decoded_arrays_are_native_writable_copies():
+    big = np.arange(6, dtype=">f8").reshape(2, 3)         # stored little-endian by safetensors
+    arrays = decode_arrays(safetensors.numpy.save({"model/w": big.astype("<f8"),
+                                                   "model/b": np.ones(2, np.float32)}), P)
+    assert arrays["model/w"].dtype == np.float64 and arrays["model/w"].dtype.isnative
+    assert arrays["model/w"].flags.writeable and arrays["model/w"].shape == (2, 3)
+    np.testing.assert_array_equal(arrays["model/w"], big)
+    assert arrays["model/b"].dtype == np.float32
+
+
+def test_split_arrays_pairs_every_parameter_with_its_slots():
+    w, m = np.ones((2, 2), np.float32), np.zeros((2, 2), np.float32)
+    model, slots = split_arrays({"model/w": w, "model/buf": w, "optimizer/m/w": m},
+                                {"params": ["w"], "slots": ["m"]}, P)
+    assert set(model) == {"w", "buf"} and slots == {"m": [m]}
+    with refused("has no array model/x, a parameter that ckpt.json's optimizer lists"):
+        split_arrays({"model/w": w}, {"params": ["x"], "slots": []}, P)
