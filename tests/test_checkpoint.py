@@ -163,8 +163,13 @@ def test_a_save_that_json_cannot_hold_writes_nothing(ckpt_run):
 @pytest.fixture
 def disk_events(monkeypatch):
     """Every os.fsync and os.replace of the test, in order, with what was on disk at the time:
-    ("fsync", inode, bytes on disk, is a folder) and ("replace", inode, bytes, target name)."""
-    events, real_fsync, real_replace = [], os.fsync, os.replace
+    ("fsync", inode, bytes on disk, is a folder) and ("replace", inode, bytes, target name);
+    .temporaries: the names of the files renamed."""
+
+    class Events(list):
+        pass
+
+    events, real_fsync, real_replace = Events(), os.fsync, os.replace
 
     def fsync(fd):
         st = os.fstat(fd)
@@ -174,10 +179,14 @@ def disk_events(monkeypatch):
     def replace(src, dst):
         st = os.stat(src)
         events.append(("replace", st.st_ino, st.st_size, os.path.basename(dst)))
+        temporaries.append(os.path.basename(src))
         real_replace(src, dst)
+
+    temporaries = []
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    events.temporaries = temporaries
     return events
 
 
@@ -196,6 +205,10 @@ def test_each_file_is_flushed_and_fsynced_before_its_rename_then_the_folder(ckpt
         assert disk_events[i + 1][0] == "fsync" and disk_events[i + 1][3]
         previous = i + 1
     assert len(disk_events) == 3 * len(renames)      # nothing else: one file fsync, one folder fsync
+    # the temporaries are hidden, next to their file, named as the next save cleans up after a kill
+    for tmp, target in zip(disk_events.temporaries, ["ckpt-000009-", CKPT_NAME]):
+        assert tmp.startswith("." + target) and tmp.endswith(".tmp")
+        assert ckpt_module.TEMP_PATTERN.fullmatch(tmp)
 
 
 def test_small_files_are_written_the_same_way(tmp_path, disk_events):
