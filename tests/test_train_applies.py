@@ -310,10 +310,14 @@ def test_ctrl_c_during_an_update_saves_nothing(tmp_path, monkeypatch, capsys):
 
 # ----------------------------------------------------------------------------- the summary
 
-def test_the_summary_and_the_header_line(tmp_path, capsys):
+def test_the_summary_and_the_header_line(tmp_path, capsys, monkeypatch):
     cfg = train_config(tmp_path, max_iters=6, sample_tokens=12)
+    stdout = FlushRecorder()
+    monkeypatch.setattr("sys.stdout", stdout)
     summary = train(model_config(), cfg)
-    out = capsys.readouterr().out.splitlines()
+    monkeypatch.undo()
+    text = "".join(t for kind, t in stdout.events if kind == "write")
+    out = text.splitlines()
     model, _, _ = load_run(str(tmp_path))
     n = model.num_parameters()
     assert out[0] == (f"training GPT ({n / 1e6:.2f}M parameters) on {summary_corpus(tmp_path)}, "
@@ -324,7 +328,10 @@ def test_the_summary_and_the_header_line(tmp_path, capsys):
     assert summary["checkpoint"] == str(tmp_path / "ckpt.json")
     # the sample is the trained model's own: 12 bytes after "\n", temperature 0.8, top_k 50, seed 0
     assert summary["sample"] == sample_text(model, "\n", 12, 0.8, 50, seed=0)
-    assert "---- sample (12 bytes, temperature 0.8, top_k 50) ----" in out
+    # the header, then the sample itself (a topk model: no causality note), flushed
+    assert text.endswith("---- sample (12 bytes, temperature 0.8, top_k 50) ----\n"
+                         + summary["sample"] + "\n")
+    assert stdout.flushed(summary["sample"][1:])
     train(model_config(), train_config(tmp_path, max_iters=8), resume=True)
     header = capsys.readouterr().out.splitlines()[0]
     assert "steps 6->8 of 4x16 tokens" in header and header.endswith(" (resumed)")
