@@ -1,0 +1,68 @@
+"""tools/mutation.py (`make mutation`): its target syntax, its test map, its score, and that the
+normal suite never collects mutmut's copy of the tests."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("mutation_tool", ROOT / "tools" / "mutation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_targets_and_their_mutant_names(tool):
+    assert tool.parse_target("tinysparse/gpt.py::GPT.generate") == ("tinysparse/gpt.py",
+                                                                    "GPT.generate")
+    assert tool.parse_target("tinysparse/moe/router.py") == ("tinysparse/moe/router.py", None)
+    with pytest.raises(SystemExit, match="not a Python file of this repository"):
+        tool.parse_target("tinysparse/nowhere.py")
+    assert tool.mutant_pattern("tinysparse/moe/router.py", None) == "tinysparse.moe.router.*"
+    assert tool.mutant_pattern("tinysparse/gpt.py", "GPT.generate") == \
+        "tinysparse.gpt.xǁGPTǁgenerate__mutmut_*"
+    assert tool.mutant_pattern("tinysparse/training/sampling.py", "sample_text") == \
+        "tinysparse.training.sampling.x_sample_text__mutmut_*"
+
+
+def test_the_names_follow_mutmuts():
+    mutmut = pytest.importorskip("mutmut.mutation.trampoline_templates")
+    assert mutmut.mangle_function_name(name="generate", class_name="GPT") == "xǁGPTǁgenerate"
+    assert mutmut.mangle_function_name(name="sample", class_name=None) == "x_sample"
+
+
+def test_every_mapped_module_and_test_file_exists(tool):
+    for module, tests in tool.TESTS.items():
+        assert (ROOT / module).is_file(), module
+        assert tests and all((ROOT / t).is_file() for t in tests), module
+
+
+def test_test_selection(tool):
+    assert tool.select_tests(["tinysparse/training/loop.py", "tinysparse/training/evaluation.py"]) \
+        == ["tests/test_train.py", "tests/test_train_applies.py"]
+    fallback = tool.select_tests(["tinysparse/nn.py"])            # no entry: all but the slow
+    assert "tests/test_ops.py" in fallback and not set(fallback) & tool.SLOW
+    assert tool.select_tests(["tinysparse/nn.py"], ["tests/test_x.py"]) == ["tests/test_x.py"]
+
+
+def test_the_score_counts_killed_and_timeouts_and_lists_the_rest(tool):
+    statuses = {"m.x_f__mutmut_1": ("killed", "m.py"), "m.x_f__mutmut_2": ("survived", "m.py"),
+                "m.x_f__mutmut_3": ("timeout", "m.py"), "m.x_g__mutmut_1": ("no tests", "m.py"),
+                "n.x_h__mutmut_1": ("survived", "n.py")}
+    assert tool.summarize(statuses, ["m.*"]) == (2, 4, [("m.x_f__mutmut_2", "survived"),
+                                                        ("m.x_g__mutmut_1", "no tests")])
+    assert tool.summarize(statuses, ["m.x_f__mutmut_*"])[:2] == (2, 3)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib")
+def test_pytest_never_collects_the_mutants_folder():
+    import tomllib
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "mutants" in config["tool"]["pytest"]["ini_options"]["norecursedirs"]
+    assert config["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
+    assert "mutants/" in (ROOT / ".gitignore").read_text().splitlines()
