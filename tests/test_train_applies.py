@@ -426,3 +426,31 @@ def test_each_status_line_is_flushed_at_once(tmp_path, monkeypatch, when):
     assert out.flushed("step 1/8: loss")                        # a progress line (no terminal)
     assert out.flushed("interrupted during the update" if when == "during an update"
                        else "interrupted at step 3")
+
+
+def test_each_progress_line_shows_its_own_steps_loss_and_rate(tmp_path, capsys):
+    cfg = train_config(tmp_path, log_interval=1, eval_interval=5, checkpoint_interval=5)
+    summary = train(model_config(), cfg)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "/8: loss" in ln]
+    assert [ln.split(":")[0] for ln in lines] == [f"step {k}/8" for k in range(1, 9)]
+    for k, line in enumerate(lines, start=1):        # read every step on the CPU, not only at
+        lr = optim.cosine_lr(k - 1, cfg.lr, cfg.warmup_iters, 6, cfg.min_lr)   # evaluations
+        assert line.startswith(f"step {k}/8: loss {summary['history'][k - 1]:.4f}, lr {lr:.2e}, ")
+
+
+def test_ctrl_c_after_an_update_saves_the_finished_step(tmp_path, monkeypatch, capsys):
+    # an interrupt while evaluating (after step 4's update) leaves a consistent state: saved
+    real = loop.evaluate
+
+    def evaluate(model, corpus, cfg, block_size):
+        if evaluate.calls == 1:
+            raise KeyboardInterrupt
+        evaluate.calls += 1
+        return real(model, corpus, cfg, block_size)
+
+    evaluate.calls = 0
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    summary = train(model_config(), train_config(tmp_path, checkpoint_interval=100))
+    assert summary["status"] == "interrupted" and summary["step"] == 4
+    assert load_checkpoint(str(tmp_path))["step"] == 4
+    assert "interrupted at step 4; checkpoint saved" in capsys.readouterr().out
