@@ -82,6 +82,7 @@ def test_generate_returns_int64_ids_and_keeps_the_prompt_and_the_mode():
     model.train()
     out = model.generate(prompt, 5)
     assert out.dtype == np.int64 and out.shape == (1, 7) and out[0, :2].tolist() == [3, 1]
+    assert model.generate(prompt, 0).dtype == np.int64          # also with nothing to add
     assert model.training                          # back in training mode
     model.eval()
     model.generate(prompt, 2)
