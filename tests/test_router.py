@@ -69,10 +69,11 @@ def test_the_smallest_settings_are_valid():
 
 # ----------------------------------------------------------------------------- jitter
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("u, factor", [(0.0, 0.75), (1.0, 1.25), (0.5, 1.0)])
-def test_jitter_multiplies_the_input_by_1_minus_j_plus_2_j_u(monkeypatch, u, factor):
-    router = TopKRouter(3, 4, 2, jitter=0.25)
-    x = tensor(np.arange(6.0).reshape(2, 3) - 2.0)
+def test_jitter_multiplies_the_input_by_1_minus_j_plus_2_j_u(monkeypatch, u, factor, dtype):
+    router = TopKRouter(3, 4, 2, jitter=0.25, dtype=dtype)
+    x = tensor(np.arange(6.0).reshape(2, 3) - 2.0, dtype)
     drawn = []
 
     def uniform(shape, device="cpu", dtype=np.float32):
@@ -81,9 +82,9 @@ def test_jitter_multiplies_the_input_by_1_minus_j_plus_2_j_u(monkeypatch, u, fac
 
     monkeypatch.setattr(ts_random, "uniform", uniform)
     r = router(x)                                   # U(1 - j, 1 + j) noise: 1 - j + 2 j u
-    assert drawn == [((2, 3), "cpu", np.float32)]
+    assert drawn == [((2, 3), "cpu", dtype)]                # the noise in the input's dtype
     np.testing.assert_allclose(r.logits.data, (x.data * factor) @ router.weight.data, rtol=1e-6)
-    assert r.logits.dtype == np.float32
+    assert r.logits.dtype == dtype
 
 
 def test_no_jitter_draws_no_random_numbers():
@@ -91,6 +92,24 @@ def test_no_jitter_draws_no_random_numbers():
     before = ts_random.get_state()
     router(tensor(np.ones((5, 3))))
     assert ts_random.get_state() == before          # jitter 0 leaves the generator alone
+
+
+# ----------------------------------------------------------------------------- affinities
+
+def test_softmax_and_sigmoid_affinities_follow_their_formulas():
+    from scipy.special import expit, softmax
+    x = np.random.default_rng(2).standard_normal((5, 4))
+    for score in ("softmax", "sigmoid"):
+        router = TopKRouter(4, 6, 2, score=score, dtype=np.float64)
+        r = router(tensor(x, np.float64))
+        logits = x @ router.weight.data
+        np.testing.assert_allclose(r.logits.data, logits, rtol=1e-12)
+        s = softmax(logits, axis=-1) if score == "softmax" else expit(logits)
+        np.testing.assert_allclose(r.scores.data, s, rtol=1e-12)
+        np.testing.assert_allclose(r.probs.data, s / s.sum(axis=-1, keepdims=True), rtol=1e-12)
+        picked = np.take_along_axis(s, r.expert_ids, axis=-1)
+        np.testing.assert_allclose(r.gates.data, picked / picked.sum(-1, keepdims=True),
+                                   rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------- losses
