@@ -454,3 +454,92 @@ def test_ctrl_c_after_an_update_saves_the_finished_step(tmp_path, monkeypatch, c
     assert summary["status"] == "interrupted" and summary["step"] == 4
     assert load_checkpoint(str(tmp_path))["step"] == 4
     assert "interrupted at step 4; checkpoint saved" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- the bar, the clock
+
+class FakeBar:
+    """tqdm's stand-in: what the loop asked the bar to show."""
+    made = []
+    write = staticmethod(print)
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.updates, self.postfixes, self.closed = kwargs, [], [], False
+        self.disable = True
+        FakeBar.made.append(self)
+
+    def update(self, n):
+        self.updates.append(n)
+
+    def set_postfix_str(self, text, refresh):
+        self.postfixes.append((text, refresh))
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_bar_counts_steps_from_where_the_run_starts(tmp_path, monkeypatch):
+    FakeBar.made = []
+    monkeypatch.setattr(loop, "tqdm", FakeBar)
+    train(model_config(), train_config(tmp_path, max_iters=4))
+    summary = train(model_config(), train_config(tmp_path, max_iters=7), resume=True)
+    first, resumed = FakeBar.made
+    for bar, start, end in ((first, 0, 4), (resumed, 4, 7)):
+        assert bar.kwargs == dict(total=end, initial=start, unit="step", dynamic_ncols=True,
+                                  disable=None)
+        assert bar.updates == [1] * (end - start) and bar.closed
+    text, refresh = resumed.postfixes[-1]
+    assert text.startswith(f"loss {summary['history'][-1]:.4f}, ") and text.endswith(" tok/s")
+    assert refresh is False
+
+
+def test_floating_point_warnings_are_silenced_inside_the_loop(tmp_path, monkeypatch):
+    # the loop checks every loss and norm itself: NumPy's overflow/invalid/divide warnings
+    # during a diverging step would only be noise before the one-line error
+    seen, real = [], optim.AdamW.step
+
+    def step(self):
+        seen.append(np.geterr())
+        real(self)
+
+    monkeypatch.setattr(optim.AdamW, "step", step)
+    train(model_config(), train_config(tmp_path, max_iters=2))
+    assert all(e["over"] == e["invalid"] == e["divide"] == "ignore" for e in seen) and seen
+    assert np.geterr()["over"] != "ignore" or np.geterr()["invalid"] != "ignore"   # restored
+
+
+def test_train_time_is_the_sum_of_the_steps_times(tmp_path, monkeypatch):
+    import time
+    dts, real = [], loop.TrainingRun.show_progress
+
+    def show(self, bar, dt):
+        dts.append(dt)
+        real(self, bar, dt)
+
+    monkeypatch.setattr(loop.TrainingRun, "show_progress", show)
+    t0 = time.perf_counter()
+    summary = train(model_config(), train_config(tmp_path))
+    wall = time.perf_counter() - t0
+    assert len(dts) == 8 and summary["train_time_s"] == pytest.approx(sum(dts), rel=1e-12)
+    assert 0 < summary["train_time_s"] < wall
+
+
+def test_a_ctrl_c_after_the_batch_was_drawn_undoes_the_draw(tmp_path, monkeypatch):
+    # interrupted inside step 6's forward, after its batch was drawn: the checkpoint of step 5
+    # must not skip that batch, or the resumed run trains on other data than an unbroken one
+    calls, real_forward = [], GPT.forward
+
+    def forward(self, idx, targets=None, ignore_index=None):
+        if targets is not None and self.training:
+            calls.append(1)
+            if len(calls) == 6:
+                raise KeyboardInterrupt
+        return real_forward(self, idx, targets, ignore_index)
+
+    monkeypatch.setattr(GPT, "forward", forward)
+    summary = train(model_config(dropout=0.1), train_config(tmp_path / "split"))
+    assert summary["status"] == "interrupted" and summary["step"] == 5
+    monkeypatch.undo()
+    resumed = train(model_config(dropout=0.1), train_config(tmp_path / "split"), resume=True)
+    straight = train(model_config(dropout=0.1), train_config(tmp_path / "straight"))
+    assert resumed["history"] == straight["history"]
