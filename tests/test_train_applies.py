@@ -323,6 +323,9 @@ def test_the_summary_and_the_header_line(tmp_path, capsys, monkeypatch):
     assert out[0] == (f"training GPT ({n / 1e6:.2f}M parameters) on {summary_corpus(tmp_path)}, "
                       f"cpu, steps 0->6 of 4x16 tokens, run folder {tmp_path}")
     assert summary["status"] == "done" and summary["step"] == 6
+    assert json.loads((tmp_path / "config.json").read_text()) == {
+        "model": model_config().to_dict(), "train": cfg.to_dict(), "device": "cpu",
+        "n_params": n, "corpus": summary_corpus(tmp_path)}
     assert summary["tokens_per_s"] * summary["train_time_s"] == pytest.approx(6 * 4 * 16)
     assert summary["out_dir"] == str(tmp_path) and summary["moe"] is None
     assert summary["checkpoint"] == str(tmp_path / "ckpt.json")
@@ -543,3 +546,12 @@ def test_a_ctrl_c_after_the_batch_was_drawn_undoes_the_draw(tmp_path, monkeypatc
     resumed = train(model_config(dropout=0.1), train_config(tmp_path / "split"), resume=True)
     straight = train(model_config(dropout=0.1), train_config(tmp_path / "straight"))
     assert resumed["history"] == straight["history"]
+
+
+def test_a_resumed_run_that_diverges_names_the_checkpoint_it_resumed_from(tmp_path, monkeypatch):
+    train(model_config(), train_config(tmp_path, max_iters=4))
+    monkeypatch.setattr(optim, "clip_grad_norm", lambda params, max_norm: math.inf)
+    with pytest.raises(TrainingDiverged, match=r"gradient norm is inf at step 5; training "
+                                               r"stopped, the last good checkpoint \(step 4\) is "
+                                               r"kept in "):
+        train(model_config(), train_config(tmp_path), resume=True)
