@@ -140,14 +140,36 @@ def test_generate_records_no_graph(monkeypatch):
 
 # ----------------------------------------------------------------------------- sampling.py
 
-def test_sample_text_is_the_seeded_generation_of_the_encoded_prompt():
-    model = sharp_gpt(vocab_size=256)
-    text = sample_text(model, "ab", 6, 1.5, None, seed=3)
+@pytest.mark.parametrize("top_k", [None, 2])
+def test_sample_text_is_the_seeded_generation_of_the_encoded_prompt(top_k):
+    ts.manual_seed(0)                               # initial weights: a broad distribution
+    model = GPT(GPTConfig(vocab_size=256, n_layer=1, n_head=1, n_embd=8, block_size=4))
+    text = sample_text(model, "ab", 6, 1.5, top_k, seed=3)
     ts.manual_seed(3)
-    ids = model.generate(ByteTokenizer().encode("ab")[None, :], 6, 1.5, None)
+    ids = model.generate(ByteTokenizer().encode("ab")[None, :], 6, 1.5, top_k)
     assert text == ByteTokenizer().decode(ids[0]) and text.startswith("ab")
-    assert sample_text(model, "ab", 6, 1.5, None, seed=3) == text
-    assert sample_text(model, "ab", 6, 1.5, None, seed=4) != text       # the seed matters
+    assert sample_text(model, "ab", 6, 1.5, top_k, seed=3) == text
+    assert sample_text(model, "ab", 6, 1.5, top_k, seed=4) != text      # the seed matters
+    if top_k:                                                           # and so does top_k
+        assert sample_text(model, "ab", 6, 1.5, None, seed=3) != text
+
+
+def test_generate_samples_at_temperature_1_by_default(record_draws):
+    model = sharp_gpt()
+    recorder = record_draws()
+    model.generate(np.array([[1, 2]]), 1)
+    np.testing.assert_allclose(recorder.probs[0], softmax(last_logits(model, np.array([[1, 2]])),
+                                                          axis=-1)[0], rtol=1e-12)
+
+
+@pytest.mark.skipif(ts.engine.backend.cuda_available(), reason="needs a machine without a GPU")
+def test_the_device_asked_for_is_the_device_used(ckpt_runs):
+    from tinysparse.engine.backend import DeviceError
+    run = str(ckpt_runs["dense"])
+    with pytest.raises(DeviceError, match="device 'cuda' was requested"):
+        load_run(run, device="cuda")
+    with pytest.raises(DeviceError, match="device 'cuda' was requested"):
+        sample(run, device="cuda")
 
 
 def test_sample_reads_the_run_and_passes_every_setting_on(ckpt_runs):
@@ -166,7 +188,8 @@ def test_sample_refuses_bad_settings_before_reading_anything(tmp_path):
         sample(nowhere, temperature=0.0)
     with pytest.raises(ValueError, match="top_k"):
         sample(nowhere, top_k=0)
-    with pytest.raises(ValueError, match="prompt must not be empty"):
+    with pytest.raises(ValueError, match=r"^prompt must not be empty; the model needs a first "
+                                         r"byte, e.g. prompt='def '$"):
         sample(nowhere, prompt="")
 
 
