@@ -481,19 +481,29 @@ class FakeBar:
         self.closed = True
 
 
-def test_the_bar_counts_steps_from_where_the_run_starts(tmp_path, monkeypatch):
-    FakeBar.made = []
+@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+def test_the_bar_counts_steps_from_where_the_run_starts(tmp_path, monkeypatch, moe):
+    FakeBar.made, dts, real = [], [], loop.TrainingRun.show_progress
+
+    def show(self, bar, dt):
+        dts.append(dt)
+        real(self, bar, dt)
+
+    monkeypatch.setattr(loop.TrainingRun, "show_progress", show)
     monkeypatch.setattr(loop, "tqdm", FakeBar)
-    train(model_config(), train_config(tmp_path, max_iters=4))
-    summary = train(model_config(), train_config(tmp_path, max_iters=7), resume=True)
+    config = model_config(n_expert=4, top_k=2) if moe else model_config()
+    train(config, train_config(tmp_path, max_iters=4))
+    summary = train(config, train_config(tmp_path, max_iters=7), resume=True)
     first, resumed = FakeBar.made
     for bar, start, end in ((first, 0, 4), (resumed, 4, 7)):
         assert bar.kwargs == dict(total=end, initial=start, unit="step", dynamic_ncols=True,
                                   disable=None)
         assert bar.updates == [1] * (end - start) and bar.closed
-    text, refresh = resumed.postfixes[-1]
-    assert text.startswith(f"loss {summary['history'][-1]:.4f}, ") and text.endswith(" tok/s")
-    assert refresh is False
+    # each step's postfix: its loss, its own rate (4 x 16 tokens / its time), the MoE balance
+    for (text, refresh), loss, dt in zip(resumed.postfixes, summary["history"][4:], dts[4:]):
+        assert text.startswith(f"loss {loss:.4f}, {64 / dt:,.0f} tok/s") and refresh is False
+    assert resumed.postfixes[-1][0].endswith(" tok/s" + loop._moe_text(summary["moe"]))
+    assert (", load " in resumed.postfixes[-1][0]) == moe
 
 
 def test_floating_point_warnings_are_silenced_inside_the_loop(tmp_path, monkeypatch):
