@@ -431,14 +431,18 @@ def test_each_status_line_is_flushed_at_once(tmp_path, monkeypatch, when):
                        else "interrupted at step 3")
 
 
-def test_each_progress_line_shows_its_own_steps_loss_and_rate(tmp_path, capsys):
+@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+def test_each_progress_line_shows_its_own_steps_loss_and_rate(tmp_path, capsys, moe):
     cfg = train_config(tmp_path, log_interval=1, eval_interval=5, checkpoint_interval=5)
-    summary = train(model_config(), cfg)
+    summary = train(model_config(n_expert=4, top_k=2) if moe else model_config(), cfg)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "/8: loss" in ln]
     assert [ln.split(":")[0] for ln in lines] == [f"step {k}/8" for k in range(1, 9)]
     for k, line in enumerate(lines, start=1):        # read every step on the CPU, not only at
         lr = optim.cosine_lr(k - 1, cfg.lr, cfg.warmup_iters, 6, cfg.min_lr)   # evaluations
         assert line.startswith(f"step {k}/8: loss {summary['history'][k - 1]:.4f}, lr {lr:.2e}, ")
+        assert line.endswith(" over the last 1 steps") != moe           # MoE: then the balance
+    if moe:
+        assert lines[-1].endswith(" over the last 1 steps" + loop._moe_text(summary["moe"]))
 
 
 def test_ctrl_c_after_an_update_saves_the_finished_step(tmp_path, monkeypatch, capsys):
