@@ -50,11 +50,12 @@ def test_test_selection(tool):
     assert tool.select_tests(["tinysparse/nn.py"], ["tests/test_x.py"]) == ["tests/test_x.py"]
 
 
-def test_the_score_counts_killed_and_timeouts_and_lists_the_rest(tool):
+def test_the_score_counts_failures_timeouts_and_interrupts_and_lists_the_rest(tool):
     statuses = {"m.x_f__mutmut_1": ("killed", "m.py"), "m.x_f__mutmut_2": ("survived", "m.py"),
                 "m.x_f__mutmut_3": ("timeout", "m.py"), "m.x_g__mutmut_1": ("no tests", "m.py"),
-                "n.x_h__mutmut_1": ("survived", "n.py")}
-    assert tool.summarize(statuses, ["m.*"]) == (2, 4, [("m.x_f__mutmut_2", "survived"),
+                "n.x_h__mutmut_1": ("survived", "n.py"),
+                "m.x_g__mutmut_2": ("check was interrupted by user", "m.py")}
+    assert tool.summarize(statuses, ["m.*"]) == (3, 5, [("m.x_f__mutmut_2", "survived"),
                                                         ("m.x_g__mutmut_1", "no tests")])
     assert tool.summarize(statuses, ["m.x_f__mutmut_*"])[:2] == (2, 3)
 

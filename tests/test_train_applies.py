@@ -569,3 +569,68 @@ def test_a_resumed_run_that_diverges_names_the_checkpoint_it_resumed_from(tmp_pa
                                                r"stopped, the last good checkpoint \(step 4\) is "
                                                r"kept in "):
         train(model_config(), train_config(tmp_path), resume=True)
+
+
+# ----------------------------------------------------------------------------- what a run is built from
+
+def test_a_run_is_built_from_its_configs(tmp_path):
+    from tinysparse.training.data import BatchSampler
+    from tinysparse.training.data import load_corpus as real_load_corpus
+    cfg = train_config(tmp_path, seed=11, max_bytes=12_000, weight_decay=0.05)
+    run = loop.TrainingRun(model_config(), cfg)
+    corpus = real_load_corpus("synthetic", 16, 12_000, seed=11)
+    assert np.array_equal(run.corpus.train, corpus.train) and np.array_equal(run.corpus.val,
+                                                                             corpus.val)
+    x, y = run.sampler.train_batch()
+    x_ref, y_ref = BatchSampler(corpus, 4, 16, seed=11).train_batch()
+    assert np.array_equal(x, x_ref) and np.array_equal(y, y_ref)
+    assert (run.opt.beta1, run.opt.beta2, run.opt.weight_decay) == (0.9, 0.95, 0.05)  # nanoGPT
+    assert run.device == "cpu" and run.sync_every == 1 and run.tokens_per_step == 64
+
+
+@pytest.mark.skipif(loop.backend.cuda_available(), reason="needs a machine without a GPU")
+def test_a_run_on_a_device_that_is_not_there_is_refused(tmp_path):
+    with pytest.raises(loop.backend.DeviceError, match="device 'cuda' was requested"):
+        train(model_config(), train_config(tmp_path, device="cuda"))
+
+
+def test_the_rates_in_the_log_and_the_progress_lines(tmp_path, monkeypatch, capsys):
+    dts, real = [], loop.TrainingRun.show_progress
+
+    def show(self, bar, dt):
+        dts.append(dt)
+        real(self, bar, dt)
+
+    monkeypatch.setattr(loop.TrainingRun, "show_progress", show)
+    train(model_config(), train_config(tmp_path, log_interval=2))
+    for r in log_of(tmp_path)[1:]:                    # tokens / training time so far
+        assert r["tokens_per_s"] == pytest.approx(64 * r["step"] / sum(dts[:r["step"]]))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "/8: loss" in ln]
+    for k, line in zip((2, 4, 6, 8), lines):        # mean step time over the 2 steps since
+        mean = (dts[k - 2] + dts[k - 1]) / 2          # the last line
+        assert f", {1000 * mean:.1f} ms/step, {64 / mean:,.0f} tok/s over the last 2 steps" in line
+
+
+def test_a_moe_runs_evaluation_lines_end_with_the_balance(tmp_path, capsys):
+    train(model_config(n_expert=4, top_k=2), train_config(tmp_path))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " nats = " in ln]
+    for r, line in zip(log_of(tmp_path)[1:], lines[1:]):
+        assert line.endswith(loop._moe_text({"max_over_mean_load": r["moe_max_over_mean_load"],
+                                             "dropped_fraction": r["moe_dropped_fraction"]}))
+
+
+def test_deferred_reads_happen_before_every_evaluation(tmp_path, monkeypatch):
+    # as on a GPU: losses read every 100 steps, and before each evaluation (every 3 steps here),
+    # so a diverged model is never evaluated and logged
+    monkeypatch.setattr(loop, "_sync_interval", lambda device, cfg: 100)
+    real = optim.AdamW.step
+
+    def step_then_poison(self):
+        real(self)
+        if self.step_count == 4:
+            self.params[0].data[...] = np.nan
+
+    monkeypatch.setattr(optim.AdamW, "step", step_then_poison)
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 5"):
+        train(model_config(), train_config(tmp_path, eval_interval=3, checkpoint_interval=100))
+    assert [r["step"] for r in log_of(tmp_path)] == [0, 3]

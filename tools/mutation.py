@@ -28,6 +28,7 @@ Exit status: 0 when every selected mutant was killed, 1 when some survived (or w
 from __future__ import annotations
 
 import argparse
+import collections
 import fnmatch
 import json
 import os
@@ -118,13 +119,19 @@ def results(paths):
     return out
 
 
+# What counts as killed: a failing test, a timeout (the mutant hung the tests), and pytest's
+# "interrupted" (exit status 2: a KeyboardInterrupt escaped into pytest, which in a mutant's run
+# can only come from the mutated code, e.g. a broken Ctrl-C handler; a Ctrl-C of yours stops
+# the whole mutmut run instead).
+NOTICED = ("killed", "timeout", "check was interrupted by user")
+
+
 def summarize(statuses, patterns):
-    """(killed, total, survivors sorted) of the mutants matching any pattern. A timeout counts
-    as killed (the mutant hung the tests: noticed); anything but killed is listed."""
+    """(killed, total, the others sorted) of the mutants matching any pattern; see NOTICED."""
     chosen = {n: s for n, (s, _) in statuses.items()
               if any(fnmatch.fnmatch(n, p) for p in patterns)}
-    killed = sum(s in ("killed", "timeout") for s in chosen.values())
-    others = sorted((n, s) for n, s in chosen.items() if s not in ("killed", "timeout"))
+    killed = sum(s in NOTICED for s in chosen.values())
+    others = sorted((n, s) for n, s in chosen.items() if s not in NOTICED)
     return killed, len(chosen), others
 
 
@@ -167,8 +174,13 @@ def main(argv=None):
 
     statuses = results(paths)
     killed, total, others = summarize(statuses, patterns)
+    how = collections.Counter(s for n, (s, _) in statuses.items()
+                              if s in NOTICED and any(fnmatch.fnmatch(n, p) for p in patterns))
     print(f"\nmutation score of {', '.join(args.targets)}: {killed}/{total} killed"
-          + (f" ({100 * killed / total:.1f}%)" if total else ""))
+          + (f" ({100 * killed / total:.1f}%)" if total else "")
+          + (f"; of them {how['timeout']} by a timeout" if how["timeout"] else "")
+          + (f"; {how[NOTICED[2]]} stopped the tests with KeyboardInterrupt"
+             if how[NOTICED[2]] else ""))
     if others:
         from mutmut.mutation.diff_apply import get_diff_for_mutant
         print(f"{len(others)} not killed (see one with: .venv/bin/mutmut show NAME):")
