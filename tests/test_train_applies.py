@@ -627,10 +627,10 @@ def test_deferred_reads_happen_before_every_evaluation(tmp_path, monkeypatch):
 
     def step_then_poison(self):
         real(self)
-        if self.step_count == 4:
+        if self.step_count == 5:                    # step 6's loss is the first NaN
             self.params[0].data[...] = np.nan
 
     monkeypatch.setattr(optim.AdamW, "step", step_then_poison)
-    with pytest.raises(TrainingDiverged, match="loss is nan at step 5"):
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 6"):
         train(model_config(), train_config(tmp_path, eval_interval=3, checkpoint_interval=100))
     assert [r["step"] for r in log_of(tmp_path)] == [0, 3]
