@@ -153,6 +153,10 @@ def main(argv=None):
     os.chdir(ROOT)
     # as in tests/conftest.py: Numba's CUDA simulator, set before numba is first imported
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+    # mutmut forks each mutant's test run from a process that has run Numba's parallel kernels;
+    # GNU OpenMP (Numba's 'omp' layer, its choice here) kills such a child with SIGTERM ("fork()
+    # called from a process already using GNU OpenMP"), Numba's own workqueue layer does not
+    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
     configure(paths, tests)
     if args.survivors:
         if not all((ROOT / MUTANTS / f"{p}.meta").is_file() for p in paths):
