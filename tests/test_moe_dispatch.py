@@ -238,3 +238,36 @@ def test_the_backend_registry(monkeypatch):
     monkeypatch.setitem(dispatch.LAZY_BACKENDS, "numba", "tinysparse.no_such_module:Nothing")
     assert dispatch.auto_backend_name(np.zeros((2, 2), np.float32)) == "numpy"
     assert dispatch.get_backend("auto", np.zeros((2, 2), np.float32)).name == "numpy"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("a, b", [(np.float32, np.float64), (np.float64, np.float32)])
+def test_results_promote_both_operands_as_numpy_does(backend, a, b):
+    be, rng = get_backend(backend), np.random.default_rng(0)
+    plan = be.plan(IDS, 3, None)
+    x, w = rng.random((8, 3)).astype(a), rng.random((3, 3, 2)).astype(b)
+    g_out, g_tok = rng.random((8, 2)).astype(a), rng.random((4, 3)).astype(a)
+    y, gates = rng.random((8, 3)).astype(b), rng.random((4, 2)).astype(b)
+    assert be.grouped_mm(x, w, None, plan.offsets).dtype == np.float64
+    assert be.grouped_mm_dx(g_out, w, plan.offsets).dtype == np.float64
+    dw, db = be.grouped_mm_dw(x, g_out.astype(b), plan.offsets)   # with_bias by default
+    assert dw.dtype == db.dtype == np.float64
+    assert be.grouped_mm_dw(x, g_out, plan.offsets, with_bias=False)[1] is None
+    dy, dgates = be.combine_backward(g_tok, y, gates, plan.slot_position)
+    assert dy.dtype == dgates.dtype == np.float64
+
+
+def test_backends_register_on_first_use(monkeypatch):
+    from tinysparse.moe import dispatch
+    from tinysparse.moe.numba_dispatch import NumbaDispatch
+    monkeypatch.delitem(dispatch.DISPATCH_BACKENDS, "numba", raising=False)
+    numba_backend = dispatch.get_backend("numba")
+    assert isinstance(numba_backend, NumbaDispatch)
+    assert dispatch.DISPATCH_BACKENDS["numba"] is numba_backend
+    mine = object()
+    monkeypatch.setattr(dispatch, "DISPATCH_BACKENDS", dict(dispatch.DISPATCH_BACKENDS))
+    dispatch.register_backend("mine", mine)
+    assert dispatch.get_backend("mine") is mine and "mine" in dispatch.backend_names()
+    # auto is resolved for the array it is given: float16 has no kernels
+    assert dispatch.get_backend("auto", np.zeros((2, 2), np.float16)).name == "numpy"
+    assert dispatch.get_backend("auto", np.zeros((2, 2), np.float32)).name == "numba"

@@ -245,9 +245,13 @@ def test_auto_is_numba_for_float_numpy_arrays_cuda_for_cupy_and_numpy_otherwise(
     assert resolve("auto", np.zeros((3, 4), np.float32)) == "numba"
     assert resolve("auto", np.zeros((3, 4), np.float64)) == "numba"
     assert resolve("auto", np.zeros((3, 4), np.float16)) == "numpy"   # no kernels compiled for it
-    monkeypatch.setattr(dispatch, "array_module", lambda a: "cupy")  # a CuPy array, to auto
-    assert resolve("auto", np.zeros((3, 4), np.float32)) == "cuda"    # the CUDA kernels
-    assert resolve("auto", np.zeros((3, 4), np.float16)) == "numpy"
+    on_gpu = np.zeros((3, 4), np.float32)                              # these two stand for
+    half_on_gpu = np.zeros((3, 4), np.float16)                         # CuPy arrays
+    monkeypatch.setattr(dispatch, "array_module",
+                        lambda a: "cupy" if a is on_gpu or a is half_on_gpu else np)
+    assert resolve("auto", on_gpu) == "cuda"                           # the CUDA kernels
+    assert resolve("auto", half_on_gpu) == "numpy"
+    assert resolve("auto", np.zeros((3, 4), np.float32)) == "numba"    # auto asks of each array
 
 
 def test_time_primitives_runs_every_primitive_on_every_backend():
