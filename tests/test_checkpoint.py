@@ -179,7 +179,7 @@ def disk_events(monkeypatch):
     def replace(src, dst):
         st = os.stat(src)
         events.append(("replace", st.st_ino, st.st_size, os.path.basename(dst)))
-        temporaries.append(os.path.basename(src))
+        temporaries.append((src, dst))
         real_replace(src, dst)
 
     temporaries = []
@@ -205,10 +205,13 @@ def test_each_file_is_flushed_and_fsynced_before_its_rename_then_the_folder(ckpt
         assert disk_events[i + 1][0] == "fsync" and disk_events[i + 1][3]
         previous = i + 1
     assert len(disk_events) == 3 * len(renames)      # nothing else: one file fsync, one folder fsync
-    # the temporaries are hidden, next to their file, named as the next save cleans up after a kill
-    for tmp, target in zip(disk_events.temporaries, ["ckpt-000009-", CKPT_NAME]):
-        assert tmp.startswith("." + target) and tmp.endswith(".tmp")
-        assert ckpt_module.TEMP_PATTERN.fullmatch(tmp)
+    # the temporaries are hidden, next to their file (the rename stays on one file system), named
+    # as the next save cleans up after a kill
+    for src, dst in disk_events.temporaries:
+        assert os.path.dirname(os.path.abspath(src)) == os.path.dirname(os.path.abspath(dst))
+        name = os.path.basename(src)
+        assert name.startswith("." + os.path.basename(dst) + ".") and name.endswith(".tmp")
+        assert ckpt_module.TEMP_PATTERN.fullmatch(name)
 
 
 def test_small_files_are_written_the_same_way(tmp_path, disk_events):
@@ -225,15 +228,29 @@ def test_small_files_are_written_the_same_way(tmp_path, disk_events):
     assert (tmp_path / "log.jsonl").read_text() == '{"step": 0}\n'
 
 
-def test_a_checkpoint_file_gets_a_normal_files_mode_and_the_umask_is_kept(ckpt_run):
-    old = os.umask(0o027)
+@pytest.mark.parametrize("umask, mode", [(0o027, 0o640), (0o002, 0o664)])
+def test_a_checkpoint_file_gets_a_normal_files_mode_and_the_umask_is_kept(ckpt_run, umask, mode):
+    old = os.umask(umask)
     try:
         save_checkpoint(str(ckpt_run), load_checkpoint(str(ckpt_run)))
-        assert os.umask(0o027) == 0o027                  # reading the umask put it back
+        assert os.umask(umask) == umask                  # reading the umask put it back
     finally:
         os.umask(old)
     for path in (ckpt_run / CKPT_NAME, arrays_path(ckpt_run)):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path     # 0o666 & ~0o027, not 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path     # 0o666 & ~umask, not 0o600
+
+
+def test_truncating_the_log_keeps_the_lines_up_to_a_step(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 0}\n\n{"note": "no step"}\n{"step": 5}\n{"step": 10}\n')
+    atomic.truncate_log(str(log), 5)                 # a resume from step 5
+    assert log.read_text() == '{"step": 0}\n{"note": "no step"}\n{"step": 5}\n'
+    atomic.truncate_log(str(log), 0)                 # from step 0; a line without one counts as 0
+    assert log.read_text() == '{"step": 0}\n{"note": "no step"}\n'
+    atomic.truncate_log(str(log), -1)                # a new run: nothing is kept
+    assert log.read_text() == ""
+    atomic.truncate_log(str(tmp_path / "none.jsonl"), 3)     # no log yet: nothing to do
+    assert not (tmp_path / "none.jsonl").exists()
 
 
 def test_a_folder_that_cannot_be_opened_or_synced_does_not_stop_a_save(ckpt_run, monkeypatch):

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from checkpoint_helpers import arrays_path, meta_of
+from checkpoint_helpers import arrays_path, meta_of, split_safetensors
 from tinysparse import optim
 from tinysparse.gpt import GPT, GPTConfig
 from tinysparse.training.checkpoint import (CKPT_NAME, CheckpointError, load_checkpoint,
@@ -39,6 +39,10 @@ def test_ckpt_json_records_what_was_saved(ckpt_run):
     text = (ckpt_run / CKPT_NAME).read_text()
     assert text.endswith("}\n") and text.startswith('{\n  "format": "tinysparse-checkpoint"')
     meta = json.loads(text)
+    assert set(meta) == {"format", "version", "step", "arrays", "model_config", "train_config",
+                         "optimizer", "rng", "sampler", "best_val_loss", "val_loss", "history"}
+    header, _ = split_safetensors(arrays_path(ckpt_run).read_bytes())
+    assert header["__metadata__"] == {"format": "tinysparse-checkpoint"}
     assert meta["step"] == 12 and meta["val_loss"] is None and meta["best_val_loss"] == 2.5
     assert meta["history"] == [1.0, 2.5] and meta["rng"]["cupy"] is None
     assert meta["optimizer"]["slots"] == ["m", "v"]          # sorted, params and slots left out
@@ -50,6 +54,9 @@ def test_ckpt_json_records_what_was_saved(ckpt_run):
     assert meta["arrays"]["bytes"] == arrays_path(ckpt_run).stat().st_size
     again = load_checkpoint(str(ckpt_run))
     assert again["val_loss"] is None and again["step"] == 12
+    save_checkpoint(str(ckpt_run), {**good, "val_loss": np.float32(1.5)})
+    assert json.loads((ckpt_run / CKPT_NAME).read_text())["val_loss"] == 1.5
+    assert load_checkpoint(str(ckpt_run))["val_loss"] == 1.5
 
 
 def test_a_save_removes_old_arrays_and_leftovers_but_nothing_else(ckpt_run, monkeypatch):
@@ -89,6 +96,11 @@ def test_an_unreadable_checkpoint_is_refused_naming_the_fix(ckpt_run, monkeypatc
 
 
 def test_missing_checkpoint_messages(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / CKPT_NAME).mkdir()
+    with pytest.raises(CheckpointError, match=r"^\S+/run/ckpt.json is a folder, not a checkpoint "
+                                              r"file; pass the run folder as --out-dir$"):
+        load_checkpoint(str(tmp_path / "run"))
     with pytest.raises(CheckpointError, match=r"^--resume: no checkpoint at .*; drop --resume to "
                                               r"start a new run, or pass the --out-dir"):
         load_checkpoint(str(tmp_path), resume=True)
@@ -123,9 +135,9 @@ def test_load_state_names_the_first_problem(ckpt_runs):
     assert _refused(wrong) == (f"{arrays} does not fit the model that ckpt.json describes "
                                f"(model/wpe.weight is (8, 32), the config makes (16, 16)); copy "
                                f"the whole run folder again from where it came, or train anew")
-    missing = {**good, "model": {k: a for k, a in good["model"].items()
-                                 if k not in ("wpe.weight", "wte.weight")}}
-    assert "(no array model/wpe.weight, model/wte.weight)" in _refused(missing)
+    gone = ["ln_f.bias", "ln_f.weight", "wpe.weight", "wte.weight"]
+    missing = {**good, "model": {k: a for k, a in good["model"].items() if k not in gone}}
+    assert "(no array model/ln_f.bias, model/ln_f.weight, model/wpe.weight)" in _refused(missing)
     extra = {**good, "model": {**good["model"], "a": np.zeros(1), "b": np.zeros(1),
                                "c": np.zeros(1), "d": np.zeros(1)}}
     assert "(unexpected model/a, model/b, model/c)" in _refused(extra)
