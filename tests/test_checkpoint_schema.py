@@ -185,3 +185,30 @@ def test_split_arrays_pairs_every_parameter_with_its_slots():
     assert set(model) == {"w", "buf"} and slots == {"m": [m]}
     with refused("has no array model/x, a parameter that ckpt.json's optimizer lists"):
         split_arrays({"model/w": w}, {"params": ["x"], "slots": []}, P)
+
+
+def test_arrays_file_refusals_word_for_word(monkeypatch):
+    try:
+        safetensors.deserialize(b"garbage")
+    except Exception as e:                           # noqa: BLE001 - whatever the parser says
+        said = " ".join(str(e).split())
+    with refused(f"is not a valid safetensors file ({said})"):
+        decode_arrays(b"garbage", P)
+    ints = safetensors.numpy.save({"model/w": np.zeros(2, np.int32)})
+    with refused("has array 'model/w' of dtype I32; tinysparse saves only float32 and float64 "
+                 "(F32 and F64)"):
+        decode_arrays(ints, P)
+    # safetensors refuses a header whose shape and bytes disagree; a parser that did not would
+    # still meet this check
+    import tinysparse.training.checkpoint_schema as schema
+    monkeypatch.setattr(schema.safetensors, "deserialize", lambda data: [
+        ("model/w", {"dtype": "F32", "shape": [2, 3], "data": b"\0" * 20})])
+    with refused("has array 'model/w' of 20 bytes for shape (2, 3)"):
+        decode_arrays(b"", P)
+
+
+def test_arrays_nobody_described_are_named_three_at_most():
+    w = np.ones(1, np.float32)
+    arrays = {"model/w": w, **{f"stray/{c}": w for c in "dcba"}}
+    with refused("holds arrays that ckpt.json does not describe: stray/a, stray/b, stray/c"):
+        split_arrays(arrays, {"params": ["w"], "slots": []}, P)
