@@ -68,6 +68,9 @@ def test_a_generator_state_at_the_edges_of_its_ranges():
     assert back["state"]["state"] == 2 ** 128 - 1 and back["uinteger"] == 2 ** 32 - 1
     assert bitgen_from_json({**good_state(), "state": "0", "uinteger": 0, "has_uint32": 0},
                             P, "rng")["state"]["state"] == 0
+    forty = "0" + str(2 ** 128 - 1)                      # 40 digits: the longest accepted
+    assert bitgen_from_json({**good_state(), "state": forty}, P, "rng")["state"]["state"] == \
+        2 ** 128 - 1
     with pytest.raises(ValueError, match=r"^only PCG64 generator states are saved, got MT19937$"):
         bitgen_to_json(np.random.Generator(np.random.MT19937(1)).bit_generator.state)
 
@@ -160,6 +163,11 @@ def test_a_good_ckpt_json_reads_back():
      "has an optimizer.params that is not a list of distinct names", FIX),
     (dict(format="other"), 'is not a tinysparse checkpoint (no "format": "tinysparse-checkpoint" '
                            'in it)', FIX),
+    (dict(optimizer={"step_count": "1", "lr": 0.1, "slots": [], "params": []}),
+     'has optimizer.step_count = "1", which is not an integer', FIX),
+    (dict(optimizer={"step_count": 1, "slots": [], "params": []}), "has no optimizer.lr", FIX),
+    (dict(optimizer={"step_count": 1, "lr": "0.1", "slots": [], "params": []}),
+     'has optimizer.lr = "0.1", which is not a number', FIX),
 ])
 def test_ckpt_json_outside_its_ranges(changes, message, fix):
     with refused(message, fix):
