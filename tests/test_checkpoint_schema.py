@@ -85,6 +85,10 @@ def test_a_generator_state_at_the_edges_of_its_ranges():
                           "integer"),                         # small, but more than 40 digits
     ({"state": "١٢"}, "has rng.state = {s}, which is not a decimal string of a 128-bit integer"),
     ({"inc": "4"}, "has an even rng.inc, which no PCG64 generator has"),
+    ({"inc": str(2 ** 128 + 1)}, "has rng.inc = {s}, which is not a decimal string of a "
+                                 "128-bit integer"),
+    ({"has_uint32": "1"}, 'has rng.has_uint32 = "1", which is not an integer'),
+    ({"uinteger": 2.5}, "has rng.uinteger = 2.5, which is not an integer"),
     ({"has_uint32": 2}, "has rng.has_uint32 = 2 and .uinteger = {w}; a PCG64 state has 0 or 1 "
                         "and a 32-bit integer"),
     ({"uinteger": 2 ** 32}, "has rng.has_uint32 = {h} and .uinteger = 4294967296; a PCG64 state "
@@ -101,6 +105,12 @@ def test_a_generator_state_outside_its_ranges(change, message):
     text = message.format(s=shown if len(shown) <= 40 else shown[:37] + "...",
                           w=state["uinteger"], h=state["has_uint32"])
     with refused(text):
+        bitgen_from_json(state, P, "rng")
+
+
+def test_a_generator_state_without_its_integer():
+    state = {k: v for k, v in good_state().items() if k != "uinteger"}
+    with refused("has no rng.uinteger"):
         bitgen_from_json(state, P, "rng")
 
 
