@@ -152,6 +152,7 @@ def meta(**changes):
 def test_a_good_ckpt_json_reads_back():
     out = parse_meta(meta(), P)
     assert out["step"] == 3 and out["val_loss"] is None and out["history"] == [3.0, 2.0]
+    assert out["version"] == VERSION
     assert out["arrays"]["sha256"] == "0" * 64 and out["optimizer"]["params"] == ["w"]
     assert parse_meta(meta(step=0), P)["step"] == 0
 
@@ -182,6 +183,60 @@ def test_a_good_ckpt_json_reads_back():
 def test_ckpt_json_outside_its_ranges(changes, message, fix):
     with refused(message, fix):
         parse_meta(meta(**changes), P)
+
+
+def test_unknown_training_settings_in_ckpt_json_are_ignored():
+    out = parse_meta(meta(train_config={"max_iters": 7, "wizardry": 1}), P)
+    assert out["train_config"]["max_iters"] == 7 and "wizardry" not in out["train_config"]
+
+
+def _arrays(**change):
+    return {"file": "f", "bytes": 1, "sha256": "0" * 64, **change}
+
+
+def _optimizer(**change):
+    return {"step_count": 1, "lr": 0.1, "slots": [], "params": [], **change}
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(version="2"), 'has version = "2", which is not an integer'),
+    (dict(arrays=[]), "has arrays = [], which is not an object"),
+    (dict(arrays=_arrays(file=1)), "has arrays.file = 1, which is not a string"),
+    (dict(arrays=_arrays(bytes="1")), 'has arrays.bytes = "1", which is not an integer'),
+    (dict(arrays=_arrays(sha256=5)), "has arrays.sha256 = 5, which is not a string"),
+    (dict(model_config=5), "has model_config = 5, which is not an object"),
+    (dict(train_config=[]), "has train_config = [], which is not an object"),
+    (dict(train_config={"max_iters": "7"}),
+     'has train_config.max_iters = "7", which is not an integer'),
+    (dict(optimizer=_optimizer(slots="m")), 'has optimizer.slots = "m", which is not a list'),
+    (dict(rng=5), "has rng = 5, which is not an object"),
+    (dict(sampler=5), "has sampler = 5, which is not an object"),
+    (dict(sampler={"train": 5, "val": good_state()}),
+     "has sampler.train = 5, which is not a generator state"),
+    (dict(best_val_loss="2"), 'has best_val_loss = "2", which is not a number'),
+    (dict(val_loss="2"), 'has val_loss = "2", which is not a number'),
+    (dict(history={}), "has history = {}, which is not a list"),
+    (dict(history=[1.0, 10 ** 400]), "has a history entry = a number too large for a float"),
+])
+def test_each_ckpt_json_field_is_refused_by_its_own_name(changes, message):
+    """The file and the field's dotted name in every message (a dropped path or `where` fails)."""
+    with refused(message):
+        parse_meta(meta(**changes), P)
+
+
+def _message_of(error, call):
+    with pytest.raises(error) as caught:
+        call()
+    return " ".join(str(caught.value).split())
+
+
+def test_garbled_json_and_refused_configs_quote_the_parser_and_the_config():
+    text = _message_of(json.JSONDecodeError, lambda: json.loads("{"))
+    with refused(f"is not valid JSON, so it is truncated or garbled ({text})"):
+        parse_meta(b"{", P)
+    text = _message_of(ValueError, lambda: GPTConfig(n_layer=0))
+    with refused(f"has a model_config that GPTConfig refuses ({text})"):
+        parse_meta(meta(model_config={"n_layer": 0}), P)
 
 
 # ----------------------------------------------------------------------------- the arrays file
