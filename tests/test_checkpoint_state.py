@@ -95,6 +95,20 @@ def test_an_unreadable_checkpoint_is_refused_naming_the_fix(ckpt_run, monkeypatc
         load_checkpoint(str(ckpt_run))
 
 
+def test_an_unreadable_arrays_file_is_refused_naming_the_fix(ckpt_run, monkeypatch):
+    real_open, arrays = builtins.open, str(arrays_path(ckpt_run))
+
+    def no_read(path, *args, **kwargs):
+        if str(path) == arrays:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_read)
+    with pytest.raises(CheckpointError, match=r"\.safetensors cannot be read \(Permission denied\); "
+                                              r"check the arrays file's permissions$"):
+        load_checkpoint(str(ckpt_run))
+
+
 def test_missing_checkpoint_messages(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / CKPT_NAME).mkdir()
