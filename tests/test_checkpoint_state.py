@@ -13,8 +13,8 @@ import pytest
 from checkpoint_helpers import arrays_path, meta_of, split_safetensors
 from tinysparse import optim
 from tinysparse.gpt import GPT, GPTConfig
-from tinysparse.training.checkpoint import (CKPT_NAME, CheckpointError, load_checkpoint,
-                                            load_state, save_checkpoint)
+from tinysparse.training.checkpoint import (CKPT_NAME, CheckpointError, device_stream_to_json,
+                                            load_checkpoint, load_state, save_checkpoint)
 
 
 def test_a_save_refuses_arrays_it_cannot_hold_before_writing(ckpt_run):
@@ -44,7 +44,8 @@ def test_ckpt_json_records_what_was_saved(ckpt_run):
     header, _ = split_safetensors(arrays_path(ckpt_run).read_bytes())
     assert header["__metadata__"] == {"format": "tinysparse-checkpoint"}
     assert meta["step"] == 12 and meta["val_loss"] is None and meta["best_val_loss"] == 2.5
-    assert meta["history"] == [1.0, 2.5] and meta["rng"]["cupy"] is None
+    assert meta["history"] == [1.0, 2.5]
+    assert meta["rng"]["cupy"] == device_stream_to_json(good.get("rng_cupy"))   # the device stream
     assert meta["optimizer"]["slots"] == ["m", "v"]          # sorted, params and slots left out
     assert meta["optimizer"]["params"] == good["optimizer"]["params"]
     assert meta["optimizer"]["step_count"] == good["optimizer"]["step_count"]

@@ -128,8 +128,8 @@ def test_generate_records_no_graph(monkeypatch):
     model, seen = sharp_gpt(), []
     real = GPT.forward
 
-    def forward(self, idx, targets=None, ignore_index=None):
-        logits, loss = real(self, idx, targets, ignore_index)
+    def forward(self, idx, targets=None, ignore_index=None, **kwargs):    # kwargs: the KV cache
+        logits, loss = real(self, idx, targets, ignore_index, **kwargs)
         seen.append(logits.requires_grad)
         return logits, loss
 
