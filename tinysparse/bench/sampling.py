@@ -1,7 +1,7 @@
 """How much faster is sampling with a KV cache? `python -m tinysparse bench --suite sampling`.
 
-For each model kind (the tiny dense GPT, tiny-moe and tiny-adaptive's mechanisms, at their seed-0
-weights: no training, so early exits rarely fire) GPT.generate draws the same tokens twice,
+For each model kind (the tiny dense GPT, tiny-moe and tiny-adaptive, at their seed-0
+weights: no training) GPT.generate draws the same tokens twice,
 with the cache and without it (the whole window recomputed every step), taking turns so that a
 burst of someone else's load hits both alike (common.py); the median over --iters rounds is the
 headline. Two lengths: block_size - 1 new tokens (the window never slides, every step after the
@@ -18,9 +18,8 @@ from ..gpt import GPTConfig
 from .common import build_model, threads
 
 MODELS = {"dense": {}, "moe": dict(n_expert=16, top_k=2, d_expert=256),
-          # the preset tiny-adaptive's mechanisms (training/config.py), untrained
-          "adaptive": dict(n_expert=16, top_k=2, d_expert=256, n_null=4, target_experts=1.5,
-                           mod_capacity=0.5, exit_scale=1.0, exit_threshold=0.9)}
+          # the preset tiny-adaptive's mechanism (training/config.py), untrained
+          "adaptive": dict(n_expert=16, top_k=2, d_expert=256, mod_capacity=0.25)}
 
 
 def _timed_generate(model, n_new, kv_cache, seed=0):
