@@ -34,13 +34,18 @@ def test_a_save_refuses_arrays_it_cannot_hold_before_writing(ckpt_run):
 def test_ckpt_json_records_what_was_saved(ckpt_run):
     good = load_checkpoint(str(ckpt_run))
     path = save_checkpoint(str(ckpt_run), {**good, "step": np.int64(12), "val_loss": None,
-                                            "best_val_loss": np.float32(2.5), "history": [1, 2.5]})
+                                            "best_val_loss": np.float32(2.5), "history": [1, 2.5],
+                                            "train_flops": np.int64(3_000_000_000_000_000_001),
+                                            "train_flops_matmul": None})
     assert path == os.path.join(str(ckpt_run), CKPT_NAME)
     text = (ckpt_run / CKPT_NAME).read_text()
     assert text.endswith("}\n") and text.startswith('{\n  "format": "tinysparse-checkpoint"')
     meta = json.loads(text)
+    # the ledger's counts are optional: a count is written, None (not counted) is left out
     assert set(meta) == {"format", "version", "step", "arrays", "model_config", "train_config",
-                         "optimizer", "rng", "sampler", "best_val_loss", "val_loss", "history"}
+                         "optimizer", "rng", "sampler", "best_val_loss", "val_loss", "history",
+                         "train_flops"}
+    assert meta["train_flops"] == 3e18
     header, _ = split_safetensors(arrays_path(ckpt_run).read_bytes())
     assert header["__metadata__"] == {"format": "tinysparse-checkpoint"}
     assert meta["step"] == 12 and meta["val_loss"] is None and meta["best_val_loss"] == 2.5
