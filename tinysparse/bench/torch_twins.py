@@ -148,6 +148,7 @@ def copy_weights(ts_module, twin):
 
     tinysparse stores a Linear weight (d_in, d_out), the layout x @ W reads; torch's Linear stores
     (d_out, d_in): those are transposed. Expert and router weights keep tinysparse's layout.
+    Values are cast to the twin's dtype (float32 unless it was made .double()).
     """
     import torch
     theirs = dict(twin.named_parameters())
@@ -159,7 +160,7 @@ def copy_weights(ts_module, twin):
             owner = twin.get_submodule(name.rsplit(".", 1)[0]) if "." in name else twin
             if isinstance(owner, torch.nn.Linear) and name.endswith(".weight"):
                 array = array.T
-            theirs[name].copy_(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)))
+            theirs[name].copy_(torch.from_numpy(np.ascontiguousarray(array)))  # to the twin's dtype
     return twin
 
 
