@@ -152,9 +152,28 @@ def test_sampling_suite_fails_when_the_cache_changes_the_tokens(capsys, monkeypa
     from tinysparse.bench import sampling
     real = sampling._timed_generate
 
-    def broken(model, n_new, kv_cache, seed=0):       # a cache that loses the thread
-        return real(model, n_new, kv_cache, seed=seed + int(bool(kv_cache)))
+    def broken(model, n_new, kv_cache, seed=0, **kw):  # a cache that loses the thread
+        return real(model, n_new, kv_cache, seed=seed + int(bool(kv_cache)), **kw)
 
     monkeypatch.setattr(sampling, "_timed_generate", broken)
     assert bench("--suite", "sampling") == 1
     assert " NO" in capsys.readouterr().out
+
+
+def test_sampling_suite_times_tinysparse_against_the_torch_twin_cache(capsys):
+    pytest.importorskip("torch")
+    assert bench("--suite", "sampling") == 0
+    out = capsys.readouterr().out
+    assert "pytorch tok/s" in out
+    header = out.index("pytorch tok/s")
+    rows = [line.split() for line in out[header:].splitlines()[1:] if line.strip()]
+    assert [r[0] for r in rows] == ["7", "32"]                # block_size - 1, 4 x block_size
+    for r in rows:
+        ts_rate, pt_rate, ratio = float(r[1]), float(r[2]), float(r[3].rstrip("x"))
+        assert ts_rate > 0 and pt_rate > 0 and ratio == pytest.approx(ts_rate / pt_rate, rel=0.05, abs=0.01)
+
+
+def test_sampling_suite_without_torch_says_why_in_one_line(capsys):
+    assert bench("--suite", "sampling", "--no-torch") == 0
+    out = capsys.readouterr().out
+    assert "PyTorch comparison skipped (--no-torch)" in out and "pytorch tok/s" not in out

@@ -5,13 +5,15 @@ Suites, one file each:
     dense.py        step: the dense GPT's training step vs PyTorch's
     moe.py          moe: MoE training steps (tinysparse vs a PyTorch loop over experts) and dense
     layer.py        layer: one MoE layer forward+backward per dispatch backend vs a dense FFN
-    sampling.py     sampling: tokens/s of GPT.generate with and without the KV cache (not in
+    sampling.py     sampling: tokens/s of GPT.generate with and without the KV cache, and the
+                    dense model's cached greedy decoding against its PyTorch twin's (not in
                     the default set: --suite sampling)
     gpu_check.py    `make gpu-check`: kernel tests, timings and a short training on a real GPU
 
 common.py holds what they share (alternating timed steps, thread limits, seeded models);
-torch_twins.py the PyTorch models, built from tinysparse's weights; profile.py the per-Function
-profile (--profile). Imports go one way: suites -> common, profile, torch_twins.
+torch_twins.py the PyTorch models, built from tinysparse's weights; torch_decode.py the twin's
+KV-cached greedy decoding; profile.py the per-Function profile (--profile). Imports go one way:
+suites -> common, profile, torch_twins, torch_decode.
 """
 SUITES = ("step", "moe", "layer", "sampling")
 DEFAULT_SUITES = ("step", "moe", "layer")

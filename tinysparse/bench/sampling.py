@@ -8,6 +8,14 @@ headline. Two lengths: block_size - 1 new tokens (the window never slides, every
 prefill feeds one token) and 4 x block_size (past block_size the window slides each step and the
 cache is rebuilt from it: adaptive/kv_cache.py, so those steps cost what uncached ones do).
 The two runs must return the same tokens (checked; exit status 1 if not).
+
+Then, for the dense model (the one with a PyTorch twin, torch_twins.py), tinysparse's cached
+sampling against the twin decoding with its own KV cache (torch_decode.py), taking turns the same
+way. Both decode greedily so their tokens can be compared: tinysparse's generate with top_k=1
+(only the likeliest token survives, so the draw is the argmax; generate has no argmax switch),
+the twin with argmax. Both float32 and untrained, so logits are close to uniform and a near-tie
+may pick different tokens: the column says where they first part, and does not fail the run
+(tests/test_torch_decode.py checks the tokens in float64).
 """
 import time
 
@@ -15,17 +23,25 @@ import numpy as np
 
 from ..engine import random as ts_random
 from ..gpt import GPTConfig
-from .common import build_model, threads
+from .common import build_model, import_torch, threads
+from .torch_decode import torch_greedy_generate
+from .torch_twins import build_torch_twin
 
 MODELS = {"dense": {}, "moe": dict(n_expert=16, top_k=2, d_expert=256),
           # the preset tiny-adaptive's mechanism (training/config.py), untrained
           "adaptive": dict(n_expert=16, top_k=2, d_expert=256, mod_capacity=0.25)}
 
 
-def _timed_generate(model, n_new, kv_cache, seed=0):
+def _timed_generate(model, n_new, kv_cache, seed=0, top_k=None):
     ts_random.manual_seed(seed)
     t0 = time.perf_counter()
-    out = model.generate(np.zeros((1, 1), dtype=np.int64), n_new, top_k=None, kv_cache=kv_cache)
+    out = model.generate(np.zeros((1, 1), dtype=np.int64), n_new, top_k=top_k, kv_cache=kv_cache)
+    return time.perf_counter() - t0, out
+
+
+def _timed_torch_generate(twin, n_new):
+    t0 = time.perf_counter()
+    out = torch_greedy_generate(twin, np.zeros((1, 1), dtype=np.int64), n_new)
     return time.perf_counter() - t0, out
 
 
@@ -38,6 +54,45 @@ def sampling_speed(model, n_new, iters, settle=0.0):
             seconds, tokens[name] = _timed_generate(model, n_new, flag)
             times[name].append(seconds)
     return times, np.array_equal(tokens["cached"], tokens["uncached"])
+
+
+def torch_sampling_speed(model, twin, n_new, iters, settle=0.0):
+    """Greedy cached decoding, tinysparse (top_k=1) and the twin taking turns:
+    {'tinysparse': seconds list, 'pytorch': ...}, and both runs' tokens."""
+    runs = {"tinysparse": lambda: _timed_generate(model, n_new, True, top_k=1),
+            "pytorch": lambda: _timed_torch_generate(twin, n_new)}
+    times, tokens = {name: [] for name in runs}, {}
+    for _ in range(iters):
+        for name, run in runs.items():
+            time.sleep(settle)
+            seconds, tokens[name] = run()
+            times[name].append(seconds)
+    return times, tokens
+
+
+def _first_difference(a, b):
+    """'yes' when two (1, 1 + n) token arrays agree, else the first new token (from 0) where they part."""
+    differ = np.flatnonzero(a[0, 1:] != b[0, 1:])
+    return "yes" if differ.size == 0 else f"from {differ[0]}"
+
+
+def run_torch_sampling(args, model):
+    """The dense model's cached greedy sampling against its PyTorch twin's (one table)."""
+    torch = import_torch(args)
+    if torch is None:
+        return
+    twin = build_torch_twin(model).eval()
+    print(f"\ngreedy sampling with a KV cache, dense model, batch 1, {args.threads} threads, median "
+          f"of {args.iters} rounds (taking turns; a shared machine: compare within a row)")
+    print(f"{'new tokens':>10}{'tinysparse tok/s':>18}{'pytorch tok/s':>15}{'ts/pt':>8}"
+          f"{'same tokens':>13}")
+    with threads(args.threads, torch):
+        for n_new in (model.config.block_size - 1, 4 * model.config.block_size):
+            times, tokens = torch_sampling_speed(model, twin, n_new, args.iters, args.settle)
+            rate = {k: n_new / float(np.median(v)) for k, v in times.items()}
+            print(f"{n_new:>10}{rate['tinysparse']:>18.0f}{rate['pytorch']:>15.0f}"
+                  f"{rate['tinysparse'] / rate['pytorch']:>7.2f}x"
+                  f"{_first_difference(tokens['tinysparse'], tokens['pytorch']):>13}")
 
 
 def run_sampling_bench(args):
@@ -59,4 +114,7 @@ def run_sampling_bench(args):
                 print(f"{name:<9}{n_new:>11}{rate['cached']:>14.0f}{rate['uncached']:>16.0f}"
                       f"{rate['cached'] / rate['uncached']:>9.2f}x{'yes' if same else 'NO':>13}")
                 status |= 0 if same else 1
+            if name == "dense":
+                dense = model
+    run_torch_sampling(args, dense)
     return status
