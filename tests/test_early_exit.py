@@ -8,6 +8,7 @@ from tinysparse import functional as F
 from tinysparse.adaptive import KVCache
 from tinysparse.adaptive.early_exit import exit_weights, forward_with_exits, head, margin
 from tinysparse.gpt import GPT, GPTConfig
+from sampling_helpers import sample_both_ways
 
 
 def _model(seed=0, dtype=np.float32, sharpen=6.0, **extra):
@@ -80,11 +81,7 @@ def test_a_confident_token_exits_and_its_state_fills_the_skipped_layers():
 def test_exits_that_never_fire_sample_the_uncached_tokens_and_low_thresholds_exit():
     model = _model(exit_threshold=1.0).eval()           # a margin of 1 needs a probability of 1
     prompt = np.random.default_rng(2).integers(0, 23, size=(2, 3))
-    runs = []
-    for kv in (False, True):
-        ts.manual_seed(5)
-        runs.append(model.generate(prompt, 15, kv_cache=kv))
-    np.testing.assert_array_equal(*runs)
+    np.testing.assert_array_equal(*sample_both_ways(model, prompt, 15, seed=5))
     model.config.exit_threshold = 0.3
     ts.manual_seed(5)
     model.generate(prompt, 5)

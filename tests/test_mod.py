@@ -9,6 +9,7 @@ from tinysparse import optim
 from tinysparse.adaptive import KVCache
 from tinysparse.adaptive.mod import MoDBlock, mod_stats, set_rule
 from tinysparse.gpt import GPT, Block, GPTConfig
+from sampling_helpers import sample_both_ways
 
 
 def _f64(module):
@@ -125,11 +126,7 @@ def test_skipped_tokens_write_no_keys_and_cached_sampling_is_exact(extra):
     assert 0 < chosen.sum() < chosen.size
     np.testing.assert_array_equal(cache.layers[1].valid[:, :9], chosen)   # routed block: chosen only
     assert cache.layers[0].valid[:, :9].all()                             # the first block: everyone
-    runs = []
-    for kv in (False, True):
-        ts.manual_seed(2)
-        runs.append(model.generate(idx[:, :2], 20, kv_cache=kv))
-    np.testing.assert_array_equal(*runs)
+    np.testing.assert_array_equal(*sample_both_ways(model, idx[:, :2], 20, seed=2))
 
 
 def test_the_random_control_routes_the_same_capacity_without_a_router_loss():

@@ -7,6 +7,7 @@ import tinysparse as ts
 from tinysparse.adaptive.top_p import TopPRouter
 from tinysparse.gpt import GPT, GPTConfig
 from tinysparse.moe import MoE
+from sampling_helpers import sample_both_ways
 
 
 def _router(top_p=0.5, max_k=4, score="softmax", coef=0.3, seed=0, n_embd=5, n_expert=6, scale=1.5):
@@ -100,11 +101,7 @@ def test_top_p_model_is_causal_and_samples_the_same_with_the_cache():
     np.testing.assert_allclose(a[:, :5], b[:, :5], rtol=1e-12, atol=1e-12)
     assert not np.allclose(a[:, 5:], b[:, 5:])
     _float32(model)
-    runs = []
-    for kv in (False, True):
-        ts.manual_seed(9)
-        runs.append(model.generate(idx[:, :3], 15, kv_cache=kv))
-    np.testing.assert_array_equal(*runs)
+    np.testing.assert_array_equal(*sample_both_ways(model, idx[:, :3], 15, seed=9))
 
 
 @pytest.mark.parametrize("kw, words", [
