@@ -323,8 +323,7 @@ def test_moe_gradcheck_through_cuda():
     ts.manual_seed(1)
     layer = MoE(3, 3, top_k=2, d_expert=2, capacity_factor=1.0, dispatch_backend="cuda",
                 aux_coef=0.5, z_coef=0.1)
-    for p in layer.parameters():
-        p.data = p.data.astype(np.float64)
+    layer.astype(np.float64)
     layer.router.weight.data = np.random.default_rng(1).standard_normal(layer.router.weight.shape)
     x = ts.Tensor(np.random.default_rng(2).standard_normal((1, 4, 3)), requires_grad=True)
 

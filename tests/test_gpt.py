@@ -11,11 +11,6 @@ from tinysparse import functional as F
 from tinysparse.gpt import GPT, GPTConfig
 
 
-def _f64(model):
-    for p in model.parameters():
-        p.data = p.data.astype(np.float64)
-    return model
-
 
 def _attention_from_primitives(q, k, v):
     """softmax(q k^T / sqrt(d) + mask) v with unfused ops: the reference for the fused Function."""
@@ -67,7 +62,7 @@ def test_packed_attention_equals_split_heads(rng):
 def test_one_layer_gpt_gradcheck():
     ts.manual_seed(3)
     config = GPTConfig(vocab_size=7, n_layer=1, n_head=2, n_embd=4, block_size=4)
-    model = _f64(GPT(config))
+    model = GPT(config).astype(np.float64)
     idx = np.array([[1, 2, 3, 4], [6, 0, 0, 5]])
     targets = np.array([[2, 3, 4, 5], [0, 0, 5, 1]])
     params = dict(model.named_parameters())

@@ -12,16 +12,11 @@ from tinysparse.gpt import GPT, Block, GPTConfig
 from sampling_helpers import sample_both_ways
 
 
-def _f64(module):
-    for p in module.parameters():
-        p.data = p.data.astype(np.float64)
-    return module
-
 
 def _block(capacity=0.43, aux_coef=0.5, seed=0, C=6, **extra):
     ts.manual_seed(seed)
     cfg = GPTConfig(vocab_size=11, n_layer=2, n_head=2, n_embd=C, block_size=8, **extra)
-    mod = _f64(MoDBlock(Block(cfg), C, capacity, aux_coef))
+    mod = MoDBlock(Block(cfg), C, capacity, aux_coef).astype(np.float64)
     mod.router.weight.data = np.random.default_rng(seed).standard_normal((C, 1))   # spread scores
     return mod
 
@@ -93,7 +88,7 @@ def test_the_bce_teaches_the_causal_rule_the_top_k_decision():
 
 
 def test_training_top_k_is_not_causal_and_sampling_rule_is():
-    model = _f64(_model())
+    model = _model().astype(np.float64)
     idx = np.random.default_rng(5).integers(0, 31, size=(1, 12))
     leaked = False
     model.train()

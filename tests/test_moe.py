@@ -12,16 +12,11 @@ from tinysparse.moe import (ExpertChoiceRouter, Experts, MoE, RoutingResult, Top
                             capacity)
 
 
-def _f64(module):
-    for p in module.parameters():
-        p.data = p.data.astype(np.float64)
-    return module
-
 
 def _layer(seed=0, n_embd=4, n_expert=3, top_k=2, d_expert=3, router_scale=1.0, **kw):
     """A tiny float64 MoE whose router logits are spread out: eps-nudges never flip a selection."""
     ts.manual_seed(seed)
-    layer = _f64(MoE(n_embd, n_expert, top_k, d_expert, **kw))
+    layer = MoE(n_embd, n_expert, top_k, d_expert, **kw).astype(np.float64)
     rng = np.random.default_rng(seed)
     layer.router.weight.data = rng.standard_normal(layer.router.weight.shape) * router_scale
     return layer

@@ -106,8 +106,7 @@ def _naive(x, ids, gates, experts, C):
 def _make(T, E, k, C_dim=3, d=2, seed=0):
     ts.manual_seed(seed)
     experts = Experts(E, C_dim, d)
-    for p in experts.parameters():
-        p.data = p.data.astype(np.float64)
+    experts.astype(np.float64)
     rng = np.random.default_rng(seed)
     x = ts.Tensor(rng.standard_normal((T, C_dim)), requires_grad=True)
     gates = ts.Tensor(rng.uniform(0.1, 1.0, (T, k)), requires_grad=True)

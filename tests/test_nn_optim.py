@@ -66,6 +66,26 @@ def test_named_parameters_find_nested_modules_in_order():
     assert sum(1 for _ in model.modules()) == 1 + 1 + 1 + 2 * 4 + 1 + 3
 
 
+def test_astype_casts_every_parameter_in_place_and_keeps_buffers():
+    ts.manual_seed(0)
+    model = Net()
+    before = {name: p.data.copy() for name, p in model.named_parameters()}
+    idx = np.array([[0, 3, 4]])
+    model(idx).sum().backward()
+    params = model.parameters()
+    assert model.astype(np.float64) is model
+    assert model.parameters() == params                 # the same Parameter objects: optimizers keep them
+    for name, p in model.named_parameters():
+        assert p.dtype == np.float64 and p.grad is None, name
+        np.testing.assert_array_equal(p.data, before[name])   # float32 -> float64 is exact
+    assert model(idx).dtype == np.float64
+    model.astype("float32")
+    assert all(p.dtype == np.float32 for p in model.parameters())
+    assert dict(model.named_buffers())["counts"].dtype == np.float64      # buffers keep theirs
+    with pytest.raises(TypeError, match=r"Net.astype\(int64\): parameters must be a floating dtype"):
+        model.astype(np.int64)
+
+
 def test_shared_parameters_are_listed_once():
     ts.manual_seed(0)
     model = Net()

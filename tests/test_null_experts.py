@@ -20,8 +20,7 @@ def _layer(null_kind="zero", seed=0, n_embd=5, n_expert=3, top_k=2, n_null=2, ta
                               balance_bias=balance == "bias", dtype=np.float64)
     layer = MoE(n_embd, n_expert, top_k, 3, router=router, balance=balance, aux_coef=0.5,
                 z_coef=0.1, n_shared=1, dispatch_backend="numpy")
-    for p in layer.parameters():
-        p.data = p.data.astype(np.float64)
+    layer.astype(np.float64)
     router.weight.data = np.random.default_rng(seed).standard_normal(router.weight.shape) * 2.0
     return layer
 
@@ -121,13 +120,13 @@ def test_null_expert_model_is_causal_and_samples_the_same_with_the_cache():
     changed = idx.copy()
     changed[:, 6:] = (changed[:, 6:] + 7) % 40
     with ts.no_grad():
-        model64 = _float64(model)
+        model64 = model.astype(np.float64)
         a, b = model64(idx)[0].data, model64(changed)[0].data
     # float64; not bitwise: the experts' row groups change with later tokens, and BLAS sums a
     # row differently in a group of another size
     np.testing.assert_allclose(a[:, :6], b[:, :6], rtol=1e-12, atol=1e-12)        # earlier positions: unchanged
     assert not np.allclose(a[:, 6:], b[:, 6:])
-    _float32(model)
+    model.astype(np.float32)
     np.testing.assert_array_equal(*sample_both_ways(model, idx[:, :3], 15, seed=9))
 
 
@@ -158,13 +157,3 @@ def test_null_experts_train_from_the_command_line(tmp_path):
                           "GPTConfig.n_null=2", "--n-expert")
 
 
-def _float64(model):
-    for p in model.parameters():
-        p.data = p.data.astype(np.float64)
-    return model
-
-
-def _float32(model):
-    for p in model.parameters():
-        p.data = p.data.astype(np.float32)
-    return model

@@ -54,8 +54,7 @@ def test_top_p_layer_gradchecks_with_its_entropy_loss(score):
     ts.manual_seed(0)
     router = _router(0.5, 4, score)
     layer = MoE(5, 6, 2, 3, router=router, aux_coef=0.5, z_coef=0.1, dispatch_backend="numpy")
-    for p in layer.parameters():
-        p.data = p.data.astype(np.float64)
+    layer.astype(np.float64)
     x = ts.Tensor(np.random.default_rng(1).standard_normal((1, 7, 5)), requires_grad=True)
     w = np.random.default_rng(2).standard_normal((1, 7, 5))
 
@@ -92,7 +91,7 @@ def test_top_p_model_is_causal_and_samples_the_same_with_the_cache():
     changed = idx.copy()
     changed[:, 5:] = (changed[:, 5:] + 3) % 40
     with ts.no_grad():
-        model64 = _float64(model)
+        model64 = model.astype(np.float64)
         a, b = model64(idx)[0].data, model64(changed)[0].data
     counts = (model.moe_layers()[0]._last_routing[1].slot_position >= 0).sum(axis=1)  # per token
     assert len(set(counts.tolist())) >= 2
@@ -100,7 +99,7 @@ def test_top_p_model_is_causal_and_samples_the_same_with_the_cache():
     # row differently in a group of another size
     np.testing.assert_allclose(a[:, :5], b[:, :5], rtol=1e-12, atol=1e-12)
     assert not np.allclose(a[:, 5:], b[:, 5:])
-    _float32(model)
+    model.astype(np.float32)
     np.testing.assert_array_equal(*sample_both_ways(model, idx[:, :3], 15, seed=9))
 
 
@@ -130,13 +129,3 @@ def test_top_p_trains_from_the_command_line(tmp_path):
     assert s.returncode == 0 and s.stderr == ""
 
 
-def _float64(model):
-    for p in model.parameters():
-        p.data = p.data.astype(np.float64)
-    return model
-
-
-def _float32(model):
-    for p in model.parameters():
-        p.data = p.data.astype(np.float32)
-    return model

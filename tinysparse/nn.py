@@ -133,6 +133,22 @@ class Module:
                 t.grad = backend.to_device(t.grad, device)
         return self
 
+    def astype(self, dtype):
+        """Cast every parameter to the floating dtype `dtype` in place (float64 for gradcheck,
+        float32 to train); returns self. Gradients are dropped: they no longer match their
+        parameters' dtype. Buffers keep their dtype (counters and indices are not weights).
+        Cast before creating an optimizer: its moment buffers take the parameters' dtype then.
+
+        Raises TypeError for a dtype that is not floating: parameters must stay differentiable."""
+        dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise TypeError(f"{type(self).__name__}.astype({dtype}): parameters must be a floating "
+                            f"dtype; use np.float32 or np.float64")
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+            p.grad = None
+        return self
+
     # ---- state dicts -------------------------------------------------------------------------
     def state_dict(self):
         """{name: NumPy array copy} of every parameter and buffer: device-independent plain arrays

@@ -305,8 +305,7 @@ def part_gpt(args):
     # A whole 1-layer GPT, gradchecked through embeddings, layer norms, attention, MLP, tied head.
     ts.manual_seed(0)
     tiny = GPT(GPTConfig(vocab_size=11, n_layer=1, n_head=2, n_embd=8, block_size=4))
-    for p in tiny.parameters():
-        p.data = p.data.astype(np.float64)
+    tiny.astype(np.float64)
     idx, targets = rng.integers(0, 11, size=(2, 4)), rng.integers(0, 11, size=(2, 4))
     p = dict(tiny.named_parameters())
     print()

@@ -331,8 +331,7 @@ def layer_run(backend, x_np, w_np, router, cf):
     ts.manual_seed(0)
     layer = MoE(6, 5, top_k=2, d_expert=7, n_shared=1, router=router, capacity_factor=cf,
                 dispatch_backend=backend)
-    for p in layer.parameters():
-        p.data = p.data.astype(np.float64)
+    layer.astype(np.float64)
     x = ts.Tensor(x_np, requires_grad=True)
     out = layer(x)
     ((out * w_np).sum() + layer.aux_loss).backward()
