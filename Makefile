@@ -5,7 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 DEVICE ?=
-PRESET ?= tiny
+# the best sparse preset by chapter 10's measurements (lessons/10_efficiency_ledger/README.md);
+# PRESET=tiny trains the dense model
+PRESET ?= tiny-moe
 ARGS   ?=
 MODULE ?=
 
@@ -16,7 +18,10 @@ LESSONS := $(sort $(notdir $(wildcard lessons/[0-9][0-9]_*)))
 help:  ## list every target and every chapter
 	@echo "tinysparse: a course and library for sparse-activation models"
 	@echo ""
-	@echo "  make train      train the tiny model on the built-in corpus, then sample"
+	@echo "  make train      train the best sparse preset ($(PRESET), chapter 10) on the built-in corpus,"
+	@echo "                  sample, draw its compute map and print one ledger line against the dense"
+	@echo "                  tiny model (trained once with the same settings, cached in out/tiny-reference);"
+	@echo "                  PRESET=tiny trains the dense model alone"
 	@echo "                  (PRESET=tiny|tiny-moe|tiny-adaptive|small, DEVICE=cpu|cuda, ARGS=more flags)"
 	@echo "  make sample     print text from the last training run of PRESET"
 	@echo "  make test       run the test suite"
@@ -73,7 +78,8 @@ mutation: $(STAMP)
 
 train: $(STAMP)
 	$(if $(filter cuda,$(DEVICE)),$(CUDA_INSTALL))
-	$(PY) -m tinysparse train --preset $(PRESET) $(if $(DEVICE),--device $(DEVICE)) $(ARGS)
+	$(PY) -m tinysparse train --preset $(PRESET) $(if $(DEVICE),--device $(DEVICE)) \
+		$(if $(filter tiny small,$(PRESET)),,--vs-dense) $(ARGS)
 
 sample: $(STAMP)
 	$(PY) -m tinysparse sample --out-dir out/$(PRESET) $(ARGS)

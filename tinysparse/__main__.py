@@ -37,6 +37,7 @@ from .ledger.energy import PRESETS as LEDGER_ENERGY
 from .training.config import PRESETS, TrainConfig
 from .training.data import load_corpus
 from .training.loop import TrainingDiverged, train
+from .training.reference import ensure_reference, vs_dense_report
 from .training.sampling import causality_warning, load_run, sample_text
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
@@ -109,6 +110,11 @@ def build_parser(bench_arguments=None):
     tr.add_argument("--resume", action="store_true",
                     help="continue the run in --out-dir from its checkpoint (its configs apply; "
                          "training flags given here override them)")
+    tr.add_argument("--vs-dense", action="store_true",
+                    help="for a sparse model: train the dense tiny preset once with the same loop "
+                         "settings (cached beside the run, e.g. out/tiny-reference), then end with "
+                         "the compute-map PNG and one ledger line: FLOPs and modelled energy per "
+                         "token and both validation losses (what `make train` runs)")
     _add_config_flags(tr.add_argument_group("training (TrainConfig)"), TrainConfig)
     _add_config_flags(tr.add_argument_group("model (GPTConfig)"), GPTConfig)
 
@@ -205,6 +211,12 @@ def cmd_train(args):
         train_values = {**preset["train"], **train_flags}
     mcfg = _model_config(model_values)
     tcfg = TrainConfig.from_dict(train_values)
+    ref_dir = None
+    if args.vs_dense:
+        if not mcfg.n_expert:
+            raise UsageError("--vs-dense sets a sparse model (n_expert > 0) against the dense tiny "
+                             "preset; drop it for a dense model, or train a sparse preset")
+        ref_dir, _ = ensure_reference(tcfg, train)      # before: the run's output ends with its own
     summary = train(mcfg, tcfg, resume=args.resume)
     if summary["status"] == "interrupted":
         return EXIT_INTERRUPTED
@@ -213,6 +225,11 @@ def cmd_train(args):
           f"{summary['val_bpb']:.3f} bits/byte (best {summary['best_val_loss']:.4f}), {rate}, "
           f"{summary['train_time_s']:.0f} s training; run folder {summary['out_dir']} "
           f"(`python -m tinysparse sample --out-dir {summary['out_dir']}`)")
+    if ref_dir is not None:
+        png, line = vs_dense_report(summary["out_dir"], ref_dir)
+        print(f"compute map: {png}" if png else
+              "compute map: matplotlib is missing (pip install matplotlib): no picture")
+        print(line)
     return 0
 
 
