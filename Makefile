@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 DEVICE ?=
 # the best sparse preset by chapter 10's measurements (lessons/10_efficiency_ledger/README.md);
 # PRESET=tiny trains the dense model
-PRESET ?= tiny-moe
+PRESET ?= tiny-adaptive
 ARGS   ?=
 MODULE ?=
 
