@@ -21,7 +21,6 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from tinysparse.engine.tensor import no_grad
-from tinysparse.ledger import energy
 from tinysparse.ledger.leverage import at_loss, dense_frontier, training_leverage
 from tinysparse.ledger.measure import EnergyMeter
 from tinysparse.lesson import check, measured, section, summary
