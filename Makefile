@@ -51,7 +51,7 @@ help:  ## list every target and every chapter
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,plot]'
+	$(PY) -m pip install --quiet -e '.[dev,plot,parallel]'
 	@touch $(STAMP)
 
 install: $(STAMP)
