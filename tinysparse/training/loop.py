@@ -114,27 +114,25 @@ class TrainingRun:
         self.resumed = ckpt is not None
         self.corpus = load_corpus(cfg.data, mcfg.block_size, cfg.max_bytes, seed=cfg.seed)
         ts_random.manual_seed(cfg.seed)
-        self.model = GPT(mcfg).to(self.device)
-        self.opt = optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
-                               weight_decay=cfg.weight_decay)
+        self.model, self.opt = self._build_model(ckpt)
         self.sampler = BatchSampler(self.corpus, cfg.batch_size, mcfg.block_size, seed=cfg.seed,
                                     device=self.device)
         self.st = {"step": 0, "best_val_loss": math.inf, "history": [], "val_loss": None,
                    "train_flops": 0.0, "train_flops_matmul": 0.0}
         if ckpt is not None:
-            load_state(ckpt, self.model, self.opt)
             self.sampler.load_state_dict(ckpt["sampler"])
             ts_random.set_state(ckpt["rng"])
             if ckpt.get("rng_cupy") is not None:    # None: a checkpoint from before it was saved
                 ts_random.set_device_state(ckpt["rng_cupy"])
             self.st.update({k: ckpt[k] for k in self.st if ckpt.get(k) is not None})
             self.st["history"] = list(self.st["history"])
-        save_json(os.path.join(cfg.out_dir, CONFIG_NAME),
-                  {"model": mcfg.to_dict(), "train": cfg.to_dict(), "device": self.device,
-                   "n_params": self.model.num_parameters(), "corpus": repr(self.corpus)})
         self.saved_step = self.st["step"] if ckpt is not None else None
         self.log_path = os.path.join(cfg.out_dir, LOG_NAME)
-        truncate_log(self.log_path, self.st["step"] if ckpt is not None else -1)  # steps to redo
+        if self.writes:
+            save_json(os.path.join(cfg.out_dir, CONFIG_NAME),
+                      {"model": mcfg.to_dict(), "train": cfg.to_dict(), "device": self.device,
+                       "n_params": self.n_params(), "corpus": repr(self.corpus), **self.extra_config()})
+            truncate_log(self.log_path, self.st["step"] if ckpt is not None else -1)  # steps to redo
         self.step_count = self.st["step"]
         self.tokens_per_step = cfg.batch_size * mcfg.block_size
         self.tokens, self.train_time = 0, 0.0
@@ -151,6 +149,43 @@ class TrainingRun:
         self.loss_value = math.nan      # the last loss read
         self.horizon = cfg.lr_decay_iters or cfg.max_iters
 
+    # ---- what a subclass may change (tinysparse/parallel: expert parallelism over ranks) ----------
+    writes = True                       # this process writes the run folder (one rank of many does)
+
+    def _build_model(self, ckpt):
+        """The model and its optimizer, with the checkpoint's state when resuming."""
+        model = GPT(self.mcfg).to(self.device)
+        opt = optim.AdamW(model.parameters(), lr=self.cfg.lr, betas=(0.9, 0.95),
+                          weight_decay=self.cfg.weight_decay)
+        if ckpt is not None:
+            load_state(ckpt, model, opt)
+        return model, opt
+
+    def n_params(self):
+        return self.model.num_parameters()
+
+    def extra_config(self):
+        """More entries for config.json."""
+        return {}
+
+    def _train_batch(self):
+        return self.sampler.train_batch()
+
+    def _finish_gradients(self, loss, counted):
+        """After backward: (loss, gradient norm, FLOPs, matmul FLOPs) of the step, the gradients
+        clipped. One process: its own numbers."""
+        norm = optim.clip_grad_norm(self.model.parameters(), self.cfg.grad_clip or math.inf)
+        return loss.data, norm, counted.flops, counted.flops_matmul
+
+    def _scores(self):
+        """{"train": mean loss, "val": mean loss} of the fixed evaluation batches."""
+        return evaluate(self.model, self.corpus, self.cfg, self.mcfg.block_size)
+
+    def _state(self):
+        """The model's and the optimizer's state dicts as a checkpoint stores them."""
+        params = [name for name, _ in self.model.named_parameters()]   # the optimizer's order
+        return self.model.state_dict(), {**self.opt.state_dict(), "params": params}
+
     # ---- what a message says about the saved state ----------------------------------------------
     def kept(self):
         if self.saved_step is not None:
@@ -161,10 +196,11 @@ class TrainingRun:
     # ---- checkpoint ---------------------------------------------------------------------------------
     def save(self, step):
         self.saved_step = step
-        params = [name for name, _ in self.model.named_parameters()]   # the optimizer's order
+        model_state, opt_state = self._state()
+        if not self.writes:             # another rank writes (after the shards were gathered)
+            return
         save_checkpoint(self.cfg.out_dir, {
-            "model": self.model.state_dict(),
-            "optimizer": {**self.opt.state_dict(), "params": params},
+            "model": model_state, "optimizer": opt_state,
             "model_config": self.mcfg.to_dict(), "train_config": self.cfg.to_dict(),
             "step": step, "rng": ts_random.get_state(), "rng_cupy": ts_random.get_device_state(),
             "sampler": self.sampler.state_dict(),
@@ -174,7 +210,7 @@ class TrainingRun:
     # ---- evaluate and log ----------------------------------------------------------------------------
     def evaluate(self, step):
         """Score both splits, append a line to log.jsonl, print it; returns step."""
-        losses = evaluate(self.model, self.corpus, self.cfg, self.mcfg.block_size)
+        losses = self._scores()
         best = losses["val"] < self.st["best_val_loss"]
         self.st["best_val_loss"] = min(self.st["best_val_loss"], losses["val"])
         self.st["val_loss"] = losses["val"]
@@ -185,7 +221,8 @@ class TrainingRun:
                   "train_flops_matmul": self.st["train_flops_matmul"]}
         if self.moe is not None:        # load balance of the last training step
             record.update({f"moe_{k}": v for k, v in self.moe.items()})
-        append_log(self.log_path, record)
+        if self.writes:
+            append_log(self.log_path, record)
         tqdm.write(f"step {step:>6}: train {losses['train']:.4f}, val {losses['val']:.4f} nats "
                    f"= {bits_per_byte(losses['val']):.3f} bits/byte{'  (best)' if best else ''}"
                    + _moe_text(self.moe))
@@ -217,16 +254,15 @@ class TrainingRun:
         """batch -> forward -> backward -> clip -> learning rate -> AdamW update. `progress["phase"]`
         says how far it got ("step", then "update", then "after"), for the Ctrl-C handler."""
         cfg, step = self.cfg, self.step_count
-        x, y = self.sampler.train_batch()
+        x, y = self._train_batch()
         # every step is counted (the ledger: FLOPs executed, forward + backward; the optimizer's
         # update is not a Function and is not in it); weights=False: no wait for a GPU
         with ledger.count(weights=False) as led:
             _, loss = self.model(x, y)
             self.opt.zero_grad()
             loss.backward()
-        counted = led.totals
-        norm = optim.clip_grad_norm(self.model.parameters(), cfg.grad_clip or math.inf)
-        entry = (step + 1, loss.data, norm)
+        loss_value, norm, flops, flops_matmul = self._finish_gradients(loss, led.totals)
+        entry = (step + 1, loss_value, norm)
         if self.sync_every == 1:        # on the CPU: a diverged step never reaches the update
             self.finite_losses([entry])
         self.opt.lr = optim.cosine_lr(step, cfg.lr, cfg.warmup_iters, self.horizon, cfg.min_lr)
@@ -236,8 +272,8 @@ class TrainingRun:
         if hasattr(self.model, "update_router_bias"):
             self.model.update_router_bias()  # MoE aux-loss-free balancing; no-op when dense
         self.step_count = step = step + 1
-        self.st["train_flops"] += counted.flops           # with the step, never for an undone one
-        self.st["train_flops_matmul"] += counted.flops_matmul
+        self.st["train_flops"] += flops                   # with the step, never for an undone one
+        self.st["train_flops_matmul"] += flops_matmul
         progress["phase"] = "after"     # from here on the state is consistent at `step`
         if (step % self.sync_every == 0 or step % cfg.eval_interval == 0
                 or step % cfg.checkpoint_interval == 0 or step == cfg.max_iters):
@@ -367,8 +403,13 @@ def train(model_config: GPTConfig, train_config: TrainConfig, resume=False) -> d
     for each setting that is valid but probably not meant (TrainConfig.warnings: a run that
     never leaves warm-up; expert-choice routing, which is not causal)."""
     run = TrainingRun(model_config, train_config, resume)
+    return run_training(run)
+
+
+def run_training(run):
+    """The banner and warnings, the loop, the end (train()'s body, for a TrainingRun subclass)."""
     cfg = run.cfg
-    print(f"training GPT ({run.model.num_parameters() / 1e6:.2f}M parameters) on {run.corpus!r}, "
+    print(f"training GPT ({run.n_params() / 1e6:.2f}M parameters) on {run.corpus!r}, "
           f"{run.device}, steps {run.step_count}->{cfg.max_iters} of {cfg.batch_size}x"
           f"{run.mcfg.block_size} tokens, run folder {cfg.out_dir}"
           + (" (resumed)" if run.resumed else ""), flush=True)
