@@ -115,6 +115,12 @@ def build_parser(bench_arguments=None):
                          "settings (cached beside the run, e.g. out/tiny-reference), then end with "
                          "the compute-map PNG and one ledger line: FLOPs and modelled energy per "
                          "token and both validation losses (what `make train` runs)")
+    tr.add_argument("--parallel", choices=["none", "expert"], default="none",
+                    help="expert: spread each MoE layer's experts over the MPI ranks (run under "
+                         "mpiexec -n P, or make train-parallel NP=P; chapter 11)")
+    tr.add_argument("--collective-timeout", type=float, default=None, metavar="SECONDS",
+                    help="with --parallel: stop every rank when one collective waits longer "
+                         "(a rank died or hangs; default 300)")
     _add_config_flags(tr.add_argument_group("training (TrainConfig)"), TrainConfig)
     _add_config_flags(tr.add_argument_group("model (GPTConfig)"), GPTConfig)
 
@@ -216,8 +222,19 @@ def cmd_train(args):
         if not mcfg.n_expert:
             raise UsageError("--vs-dense sets a sparse model (n_expert > 0) against the dense tiny "
                              "preset; drop it for a dense model, or train a sparse preset")
+        if args.parallel == "expert":
+            raise UsageError("--vs-dense trains its dense reference in one process; drop it with "
+                             "--parallel expert (or train the two runs apart)")
         ref_dir, _ = ensure_reference(tcfg, train)      # before: the run's output ends with its own
-    summary = train(mcfg, tcfg, resume=args.resume)
+    if args.parallel == "expert":
+        from .parallel.training import train_from_cli
+        summary = train_from_cli(mcfg, tcfg, args.resume, args.collective_timeout)
+        if summary is None:             # a rank other than 0: rank 0 reports
+            return 0
+    elif args.collective_timeout is not None:
+        raise UsageError("--collective-timeout applies with --parallel expert only")
+    else:
+        summary = train(mcfg, tcfg, resume=args.resume)
     if summary["status"] == "interrupted":
         return EXIT_INTERRUPTED
     rate = f"{summary['tokens_per_s']:,.0f} tok/s" if summary["tokens_per_s"] else "no steps run"
