@@ -21,6 +21,7 @@ line instead. Ctrl-C during training saves a checkpoint and exits with status 13
 import argparse
 import dataclasses
 import inspect
+import math
 import os
 import re
 import sys
@@ -217,6 +218,10 @@ def cmd_train(args):
         train_values = {**preset["train"], **train_flags}
     mcfg = _model_config(model_values)
     tcfg = TrainConfig.from_dict(train_values)
+    timeout = args.collective_timeout
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise UsageError(f"--collective-timeout must be a finite number of seconds > 0, got "
+                         f"{timeout}")
     ref_dir = None
     if args.vs_dense:
         if not mcfg.n_expert:
