@@ -8,12 +8,13 @@ DEVICE ?=
 # the best sparse preset by chapter 10's measurements (lessons/10_efficiency_ledger/README.md);
 # PRESET=tiny trains the dense model
 PRESET ?= tiny-adaptive
+NP     ?= 2
 ARGS   ?=
 MODULE ?=
 
 LESSONS := $(sort $(notdir $(wildcard lessons/[0-9][0-9]_*)))
 
-.PHONY: help install cuda-install test mutation train sample bench ledger gpu-check lessons transcripts clean
+.PHONY: help install cuda-install test mutation train train-parallel sample bench ledger gpu-check lessons transcripts clean
 
 help:  ## list every target and every chapter
 	@echo "tinysparse: a course and library for sparse-activation models"
@@ -23,6 +24,8 @@ help:  ## list every target and every chapter
 	@echo "                  tiny model (trained once with the same settings, cached in out/tiny-reference);"
 	@echo "                  PRESET=tiny trains the dense model alone"
 	@echo "                  (PRESET=tiny|tiny-moe|tiny-adaptive|small, DEVICE=cpu|cuda, ARGS=more flags)"
+	@echo "  make train-parallel NP=2  train tiny-moe with its experts spread over NP MPI"
+	@echo "                  processes (expert parallelism, chapter 11; PRESET=another MoE preset)"
 	@echo "  make sample     print text from the last training run of PRESET"
 	@echo "  make test       run the test suite"
 	@echo "  make mutation MODULE=tinysparse/training/loop.py"
@@ -80,6 +83,14 @@ train: $(STAMP)
 	$(if $(filter cuda,$(DEVICE)),$(CUDA_INSTALL))
 	$(PY) -m tinysparse train --preset $(PRESET) $(if $(DEVICE),--device $(DEVICE)) \
 		$(if $(filter tiny small,$(PRESET)),,--vs-dense) $(ARGS)
+
+# Expert parallelism over NP processes (tinysparse/parallel, chapter 11). Open MPI's run-as-root
+# settings and --oversubscribe (more ranks than cores) are for this launch only.
+PARALLEL_PRESET = $(if $(filter command line environment,$(origin PRESET)),$(PRESET),tiny-moe)
+train-parallel: $(STAMP)
+	OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1 \
+	NUMBA_NUM_THREADS=1 $(VENV)/bin/mpiexec -n $(NP) --oversubscribe \
+	$(PY) -m tinysparse train --preset $(PARALLEL_PRESET) --parallel expert $(ARGS)
 
 sample: $(STAMP)
 	$(PY) -m tinysparse sample --out-dir out/$(PRESET) $(ARGS)

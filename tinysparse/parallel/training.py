@@ -70,6 +70,7 @@ class ParallelTrainingRun(TrainingRun):
         return {"parallel": {"kind": "expert", "world_size": self.comm.size}}
 
     def _train_batch(self):
+        self.ledger.begin_step()
         x, y = self.sampler.train_batch()                       # the global batch, every rank
         return self._my_rows(x), self._my_rows(y)
 
