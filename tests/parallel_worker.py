@@ -2,12 +2,13 @@
 single-process reference). Not a test module itself (no test_ prefix).
 
     python tests/parallel_worker.py train OUT_DIR STEPS [--resume] [--single] [--float32] [--E N]
+                                    [--capacity F] [--device cuda]
         trains the float64 tiny MoE (tiny_configs) for STEPS steps with --parallel expert (or in
         one process with --single) and writes OUT_DIR/result-<rank>.npz: the loss history and
         every full parameter (rank 0 after gathering)
-    python tests/parallel_worker.py layer OUT_DIR CASE
-        one MoE layer forward + backward with routing forced by CASE (skewed: every token to
-        rank 0's experts; uneven: 3/4 of them), float64, result per rank as above
+    python tests/parallel_worker.py layer OUT_DIR CASE|all
+        one MoE layer forward + backward with routing forced by CASE (tests/layer_case.py:
+        skewed, uneven, capacity), float64; rank 0 writes the gathered results
     python tests/parallel_worker.py die|hang OUT_DIR
         rank 1 exits (die) or sleeps (hang) at the start; rank 0 must stop with a one-line
         error after the collective timeout (5 s), nothing written
@@ -33,21 +34,21 @@ def float64_gpt(config):
     return model
 
 
-def tiny_configs(out_dir, steps, n_expert=4, batch_size=4, **model):
+def tiny_configs(out_dir, steps, n_expert=4, batch_size=4, device="cpu", **model):
     mcfg = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=256, dropout=0.0,
                      n_expert=n_expert, top_k=2, d_expert=12, **model)
     tcfg = TrainConfig(data="synthetic", max_bytes=20000, batch_size=batch_size, max_iters=steps,
                        lr=1e-2, warmup_iters=1, eval_interval=1000, eval_iters=1,
                        checkpoint_interval=2, out_dir=out_dir, seed=3, sample_tokens=0,
-                       log_interval=1000)
+                       log_interval=1000, device=device)
     return mcfg, tcfg
 
 
-def train(out_dir, steps, resume, single, float32, n_expert, capacity):
+def train(out_dir, steps, resume, single, float32, n_expert, capacity, device="cpu"):
     if not float32:
         ptraining.GPT = loop.GPT = float64_gpt
     model = {"capacity_factor": capacity} if capacity else {}
-    mcfg, tcfg = tiny_configs(out_dir, steps, n_expert, **model)
+    mcfg, tcfg = tiny_configs(out_dir, steps, n_expert, device=device, **model)
     if single:
         summary = loop.train(mcfg, tcfg, resume=resume)
         rank = 0
@@ -75,8 +76,9 @@ def main(argv):
     if mode == "train":
         capacity = float(argv[argv.index("--capacity") + 1]) if "--capacity" in argv else None
         n_expert = int(argv[argv.index("--E") + 1]) if "--E" in argv else 4
+        device = argv[argv.index("--device") + 1] if "--device" in argv else "cpu"
         train(out_dir, int(argv[2]), "--resume" in argv, "--single" in argv,
-              "--float32" in argv, n_expert, capacity)
+              "--float32" in argv, n_expert, capacity, device)
     elif mode == "layer":
         from layer_case import CASES, run_layer_case
         for case in CASES if argv[2] == "all" else [argv[2]]:

@@ -135,3 +135,15 @@ def to_device(array, device):
     if device == device_of(array):
         return array
     return _cupy.asarray(array) if device == "cuda" else array.get()
+
+
+def cuda_nccl():
+    """CuPy's NCCL bindings (cupy.cuda.nccl) where CuPy, a GPU and NCCL are present, else None:
+    expert parallelism's GPU all-to-all (tinysparse/parallel/nccl.py) comes through this door."""
+    if _try_cupy() is None:
+        return None
+    try:
+        from cupy.cuda import nccl  # noqa: CuPy's NCCL bindings, part of CuPy
+    except ImportError:
+        return None
+    return nccl

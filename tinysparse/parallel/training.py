@@ -20,7 +20,9 @@ import sys
 import numpy as np
 
 from .. import optim
-from ..engine.tensor import Tensor, no_grad
+from ..engine import backend
+from ..engine.backend import to_numpy
+from ..engine.tensor import no_grad
 from ..gpt import GPT
 from ..training.checkpoint import load_state
 from ..training.data import get_batch
@@ -41,6 +43,9 @@ class ParallelTrainingRun(TrainingRun):
                                 f"{P} ranks: use a multiple of {P}")
         self.comm, self.ledger = comm, CommLedger(comm)
         self.writes = comm.rank == 0
+        if backend.resolve_device(train_config.device) == "cuda":
+            from .nccl import use_gpus
+            use_gpus(comm)              # this rank's GPU, before anything is allocated on one
         super().__init__(model_config, train_config, resume)
 
     def _build_model(self, ckpt):
@@ -82,7 +87,7 @@ class ParallelTrainingRun(TrainingRun):
         reduce_gradients(self.named, self.sharded, self.comm)
         norm = clip_global_norm(self.named, self.sharded, self.comm,
                                 self.cfg.grad_clip or float("inf"))
-        local = np.array([float(np.asarray(loss.data)), counted.flops, counted.flops_matmul])
+        local = np.array([float(to_numpy(loss.data)), counted.flops, counted.flops_matmul])
         total = self.comm.allreduce_sum(local)
         self.ledger.end_step()
         return total[0] / self.comm.size, norm, total[1], total[2]
@@ -100,7 +105,7 @@ class ParallelTrainingRun(TrainingRun):
                 for _ in range(cfg.eval_iters):
                     x, y = get_batch(data, cfg.batch_size, T, rng)
                     loss = self.model(self._my_rows(x), self._my_rows(y))[1]
-                    losses.append(float(np.asarray(loss.data)))
+                    losses.append(float(to_numpy(loss.data)))
                 total = self.comm.allreduce_sum(np.array(losses, dtype=np.float64))
                 out[split] = float(np.mean(total / self.comm.size))
         self.model.train()
