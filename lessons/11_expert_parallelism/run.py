@@ -68,11 +68,11 @@ def worker(out_json, steps, out_dir):
     summary_ = train_quietly(train_parallel, mcfg, tcfg, comm)
     wall = time.perf_counter() - t0
     sizes, secs = [], []
-    for rows in (16, 256, 4096, 16384):                   # 64 float32 numbers per row
+    for rows in (16, 1024, 8192, 32768):                  # 64 float32 numbers per row
         buf = np.ones((rows * RANKS, 64), dtype=np.float32)
         counts = [rows] * RANKS
         best = float("inf")
-        for _ in range(15):                               # the fastest call: the transfer with
+        for _ in range(40):                               # the fastest call: the transfer with
             comm.barrier()                                # the least interference
             t = time.perf_counter()
             comm.alltoallv(buf, counts, counts)
@@ -159,7 +159,7 @@ def part_model_check(ranks, a2a):
     section("4. The cost model against the 2-rank run")
     sizes, secs = ranks["ping"]
     alpha, beta = cost.fit_alpha_beta(sizes, secs)
-    measured(f"  Alltoallv on this machine (shared memory, the fastest of 15 calls per size): alpha {1e6 * alpha:.1f} us, "
+    measured(f"  Alltoallv on this machine (shared memory, the fastest of 40 calls per size): alpha {1e6 * alpha:.1f} us, "
              f"beta {beta / 1e9:.2f} GB/s")
     c = ranks["comm"]
     calls, sent = c["step_calls"], c["step_bytes"]
@@ -185,14 +185,13 @@ def part_projection():
     shape = cost.MoEShape()
     print(f"  C={shape.n_embd}, d_expert={shape.d_expert}, top-{shape.top_k}, BF16 rows, "
           f"{shape.tokens_per_rank} tokens per rank, 8 GPUs per node on NVLink 4")
-    print("  | P | nodes | experts ms | IB NDR ms | IB, M=4 ms | 100GbE ms | 100GbE, M=4 ms "
-          "| network rows/token | M=4 |")
-    print("  |---|---|---|---|---|---|---|---|---|")
+    print(f"  {'P':>5} {'nodes':>5} {'experts':>8} {'IB NDR':>8} {'IB, M=4':>8} {'100GbE':>8} "
+          f"{'100GbE,M=4':>10} {'net rows':>8} {'M=4':>5}   (ms per layer and step; rows/token)")
     rows = cost.projection(shape)
     for r in rows:
-        print(f"  | {r['P']} | {r['nodes']} | {r['compute_ms']:.2f} | {r['ib-ndr']:.2f} | "
-              f"{r['ib-ndr/M=4']:.2f} | {r['eth-100g']:.2f} | {r['eth-100g/M=4']:.2f} | "
-              f"{r['net_rows']:.2f} | {r['net_rows_limited']:.2f} |")
+        print(f"  {r['P']:>5} {r['nodes']:>5} {r['compute_ms']:>8.2f} {r['ib-ndr']:>8.2f} "
+              f"{r['ib-ndr/M=4']:>8.2f} {r['eth-100g']:>8.2f} {r['eth-100g/M=4']:>10.2f} "
+              f"{r['net_rows']:>8.2f} {r['net_rows_limited']:>5.2f}")
     big = rows[-1]
     check(big["ib-ndr/M=4"] < big["ib-ndr"], "node-limited routing cuts the network time at "
                                              "P = 1024")
@@ -206,11 +205,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps (the tests)")
     parser.add_argument("--out-dir", default="out/lesson11", help="run folders and ranks.json")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default 12, "
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default 20, "
                                                                "quick 3)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.steps = args.steps or (3 if args.quick else 12)
+    args.steps = args.steps or (3 if args.quick else 20)
     if args.worker:
         worker(args.worker, args.steps, args.out_dir)
         return 0
