@@ -15,6 +15,7 @@ import numpy as np
 
 from ..engine.backend import array_module
 from ..engine.function import Function
+from ..ledger.costs import ZERO, Formula, register
 
 
 class AllToAll(Function):
@@ -87,6 +88,16 @@ class PutRows(Function):
 def put_rows(y, index, n):
     """y (S, C) into an (n, C) array of zeros at rows index (S,): take_rows' inverse."""
     return PutRows.apply(y, index=index, n=n)
+
+
+# The ledger's cost formulas: data movement, no arithmetic (0 FLOPs; the counter adds the bytes
+# of the arrays read and written). The bytes that cross between ranks are the communication
+# ledger's (ledger.py), not the memory ledger's.
+for _cls, _what in ((AllToAll, "Alltoallv of rows between ranks"),
+                    (TakeRows, "a gather of rows"), (PutRows, "a scatter of rows into zeros")):
+    register(_cls, Formula(lambda arrays, out, options, ctx: ZERO,
+                           lambda node, ctx, grad, grads: ZERO,
+                           f"0 FLOPs: {_what} (data movement; bytes counted)"))
 
 
 def owner_layout(recv, capacity=None):
