@@ -28,10 +28,7 @@ from tinysparse.training.config import TrainConfig  # noqa: E402
 
 def float64_gpt(config):
     """GPT with float64 parameters (built as float32 from the seed, then widened)."""
-    model = GPT(config)
-    for p in model.parameters():
-        p.data = p.data.astype(np.float64)
-    return model
+    return GPT(config).astype(np.float64)
 
 
 def tiny_configs(out_dir, steps, n_expert=4, batch_size=4, device="cpu", **model):
