@@ -252,7 +252,25 @@ def cmd_train(args):
         print(f"compute map: {png}" if png else
               "compute map: matplotlib is missing (pip install matplotlib): no picture")
         print(line)
+    if "parallel" in summary:
+        print(_parallel_line(summary))
     return 0
+
+
+def _parallel_line(summary):
+    """Rank 0's communication ledger of a --parallel expert run, in one line."""
+    c = summary["parallel"]
+    sent = c["bytes_per_token_layer"]
+    steps, sec = max(c["steps"], 1), c["step_seconds"]
+    a2a = sec.get("Alltoallv of token rows", 0.0) + sec.get("alltoall of counts", 0.0)
+    reduce = sec.get("all-reduce (Allgather)", 0.0)
+    imbalance = (f"{c['imbalance_mean']:.2f} mean, {c['imbalance_max']:.2f} worst"
+                 if c["imbalance_mean"] is not None else "no tokens")
+    return (f"expert parallel on {c['world_size']} ranks (rank 0): sent {sent['forward']:.0f} + "
+            f"{sent['backward']:.0f} bytes per token per MoE layer (forward + backward), "
+            f"rows per rank max/mean {imbalance}; per step {1e3 * a2a / steps:.1f} ms in "
+            f"all-to-all and {1e3 * reduce / steps:.1f} ms in all-reduce (waiting included) of "
+            f"{1e3 * summary['train_time_s'] / steps:.1f} ms")
 
 
 SAMPLE_FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
