@@ -13,6 +13,7 @@ single-process reference). Not a test module itself (no test_ prefix).
         rank 1 exits (die) or sleeps (hang) at the start; rank 0 must stop with a one-line
         error after the collective timeout (5 s), nothing written
 """
+import contextlib
 import os
 import sys
 
@@ -31,6 +32,19 @@ def float64_gpt(config):
     return GPT(config).astype(np.float64)
 
 
+@contextlib.contextmanager
+def float64_models(on=True):
+    """While inside: the training loops (one process and parallel) build float64 GPTs. Restored
+    on the way out, so an in-process caller (the pytest session) is left as it was."""
+    saved = ptraining.GPT, loop.GPT
+    if on:
+        ptraining.GPT = loop.GPT = float64_gpt
+    try:
+        yield
+    finally:
+        ptraining.GPT, loop.GPT = saved
+
+
 def tiny_configs(out_dir, steps, n_expert=4, batch_size=4, device="cpu", **model):
     mcfg = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=256, dropout=0.0,
                      n_expert=n_expert, top_k=2, d_expert=12, **model)
@@ -42,18 +56,17 @@ def tiny_configs(out_dir, steps, n_expert=4, batch_size=4, device="cpu", **model
 
 
 def train(out_dir, steps, resume, single, float32, n_expert, capacity, device="cpu"):
-    if not float32:
-        ptraining.GPT = loop.GPT = float64_gpt
     model = {"capacity_factor": capacity} if capacity else {}
     mcfg, tcfg = tiny_configs(out_dir, steps, n_expert, device=device, **model)
-    if single:
-        summary = loop.train(mcfg, tcfg, resume=resume)
-        rank = 0
-    else:
-        from tinysparse.parallel import world
-        comm = world(timeout=60)
-        summary = ptraining.train_parallel(mcfg, tcfg, comm, resume=resume)
-        rank = comm.rank
+    with float64_models(not float32):
+        if single:
+            summary = loop.train(mcfg, tcfg, resume=resume)
+            rank = 0
+        else:
+            from tinysparse.parallel import world
+            comm = world(timeout=60)
+            summary = ptraining.train_parallel(mcfg, tcfg, comm, resume=resume)
+            rank = comm.rank
     from tinysparse.training.checkpoint import load_checkpoint
     if rank == 0:
         ckpt = load_checkpoint(out_dir)
@@ -88,9 +101,9 @@ def main(argv):
         if comm.rank == 1:
             import time
             time.sleep(600)       # alive but silent: rank 0 waits in its first collective
-        ptraining.GPT = loop.GPT = float64_gpt
         mcfg, tcfg = tiny_configs(out_dir, 4)
-        ptraining.train_parallel(mcfg, tcfg, comm)
+        with float64_models():
+            ptraining.train_parallel(mcfg, tcfg, comm)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,13 @@ def _compare(a, b):
     return worst, all(np.array_equal(a[k], b[k]) for k in a.files)
 
 
+def test_the_float64_patch_is_undone(single_run):
+    """The in-process reference run leaves the training loops building float32 models."""
+    import tinysparse.parallel.training as ptraining
+    import tinysparse.training.loop as loop
+    assert loop.GPT is parallel_worker.GPT and ptraining.GPT is parallel_worker.GPT
+
+
 def test_two_ranks_train_like_one_process_on_the_global_batch(single_run, two_rank_run):
     """4 AdamW steps of a float64 2-layer MoE (E=4, top-2) on 2 ranks: the losses of every
     step, every parameter and AdamW's first moment agree with one process to 1e-6 (they are
@@ -89,13 +96,9 @@ def test_two_ranks_train_like_one_process_on_the_global_batch(single_run, two_ra
 def test_the_single_process_stand_in_is_bitwise_one_process(single_run, tmp_path):
     """The parallel code path on SingleProcess (P = 1, no MPI): bitwise the plain training."""
     from tinysparse.parallel.training import train_parallel
-    import tinysparse.parallel.training as ptraining
-    ptraining.GPT = parallel_worker.float64_gpt
-    try:
-        mcfg, tcfg = parallel_worker.tiny_configs(str(tmp_path), 4)
+    mcfg, tcfg = parallel_worker.tiny_configs(str(tmp_path), 4)
+    with parallel_worker.float64_models():
         summary = train_parallel(mcfg, tcfg, SingleProcess())
-    finally:
-        ptraining.GPT = parallel_worker.GPT
     assert summary["history"] == list(single_run["history"])
     from tinysparse.training.checkpoint import load_checkpoint
     model = load_checkpoint(str(tmp_path))["model"]
