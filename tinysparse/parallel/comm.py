@@ -23,8 +23,8 @@ long. Nothing is written after a collective that did not finish, so no checkpoin
 """
 import sys
 import threading
-from collections import defaultdict
 import time
+from collections import defaultdict
 
 import numpy as np
 

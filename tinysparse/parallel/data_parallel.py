@@ -19,18 +19,13 @@ import math
 
 import numpy as np
 
-from ..engine.backend import array_module, to_device, device_of
+from ..engine.backend import device_of, to_device, to_numpy as _host
 
 
 def _flat_dense(params):
     """The dense gradients as one float64 vector (one all-reduce instead of one per array)."""
     return np.concatenate([np.asarray(_host(p.grad), dtype=np.float64).reshape(-1)
                            for p in params]) if params else np.zeros(0)
-
-
-def _host(a):
-    from ..engine.backend import to_numpy
-    return to_numpy(a)
 
 
 def reduce_gradients(named_params, sharded, comm):
