@@ -227,8 +227,12 @@ def test_n_expert_not_divisible_by_ranks_is_refused():
 def test_expert_choice_and_adaptive_routers_are_refused():
     from tinysparse.moe import MoE
     from tinysparse.parallel import ExpertParallelMoE
+    from tinysparse.adaptive.null_experts import NullExpertRouter
     with pytest.raises(ParallelError, match="token-choice top-k"):
         ExpertParallelMoE(MoE(8, 4, top_k=2, router="expert_choice"), _FakeComm(2))
+    null = NullExpertRouter(8, 4, top_k=2, n_null=2)            # a TopKRouter subclass
+    with pytest.raises(ParallelError, match="no null experts or top-p"):
+        ExpertParallelMoE(MoE(8, 4, top_k=2, router=null), _FakeComm(2))
 
 
 def test_batch_not_divisible_by_ranks_is_refused(tmp_path):
