@@ -290,3 +290,13 @@ def test_a_rank_that_hangs_or_dies_stops_the_job_and_saves_nothing(tmp_path, mod
         assert "waited more than 5 s: another rank died or hangs" in proc.stderr
     assert not (tmp_path / "ckpt.json").exists()
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".safetensors") or ".tmp" in f]
+
+
+def test_cli_parallel_with_vs_dense_is_refused_in_one_line(tmp_path):
+    """--vs-dense trains a dense reference in one process: not under --parallel expert."""
+    proc = _cli("--preset", "tiny-moe", "--parallel", "expert", "--vs-dense", "--out-dir",
+                str(tmp_path))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: --vs-dense trains its dense reference in one process; drop it with --parallel "
+        "expert (or train the two runs apart)"]
