@@ -172,7 +172,7 @@ def test_relative_imports_resolve_to_module_names(tmp_path):
 
 def test_bench_suites_do_not_import_each_other():
     """bench/: suites import common, profile and torch_twins, never another suite (no cycle)."""
-    suites = {"dense", "moe", "layer", "sampling", "gpu_check"}
+    suites = {"dense", "moe", "layer", "grouped", "sampling", "gpu_check"}
     for path in (ROOT / "tinysparse" / "bench").glob("*.py"):
         if path.stem == "__init__":
             continue

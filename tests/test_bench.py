@@ -28,7 +28,7 @@ def test_defaults_are_the_headline_config():
     assert (args.batch_size, args.n_layer, args.n_head, args.n_embd) == (16, 4, 4, 128)
     assert (args.block_size, args.vocab_size, args.threads) == (64, 96, 2)
     assert not args.no_torch and not args.profile
-    assert args.suite == ["step", "moe", "layer"] and args.layer_tokens == 1024
+    assert args.suite == ["step", "moe", "layer", "gmm", "decode"] and args.layer_tokens == 1024
 
 
 def test_bench_without_torch_prints_the_tinysparse_row(capsys):
@@ -166,7 +166,7 @@ def test_sampling_suite_times_tinysparse_against_the_torch_twin_cache(capsys):
     out = capsys.readouterr().out
     assert "pytorch tok/s" in out
     header = out.index("pytorch tok/s")
-    rows = [line.split() for line in out[header:].splitlines()[1:] if line.strip()]
+    rows = [line.split() for line in out[header:].split("\n\n")[0].splitlines()[1:]]
     assert [r[0] for r in rows] == ["7", "32"]                # block_size - 1, 4 x block_size
     for r in rows:
         ts_rate, pt_rate, ratio = float(r[1]), float(r[2]), float(r[3].rstrip("x"))
@@ -177,3 +177,75 @@ def test_sampling_suite_without_torch_says_why_in_one_line(capsys):
     assert bench("--suite", "sampling", "--no-torch") == 0
     out = capsys.readouterr().out
     assert "PyTorch comparison skipped (--no-torch)" in out and "pytorch tok/s" not in out
+
+
+def test_grouped_suite_times_every_strategy_against_a_dense_matmul(capsys):
+    assert bench("--suite", "gmm") == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "numba (default)" in line)
+    for name in ("numpy reference", "numba parallel", "per-expert BLAS", "padded batched", "dense"):
+        assert name in header
+    rows = {line.split()[0]: line for line in out.splitlines()
+            if line.split()[:1] in (["forward"], ["dX"], ["dW"])}
+    assert set(rows) == {"forward", "dX", "dW"} and rows["forward"].rstrip().endswith("1.0x")
+    assert "at one expert's shape" in out and "at the dense shape" in out
+
+
+def test_grouped_suite_checks_numba_on_awkward_routings(capsys):
+    assert bench("--suite", "gmm") == 0
+    out = capsys.readouterr().out
+    awkward = out[out.index("awkward routings"):].splitlines()[2:6]
+    assert [line.split()[0] for line in awkward] == ["experts", "one", "1000", "a"]
+    for line in awkward:
+        diff = float(line.split()[-3])
+        assert diff < 1e-3, line                          # numba computes what the reference does
+
+
+def test_every_run_ends_with_the_targets_table(capsys):
+    from tinysparse.bench import targets
+    assert bench("--suite", "gmm") == 0
+    out = capsys.readouterr().out
+    table = out[out.index("Targets of issue 16"):].splitlines()[2:]
+    assert len(table) == len(targets.TARGETS)
+    measured = [line for line in table if line.split(". ", 1)[1].startswith("grouped matmul")]
+    assert len(measured) == 3 and all(line.split()[-1] in ("yes", "no") for line in measured)
+    assert all(line.rstrip().endswith("not run") for line in table if line not in measured)
+    assert set(targets.results()) == {"gmm_fwd", "gmm_dx", "gmm_dw"}
+
+
+def test_a_target_is_met_by_its_own_direction():
+    from tinysparse.bench import targets
+    targets.reset()
+    targets.record("step", 0.9)
+    targets.record("decode_short", 0.9)
+    with pytest.raises(KeyError, match="no bench target 'nope'"):
+        targets.record("nope", 1.0)
+    import io
+    import contextlib
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        targets.print_targets()
+    lines = buf.getvalue().splitlines()
+    assert next(line for line in lines if line.startswith("1. dense training step")).endswith("yes")
+    assert next(line for line in lines if "block-1 tokens" in line).endswith("no")   # a rate: >= 1
+
+
+def test_decode_suite_compares_cached_sampling_with_the_twin_and_records_it(capsys):
+    pytest.importorskip("torch")
+    from tinysparse.bench import targets
+    assert bench("--suite", "decode", "--profile") == 0
+    out = capsys.readouterr().out
+    assert "pytorch tok/s" in out and "cached greedy generate calls" in out
+    assert set(targets.results()) == {"decode_short", "decode_long"}
+    assert not any(line.split()[:1] == ["dense"] for line in out.splitlines())  # nor sampling's table
+
+
+def test_profile_covers_the_moe_step_and_the_dispatch_primitives(capsys):
+    assert bench("--suite", "moe", "layer", "--no-torch", "--profile") == 0
+    out = capsys.readouterr().out
+    assert "tiny-moe steps under cProfile" in out and "GroupedLinear.backward" in out
+    primitives = out[out.index("profile: dispatch primitives"):].splitlines()
+    assert primitives[1].split() == ["primitive", "numpy", "numba"]
+    assert [line.split()[0] for line in primitives[2:11]] == [
+        "plan", "gather", "scatter", "grouped_mm", "grouped_mm_dx", "grouped_mm_dw", "combine",
+        "combine_backward", "total"]

@@ -5,6 +5,8 @@ Suites, one file each:
     dense.py        step: the dense GPT's training step vs PyTorch's
     moe.py          moe: MoE training steps (tinysparse vs a PyTorch loop over experts) and dense
     layer.py        layer: one MoE layer forward+backward per dispatch backend vs a dense FFN
+    grouped.py      gmm: the grouped matmul (forward, dX, dW) per strategy vs one dense matmul
+                    of equal FLOPs, the BLAS's speed at both shapes, awkward routings
     sampling.py     sampling: tokens/s of GPT.generate with and without the KV cache, and the
                     dense model's cached greedy decoding against its PyTorch twin's (not in
                     the default set: --suite sampling)
@@ -12,11 +14,12 @@ Suites, one file each:
 
 common.py holds what they share (alternating timed steps, thread limits, seeded models);
 torch_twins.py the PyTorch models, built from tinysparse's weights; torch_decode.py the twin's
-KV-cached greedy decoding; profile.py the per-Function profile (--profile). Imports go one way:
-suites -> common, profile, torch_twins, torch_decode.
+KV-cached greedy decoding; profile.py the per-Function profile (--profile); targets.py the
+table of issue 16's targets that every run ends with. Imports go one way: suites -> common,
+profile, targets, torch_twins, torch_decode.
 """
-SUITES = ("step", "moe", "layer", "sampling")
-DEFAULT_SUITES = ("step", "moe", "layer")
+SUITES = ("step", "moe", "layer", "gmm", "decode", "sampling")
+DEFAULT_SUITES = ("step", "moe", "layer", "gmm", "decode")
 
 
 def add_bench_arguments(parser):
@@ -35,14 +38,17 @@ def add_bench_arguments(parser):
                    help="seconds to pause (untimed) before each step while alternating frameworks")
     g.add_argument("--suite", choices=SUITES, nargs="+", default=list(DEFAULT_SUITES),
                    help="which benchmarks: step (dense GPT vs PyTorch), moe (MoE training steps), "
-                        "layer (MoE layer forward+backward per dispatch backend), sampling "
-                        "(generate with and without the KV cache); default step moe layer")
+                        "layer (MoE layer forward+backward per dispatch backend), gmm (grouped "
+                        "matmul vs a dense one of equal FLOPs), decode (cached greedy sampling "
+                        "vs the PyTorch twin), sampling (generate with and without the KV cache, "
+                        "and decode's table); default step moe layer gmm decode")
     g.add_argument("--dispatch-backend", default="auto",
                    help="MoE dispatch backend of the moe suite (auto, numpy, numba, ...)")
     g.add_argument("--layer-tokens", type=int, default=1024,
                    help="tokens T of the layer suite's forward+backward")
     g.add_argument("--profile", action="store_true",
-                   help="also profile tinysparse steps: where the time goes, per Function")
+                   help="also profile tinysparse: where the time goes, per Function (training "
+                        "steps, sampling) and per dispatch primitive (MoE layer)")
     return parser
 
 
@@ -71,6 +77,8 @@ def run_bench(args):
         print(f"bench: {e}")
         return 2
     suites = getattr(args, "suite", ["step"])
+    from . import targets
+    targets.reset()
     status = 0
     if "step" in suites:
         from .dense import run_dense_bench
@@ -81,7 +89,14 @@ def run_bench(args):
     if "layer" in suites:
         from .layer import run_layer_bench
         status |= run_layer_bench(args)
+    if "gmm" in suites:
+        from .grouped import run_grouped_bench
+        status |= run_grouped_bench(args)
+    if "decode" in suites and "sampling" not in suites:      # sampling prints decode's table too
+        from .sampling import run_decode_bench
+        status |= run_decode_bench(args)
     if "sampling" in suites:
         from .sampling import run_sampling_bench
         status |= run_sampling_bench(args)
+    targets.print_targets()
     return status

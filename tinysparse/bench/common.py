@@ -86,6 +86,20 @@ def time_alternating(steps, warmup, iters, settle):
     return runs
 
 
+def time_calls(calls, warmup, iters):
+    """{name: call()} -> {name: milliseconds of each timed call}: the calls take turns, one each
+    per round (no pause: for kernels, whose BLAS threads are the same library's)."""
+    times = {name: [] for name in calls}
+    gc.collect()
+    for i in range(warmup + iters):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            if i >= warmup:
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
 def build_model(config):
     """A tinysparse GPT with seed-0 weights, built without disturbing the caller's generator."""
     saved = ts_random.get_state()

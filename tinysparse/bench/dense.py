@@ -18,6 +18,7 @@ from .. import optim
 from ..gpt import GPTConfig
 from .common import (LOSS_TOLERANCE, build_model, fixed_batch, import_torch, matmul_gflops, step,
                      threads, time_alternating)
+from .targets import record as record_target
 from .profile import profile_steps
 from .torch_twins import LR, WEIGHT_DECAY, build_torch_twin, torch_adamw
 
@@ -39,6 +40,7 @@ def _report(config, args, runs, peak, gemm, flops_step, params):
     status = 0
     if "pytorch" in runs:
         (ts_times, ts_loss), (pt_times, pt_loss) = runs["tinysparse"], runs["pytorch"]
+        record_target("step", med["tinysparse"] / med["pytorch"])
         print(f"ratio tinysparse/pytorch: {med['tinysparse'] / med['pytorch']:.2f}x (median), "
               f"{min(ts_times) / min(pt_times):.2f}x (min)")
         diff = abs(ts_loss[0] - pt_loss[0])

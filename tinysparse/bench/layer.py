@@ -24,7 +24,9 @@ from ..engine.tensor import Tensor
 from ..gpt import MLP, GPTConfig
 from ..moe import MoE
 from ..moe.dispatch import DISPATCH_BACKENDS, LAZY_BACKENDS, get_backend
+from ..moe.timing import print_primitives, time_primitives
 from .common import import_torch, threads, time_alternating
+from .targets import record as record_target
 from .torch_twins import copy_weights, torch_modules
 
 SCALING_EXPERTS = (8, 16, 32, 64, 128)
@@ -110,19 +112,34 @@ def run_layer_bench(args):
     print(f"{'':<28}{'median ms':>11}{'min ms':>9}{'vs dense':>10}")
     for name, (times, _) in runs.items():
         print(f"{name:<28}{med[name]:11.2f}{min(times):9.2f}{med[name] / med['dense FFN']:9.2f}x")
+    if "E64 top-8 dC/2 numba" in med:
+        record_target("layer_e64", med["E64 top-8 dC/2 numba"] / med["dense FFN"])
     for label, *_ in shapes:
         for name in backends:
             if torch:
                 print(f"{label} {name}: {med[f'{label} torch loop'] / med[f'{label} {name}']:.2f}x "
                       f"faster than the PyTorch loop over experts")
-    _scaling(args, x, R, backends, torch)
+    _scaling(args, x, R, backends, torch, dense)
+    if args.profile:
+        _profile_primitives(args, backends)
     return 0
 
 
-def _scaling(args, x, R, backends, torch):
-    """E = 8..128 experts at fixed active FLOPs (top-2, width 2C): time relative to E = 8."""
+def _profile_primitives(args, backends):
+    """Where the fine-grained layer's dispatch time goes: every primitive, each backend."""
     C = args.n_embd
-    steps = {}
+    print(f"\nprofile: dispatch primitives of E64 top-8 dC/2, T={args.layer_tokens}, n_embd {C}, "
+          f"{args.threads} threads, median ms (grouped_mm, _dx, _dw: both of an expert's matmuls)")
+    print_primitives(time_primitives(backends, T=args.layer_tokens, n_embd=C, n_expert=64,
+                                     top_k=8, d_expert=max(1, C // 2), iters=args.iters,
+                                     warmup=args.warmup, blas_threads=args.threads))
+
+
+def _scaling(args, x, R, backends, torch, dense):
+    """E = 8..128 experts at fixed active FLOPs (top-2, width 2C): time relative to E = 8 and to
+    the dense FFN, which takes its turns in the same run."""
+    C = args.n_embd
+    steps = {"dense": functools.partial(_ts_step, dense, x, R)}
     for E in SCALING_EXPERTS:
         for name in backends:
             layer = _seeded(lambda: MoE(C, E, 2, 2 * C, dispatch_backend=name))
@@ -132,7 +149,10 @@ def _scaling(args, x, R, backends, torch):
     med = {key: float(np.median(times)) for key, (times, _) in runs.items()}
     print(f"\nScaling at fixed active FLOPs: E experts of width {2 * C}, top-2 "
           f"(total FFN parameters grow {SCALING_EXPERTS[-1] // SCALING_EXPERTS[0]}x), median ms")
-    print(f"{'E':>6}" + "".join(f"{name:>12}{'vs E=8':>9}" for name in backends))
+    print(f"{'E':>6}" + "".join(f"{name:>12}{'vs E=8':>9}{'vs dense':>10}" for name in backends))
     for E in SCALING_EXPERTS:
         print(f"{E:>6}" + "".join(f"{med[(E, name)]:12.2f}{med[(E, name)] / med[(8, name)]:8.2f}x"
-                                  for name in backends))
+                                  f"{med[(E, name)] / med['dense']:9.2f}x" for name in backends))
+    print(f"dense FFN in the same run: {med['dense']:.2f} ms")
+    if "numba" in backends:
+        record_target("layer_scaling", max(med[(E, "numba")] for E in SCALING_EXPERTS) / med["dense"])

@@ -22,6 +22,8 @@ from ..gpt import GPTConfig
 from ..moe.dispatch import resolve_backend_name
 from .common import (LOSS_TOLERANCE, build_model, fixed_batch, import_torch, step, threads,
                      time_alternating)
+from .targets import record as record_target
+from .profile import profile_steps
 from .torch_twins import LR, WEIGHT_DECAY, build_torch_twin, torch_adamw
 
 # (label, n_expert, top_k, d_expert)
@@ -59,7 +61,12 @@ def run_moe_bench(args):
                 step, twin, torch_adamw(twin), torch.from_numpy(idx), torch.from_numpy(targets))
     with threads(args.threads, torch):
         runs = time_alternating(steps, args.warmup, args.iters, args.settle)
-    return _report(args, configs, models, runs)
+        status = _report(args, configs, models, runs)
+        if args.profile:
+            tiny = steps["tiny-moe"]
+            profile_steps(models["tiny-moe"], tiny.args[1], idx, targets, steps=args.iters,
+                          label="tiny-moe")
+    return status
 
 
 def _report(args, configs, models, runs):
@@ -77,6 +84,7 @@ def _report(args, configs, models, runs):
               f"{med[name]:11.2f}{min(times):9.2f}"
               f"{B * T / (med[name] / 1e3):9.0f}{flops / (med[name] / 1e3) / 1e9:9.2f}")
     print(f"ratio tiny-moe / dense step (equal active FLOPs): {med['tiny-moe'] / med['dense']:.2f}x")
+    record_target("moe_step", med["tiny-moe"] / med["dense"])
     status = 0
     for label, *_ in MOE_SHAPES:
         twin = f"{label} (torch loop)"

@@ -1,5 +1,6 @@
-"""Where the time of a tinysparse training step goes, per Function forward and backward
-(`python -m tinysparse bench --profile`)."""
+"""Where the time goes (`python -m tinysparse bench --profile`): per Function forward and
+backward for a training step (profile_steps) or any other call, such as a sampling run
+(profile_calls); the MoE layer's per-primitive table is moe/timing.py's."""
 import cProfile
 import pstats
 
@@ -17,46 +18,78 @@ def _subclasses(cls):
     return [d for sub in cls.__subclasses__() for d in [sub, *_subclasses(sub)]]
 
 
-def profile_steps(model, opt, idx, targets, steps, top=15):
-    """Run `steps` tinysparse steps under cProfile; print the time per Function forward/backward.
-
-    Cumulative time is used, not tottime: a Function's forward calls NumPy methods (.sum,
-    .reshape) that cProfile lists as entries of their own, and they are that Function's cost.
-    """
+def _profiled(run, steps):
+    """pstats' table {(file, line, name): (calls, ncalls, tottime, cumtime, callers)} of `steps`
+    calls of run(), and a function cum(fn) -> fn's cumulative seconds in it."""
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(steps):
-        step(model, opt, idx, targets)
+        run()
     prof.disable()
-    stats = pstats.Stats(prof).stats   # {(file, line, name): (calls, ncalls, tottime, cumtime, callers)}
-    cum = lambda fn: stats.get(_key(fn), (0, 0, 0, 0.0))[3]  # noqa: E731
-    total = cum(step)
+    stats = pstats.Stats(prof).stats
+    return stats, lambda fn: stats.get(_key(fn), (0, 0, 0, 0.0))[3]
+
+
+def _function_rows(stats):
+    """{'Class.forward' | 'Class.backward': seconds}. Cumulative time is used, not tottime: a
+    Function's forward calls NumPy methods (.sum, .reshape) that cProfile lists as entries of
+    their own, and they are that Function's cost. A fused Function may call another's forward
+    or backward (PackedCausalAttention -> Attention): only the calls from outside any Function
+    count, so the time goes to the outermost one."""
     phases = {_key(vars(cls)[phase]): f"{cls.__name__}.{phase}" for cls in _subclasses(Function)
               for phase in ("forward", "backward") if phase in vars(cls)}
-    # A fused Function may call another's forward/backward (PackedCausalAttention -> Attention):
-    # count only the calls from outside any Function, so the time goes to the outermost one.
     rows = {}
     for key, name in phases.items():
         callers = stats.get(key, (0, 0, 0, 0, {}))[4]
         t = sum(c[3] for caller, c in callers.items() if caller not in phases)
         if t > 0:
             rows[name] = t
-    fwd = sum(t for name, t in rows.items() if name.endswith("forward"))
-    bwd = sum(t for name, t in rows.items() if name.endswith("backward"))
-    # the engine: graph recording around each forward, and the backward walk around each backward
-    engine = max(0.0, cum(vars(Function).get("apply")) - fwd) + max(0.0, cum(Tensor.backward) - bwd)
-    optimizer = cum(type(opt).step) + cum(type(opt).zero_grad)
-    rest = total - fwd - bwd - engine - optimizer
-    print(f"\nprofile: {steps} tinysparse steps under cProfile, {total / steps * 1e3:.1f} ms/step "
-          f"(the profiler's overhead inflates the Python-heavy parts)")
-    print(f"  Functions: forward {fwd / total:.0%}, backward {bwd / total:.0%} of the step")
-    print(f"  {'where the time goes':<38}{'ms/step':>9}{'share':>8}")
+    return rows
+
+
+def _print_rows(rows, extra, total, steps, top, unit):
+    print(f"  {'where the time goes':<38}{unit:>9}{'share':>8}")
     line = lambda name, t: print(f"  {name:<38}{t / steps * 1e3:9.2f}{t / total:8.1%}")  # noqa: E731
     ranked = sorted(rows.items(), key=lambda kv: -kv[1])
     for name, t in ranked[:top]:
         line(name, t)
     if len(ranked) > top:
         line(f"({len(ranked) - top} more Function entries)", sum(t for _, t in ranked[top:]))
-    line("engine (tensor.py backward/apply)", engine)
-    line(f"optimizer ({type(opt).__name__} step, zero_grad)", optimizer)
-    line("model code (nn/gpt Python, the rest)", rest)
+    for name, t in extra:
+        line(name, t)
+
+
+def profile_steps(model, opt, idx, targets, steps, top=15, label="tinysparse"):
+    """Run `steps` training steps under cProfile; print the time per Function forward/backward,
+    the engine's own, the optimizer's and the rest."""
+    stats, cum = _profiled(lambda: step(model, opt, idx, targets), steps)
+    total = cum(step)
+    rows = _function_rows(stats)
+    fwd = sum(t for name, t in rows.items() if name.endswith("forward"))
+    bwd = sum(t for name, t in rows.items() if name.endswith("backward"))
+    # the engine: graph recording around each forward, and the backward walk around each backward
+    engine = max(0.0, cum(vars(Function).get("apply")) - fwd) + max(0.0, cum(Tensor.backward) - bwd)
+    optimizer = cum(type(opt).step) + cum(type(opt).zero_grad)
+    rest = total - fwd - bwd - engine - optimizer
+    print(f"\nprofile: {steps} {label} steps under cProfile, {total / steps * 1e3:.1f} ms/step "
+          f"(the profiler's overhead inflates the Python-heavy parts)")
+    print(f"  Functions: forward {fwd / total:.0%}, backward {bwd / total:.0%} of the step")
+    _print_rows(rows, [("engine (tensor.py backward/apply)", engine),
+                       (f"optimizer ({type(opt).__name__} step, zero_grad)", optimizer),
+                       ("model code (nn/gpt Python, the rest)", rest)], total, steps, top,
+                "ms/step")
+
+
+def profile_calls(run, steps, what, per, top=12):
+    """Run `steps` calls of run() under cProfile (a sampling run, say); print the time per
+    Function, the engine's graph bookkeeping, and the rest (model and sampling-loop Python)."""
+    stats, cum = _profiled(run, steps)
+    total = sum(v[2] for v in stats.values())                       # every function's own time
+    rows = _function_rows(stats)
+    engine = max(0.0, cum(vars(Function).get("apply")) - sum(rows.values()))
+    rest = total - sum(rows.values()) - engine
+    print(f"\nprofile: {steps} {what} under cProfile, {total / steps * 1e3:.1f} ms per call "
+          f"({per}; the profiler's overhead inflates the Python-heavy parts)")
+    _print_rows(rows, [("engine (Function.apply around forwards)", engine),
+                       ("the rest (model, checks, sampling loop)", rest)], total, steps, top,
+                "ms/call")

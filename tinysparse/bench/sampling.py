@@ -23,7 +23,9 @@ import numpy as np
 
 from ..engine import random as ts_random
 from ..gpt import GPTConfig
+from .targets import record as record_target
 from .common import build_model, import_torch, threads
+from .profile import profile_calls
 from .torch_decode import torch_greedy_generate
 from .torch_twins import build_torch_twin
 
@@ -90,9 +92,27 @@ def run_torch_sampling(args, model):
         for n_new in (model.config.block_size - 1, 4 * model.config.block_size):
             times, tokens = torch_sampling_speed(model, twin, n_new, args.iters, args.settle)
             rate = {k: n_new / float(np.median(v)) for k, v in times.items()}
+            record_target("decode_short" if n_new < model.config.block_size else "decode_long",
+                           rate["tinysparse"] / rate["pytorch"])
             print(f"{n_new:>10}{rate['tinysparse']:>18.0f}{rate['pytorch']:>15.0f}"
                   f"{rate['tinysparse'] / rate['pytorch']:>7.2f}x"
                   f"{_first_difference(tokens['tinysparse'], tokens['pytorch']):>13}")
+
+
+def _config(args, **extra):
+    return GPTConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
+                     n_embd=args.n_embd, block_size=args.block_size, **extra)
+
+
+def run_decode_bench(args):
+    """--suite decode: only the dense model's cached greedy sampling against its PyTorch twin."""
+    model = build_model(_config(args)).eval()
+    run_torch_sampling(args, model)
+    if args.profile:
+        profile_calls(lambda: _timed_generate(model, model.config.block_size - 1, True, top_k=1),
+                      steps=max(1, args.iters // 4), what="cached greedy generate calls",
+                      per=f"{model.config.block_size - 1} tokens")
+    return 0
 
 
 def run_sampling_bench(args):
@@ -105,8 +125,7 @@ def run_sampling_bench(args):
         for name, extra in MODELS.items():
             if "mod_capacity" in extra:              # every other block; the only one of a 1-layer model
                 extra = {**extra, "mod_every": min(2, args.n_layer)}
-            config = GPTConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
-                               n_embd=args.n_embd, block_size=args.block_size, **extra)
+            config = _config(args, **extra)
             model = build_model(config).eval()
             for n_new in (config.block_size - 1, 4 * config.block_size):
                 times, same = sampling_speed(model, n_new, args.iters, args.settle)
