@@ -123,14 +123,26 @@ class AdamW(Optimizer):
     Parameters with fewer than two dimensions (biases, layer-norm gains) are not decayed unless
     decay_1d=True, as in nanoGPT: shrinking a gain toward 0 is not a useful prior.
 
+    fused: None (default) updates NumPy float32/float64 parameters in one compiled pass
+    (optim_kernels.py: the same float operations in the same order, so bitwise the same
+    numbers) and anything else (CuPy, float16, non-contiguous arrays) with the array code
+    below; False always runs the array code; True is None that insists numba imports.
+
     Ranges (ValueError otherwise): lr > 0, betas each in [0, 1), eps > 0 (0 would make a
     parameter whose gradient is always 0 NaN: 0/0), weight_decay >= 0 with lr * weight_decay < 1
     (the factor 1 - lr*wd must keep a weight's sign).
     """
 
     def __init__(self, params, lr=3e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
-                 decay_1d=False):
+                 decay_1d=False, fused=None):
         super().__init__(params, lr)
+        if fused not in (None, True, False):
+            raise ValueError(f"AdamW fused={fused!r} must be None (the compiled loop where it "
+                             f"applies), True or False (always the array code)")
+        if fused and _compiled_adamw() is None:
+            raise ValueError("AdamW fused=True needs numba, which does not import here; "
+                             "pass fused=None or False")
+        self.fused = fused
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise TypeError(f"AdamW betas must be a pair (beta1, beta2), got {betas!r}")
         for i, b in enumerate(betas):
@@ -157,11 +169,20 @@ class AdamW(Optimizer):
         # fold the bias corrections into the step size and epsilon (same numbers, fewer ops)
         step_size = self.lr / (1 - b1 ** t)
         sqrt_bc2 = math.sqrt(1 - b2 ** t)
+        kernel = _compiled_adamw() if self.fused is not False else None
         for p, m, v in zip(self.params, self.m, self.v):
             g = p.grad
             if g is None:
                 continue
-            if self.weight_decay and (self.decay_1d or p.ndim >= 2):
+            decays = bool(self.weight_decay and (self.decay_1d or p.ndim >= 2))
+            if kernel is not None and _fusable(p.data, g, m, v):
+                # the same operations in the same order, one pass (optim_kernels.py)
+                dt = p.data.dtype.type
+                kernel(p.data.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
+                       dt(1 - self.lr * self.weight_decay), dt(b1), dt(1 - b1), dt(b2),
+                       dt(1 - b2), dt(sqrt_bc2), dt(self.eps), dt(step_size), decays)
+                continue
+            if decays:
                 p.data *= 1 - self.lr * self.weight_decay
             m *= b1
             m += (1 - b1) * g
@@ -171,6 +192,30 @@ class AdamW(Optimizer):
             denom /= sqrt_bc2
             denom += self.eps
             p.data -= step_size * (m / denom)
+
+
+def _compiled_adamw():
+    """optim_kernels.adamw_kernel, or None where numba does not import (imported on first use:
+    numba takes a while to load, and the array code needs none of it)."""
+    global _ADAMW_KERNEL
+    if _ADAMW_KERNEL is None:
+        try:
+            from .optim_kernels import adamw_kernel
+        except ImportError:
+            adamw_kernel = False
+        _ADAMW_KERNEL = adamw_kernel
+    return _ADAMW_KERNEL or None
+
+
+_ADAMW_KERNEL = None
+
+
+def _fusable(*arrays):
+    """The compiled loop's arrays: NumPy, C-contiguous (their flat views write through), all of
+    one dtype, float32 or float64."""
+    dtype = arrays[0].dtype
+    return dtype in (np.float32, np.float64) and all(
+        type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous for a in arrays)
 
 
 def cosine_lr(step, max_lr, warmup_steps, max_steps, min_lr=0.0):
