@@ -51,6 +51,11 @@ def _padded(x, w, offsets):
     return np.matmul(xp.reshape(len(counts), cap, -1), w).reshape(len(counts) * cap, -1)[rows]
 
 
+def _intensity(m, k, n, itemsize=4):
+    """FLOPs per byte of an (m, k) @ (k, n) GEMM that reads A and B once and writes C once."""
+    return 2 * m * k * n / (itemsize * (m * k + k * n + m * n))
+
+
 def _per_expert(x, w, offsets):
     out = np.empty((x.shape[0], w.shape[2]), dtype=x.dtype)
     for e, lo, hi in expert_segments(offsets):
@@ -141,5 +146,10 @@ def run_grouped_bench(args):
         print(f"BLAS (NumPy float32, best of) at one expert's shape ({rows}x{C} @ {C}x{d}): "
               f"{expert:.1f} GFLOP/s; at the dense shape ({T}x{C} @ {C}x{TOP_K * d}): "
               f"{dense:.1f} GFLOP/s ({dense / expert:.2f}x)")
+        print(f"arithmetic intensity (float32, each operand read once, the output written once): "
+              f"one expert's GEMM {_intensity(rows, C, d):.0f} FLOP/byte, the dense GEMM "
+              f"{_intensity(T, C, TOP_K * d):.0f} FLOP/byte; {E} calls of "
+              f"{2 * rows * C * d / 1e6:.2f} MFLOP each against one of "
+              f"{2 * T * C * TOP_K * d / 1e6:.0f} MFLOP")
         _check_awkward(C, d, rng, max(2, args.iters // 4))
     return 0
