@@ -134,17 +134,23 @@ def run_grouped_bench(args):
               f"({T * TOP_K} rows, ~{T * TOP_K // E} per expert), {args.threads} threads, "
               f"numba default flavour here: {flavour}; median of {args.iters} calls taking turns")
         print(f"{'':<10}" + "".join(f"{name:>17}" for name in calls["forward"]))
+        best = {}
         for direction, per in calls.items():
-            med = {n: float(np.median(t)) for n, t in
-                   time_calls(per, args.warmup, max(args.iters, 5)).items()}
+            times = time_calls(per, args.warmup, max(args.iters, 5))
+            med = {n: float(np.median(t)) for n, t in times.items()}
+            best[direction] = {n: min(t) for n, t in times.items()}
             cells = {n: f"{med[n]:.2f} ms {med[n] / med['dense']:.1f}x" for n in med}
             print(f"{direction:<10}" + "".join(f"{cells.get(n, '-'):>17}" for n in calls["forward"]))
             record_target({"forward": "gmm_fwd", "dX": "gmm_dx", "dW": "gmm_dw"}[direction],
                            med["numba (default)"] / med["dense"])
         rows = max(1, T * TOP_K // E)
+        flop = 2.0 * T * TOP_K * C * d
+        loop, one = (flop / (best["forward"][n] / 1e3) / 1e9 for n in ("per-expert BLAS", "dense"))
+        print(f"forward, best of the calls above: the {E} per-expert BLAS calls {loop:.1f} GFLOP/s, "
+              f"the dense matmul {one:.1f} GFLOP/s ({one / loop:.2f}x)")
         expert, dense = matmul_gflops(rows, C, d), matmul_gflops(T, C, TOP_K * d)
-        print(f"BLAS (NumPy float32, best of) at one expert's shape ({rows}x{C} @ {C}x{d}): "
-              f"{expert:.1f} GFLOP/s; at the dense shape ({T}x{C} @ {C}x{TOP_K * d}): "
+        print(f"one shape alone, the same operands again and again (warm caches; best of): "
+              f"{rows}x{C} @ {C}x{d} {expert:.1f} GFLOP/s; the dense shape ({T}x{C} @ {C}x{TOP_K * d}): "
               f"{dense:.1f} GFLOP/s ({dense / expert:.2f}x)")
         print(f"arithmetic intensity (float32, each operand read once, the output written once): "
               f"one expert's GEMM {_intensity(rows, C, d):.0f} FLOP/byte, the dense GEMM "
