@@ -245,7 +245,7 @@ def test_profile_covers_the_moe_step_and_the_dispatch_primitives(capsys):
     out = capsys.readouterr().out
     assert "tiny-moe steps under cProfile" in out and "GroupedLinear.backward" in out
     primitives = out[out.index("profile: dispatch primitives"):].splitlines()
-    assert primitives[1].split() == ["primitive", "numpy", "numba"]
+    assert primitives[1].split() == ["primitive", "numpy", "numba"]   # registered ones left out
     assert [line.split()[0] for line in primitives[2:11]] == [
         "plan", "gather", "scatter", "grouped_mm", "grouped_mm_dx", "grouped_mm_dw", "combine",
         "combine_backward", "total"]

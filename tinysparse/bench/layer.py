@@ -126,8 +126,10 @@ def run_layer_bench(args):
 
 
 def _profile_primitives(args, backends):
-    """Where the fine-grained layer's dispatch time goes: every primitive, each backend."""
+    """Where the fine-grained layer's dispatch time goes: every primitive, the reference (numpy)
+    and the kernels (numba; backends a caller registered are left out)."""
     C = args.n_embd
+    backends = [name for name in backends if name in ("numpy", "numba")]
     print(f"\nprofile: dispatch primitives of E64 top-8 dC/2, T={args.layer_tokens}, n_embd {C}, "
           f"{args.threads} threads, median ms (grouped_mm, _dx, _dw: both of an expert's matmuls)")
     print_primitives(time_primitives(backends, T=args.layer_tokens, n_embd=C, n_expert=64,
