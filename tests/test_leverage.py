@@ -72,3 +72,39 @@ def test_bad_frontier_points_are_refused(points):
 def test_a_sparse_run_without_flops_is_refused():
     with pytest.raises(ValueError, match="sparse_flops"):
         training_leverage(dense_frontier(POINTS), 3.0, 0)
+
+
+def test_small_positive_values_are_valid_and_zero_is_not():
+    # log-log needs > 0, not > 1: FLOPs, losses and costs below 1 are fine (nats, GFLOP units)
+    frontier = dense_frontier([(0.5, 0.8), (0.25, 0.9)])
+    assert frontier == [(0.25, 0.9), (0.5, 0.8)]
+    assert at_loss([0.5, 0.9], [0.5, 0.2], 0.9) == (pytest.approx(0.2), INTERPOLATED)
+    lev = training_leverage(frontier, 0.85, 0.5)
+    assert lev.loss == 0.85 and lev.sparse_flops == 0.5 and lev.kind == INTERPOLATED
+    assert lev.leverage == pytest.approx(lev.dense_flops / 0.5)
+    with pytest.raises(ValueError, match="frontier points must be positive and finite"):
+        dense_frontier([(1e9, 0.0)])
+
+
+@pytest.mark.parametrize("losses, values, loss", [
+    ([0.0, 2.0], [1.0, 2.0], 1.0),       # a loss of zero
+    ([1.0, 2.0], [0.0, 2.0], 1.5),       # a value of zero
+    ([1.0, 2.0], [1.0, 2.0], 0.0),       # the loss asked for is zero
+])
+def test_at_loss_refuses_what_log_log_cannot_take(losses, values, loss):
+    with pytest.raises(ValueError, match="losses and values must be positive"):
+        at_loss(losses, values, loss)
+    with pytest.raises(ValueError, match="at_loss needs at least one"):
+        at_loss([], [], 1.0)
+
+
+def test_two_models_are_enough_to_extrapolate():
+    # one segment, (loss 2, 1e6) - (loss 4, 1e5): loss 1 lies one log-step beyond loss 2
+    value, kind = at_loss([2.0, 4.0], [1e6, 1e5], 1.0)
+    assert kind == EXTRAPOLATED and value == pytest.approx(1e7)
+    value, kind = at_loss([2.0, 4.0], [1e6, 1e5], 8.0)
+    assert kind == EXTRAPOLATED and value == pytest.approx(1e4)
+
+
+def test_an_equal_loss_at_more_flops_is_not_on_the_frontier():
+    assert dense_frontier([(1e9, 3.0), (2e9, 3.0), (4e9, 2.0)]) == [(1e9, 3.0), (4e9, 2.0)]

@@ -59,6 +59,9 @@ TESTS = {
                                    "tests/test_moe.py"],
     "tinysparse/moe/router.py": ["tests/test_router.py", "tests/test_moe.py",
                                  "tests/test_router_topk.py"],
+    "tinysparse/ledger/leverage.py": ["tests/test_leverage.py"],
+    "tinysparse/ledger/compare.py": ["tests/test_vs_dense.py"],
+    "tinysparse/parallel/cost.py": ["tests/test_parallel_cost.py"],
 }
 # Whole-program tests (every chapter script, benchmarks, PyTorch parity): minutes each, and
 # every mutant would rerun them. Left out of the fallback selection.
