@@ -1,8 +1,8 @@
 """The command line, run as a user runs it: `python -m tinysparse ...` in a subprocess.
 
 Bad input must end with a non-zero status and ONE line on stderr, "error: <problem>; <fix>",
-never a traceback. argparse's own errors (unknown choice, not a number) keep argparse's format:
-a usage line and "tinysparse ...: error: ...", status 2.
+never a traceback. argparse's own errors (unknown choice, not a number) are one line too,
+"error: tinysparse ...: <argparse's message>; see `python -m tinysparse ... --help`", status 2.
 """
 import os
 import re
@@ -44,9 +44,10 @@ def assert_one_line_error(proc, *words):
 def assert_usage_error(proc, *words):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert lines[0].startswith("usage: tinysparse") and "error: " in lines[-1], proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: tinysparse"), proc.stderr
+    assert lines[0].endswith("--help`"), proc.stderr
     for w in words:
-        assert w in lines[-1]
+        assert w in lines[0]
 
 
 @pytest.fixture(scope="module")

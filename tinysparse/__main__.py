@@ -52,6 +52,15 @@ class UsageError(ValueError):
     """Bad combination of flags, found after parsing."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistyped flag or value costs one line, not the whole usage (train's runs
+    to 30 lines): "error: tinysparse train: argument --preset: invalid choice ...; see ... --help",
+    status 2 as argparse's own."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message}; see `python -m {self.prog} --help`\n")
+
+
 def _field_docs(cls):
     """{field: the comment after it in the class source, with its continuation lines}: the help
     text of each flag, so the comments in the dataclass are the documentation in one place."""
@@ -96,7 +105,7 @@ def _add_config_flags(group, cls):
 
 
 def build_parser(bench_arguments=None):
-    parser = argparse.ArgumentParser(prog="tinysparse", description="Train and sample tiny GPTs "
+    parser = _Parser(prog="tinysparse", description="Train and sample tiny GPTs "
                                      "(and, later, sparse models) on a from-scratch NumPy engine.")
     parser.add_argument("--version", action="version", version=f"tinysparse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True,
@@ -128,7 +137,8 @@ def build_parser(bench_arguments=None):
     sa = sub.add_parser("sample", help="print text from a trained run",
                         description="Sample text from the checkpoint of a training run.")
     sa.add_argument("--out-dir", default=PRESETS["tiny"]["train"]["out_dir"],
-                    help="run folder to load (default: the tiny preset's, where `make train` saves)")
+                    help="run folder to load (default: out/tiny, the tiny preset's, where `train` "
+                         "with no --preset saves; `make sample` passes out/$(PRESET))")
     sa.add_argument("--prompt", default="\n", help="text to continue; \\n and \\t are newline and "
                     "tab (default: a newline)")
     sa.add_argument("--max-new-tokens", type=int, default=500, help="bytes to generate (default 500)")
@@ -159,7 +169,8 @@ def build_parser(bench_arguments=None):
                         "energy, the analytic estimate, a roofline and, for a MoE, weight bytes "
                         "against batch size.")
     le.add_argument("--out-dir", default=PRESETS["tiny"]["train"]["out_dir"],
-                    help="run folder to load (default: the tiny preset's)")
+                    help="run folder to load (default: out/tiny, the tiny preset's; `make "
+                         "ledger` passes out/$(PRESET))")
     le.add_argument("--batch-size", type=int, default=8,
                     help="validation windows of block_size tokens to count (default 8)")
     le.add_argument("--train-step", action="store_true",
@@ -264,11 +275,11 @@ def _parallel_line(summary):
     steps, sec = max(c["steps"], 1), c["step_seconds"]
     a2a = sec.get("Alltoallv of token rows", 0.0) + sec.get("alltoall of counts", 0.0)
     reduce = sec.get("all-reduce (Allgather)", 0.0)
-    imbalance = (f"{c['imbalance_mean']:.2f} mean, {c['imbalance_max']:.2f} worst"
+    imbalance = (f"{c['imbalance_mean']:.2f} on average, {c['imbalance_max']:.2f} at worst"
                  if c["imbalance_mean"] is not None else "no tokens")
     return (f"expert parallel on {c['world_size']} ranks (rank 0): sent {sent['forward']:.0f} + "
             f"{sent['backward']:.0f} bytes per token per MoE layer (forward + backward), "
-            f"rows per rank max/mean {imbalance}; per step {1e3 * a2a / steps:.1f} ms in "
+            f"imbalance (most rows a rank received / the mean) {imbalance}; per step {1e3 * a2a / steps:.1f} ms in "
             f"all-to-all and {1e3 * reduce / steps:.1f} ms in all-reduce (waiting included) of "
             f"{1e3 * summary['train_time_s'] / steps:.1f} ms")
 
