@@ -6,6 +6,7 @@ float64 tiny configurations, a few steps, each launch under a timeout so a hang 
 They skip, with the reason, where mpi4py or mpiexec is missing (the `parallel` extra; CI has it).
 """
 import json
+import dataclasses
 import os
 import subprocess
 import sys
@@ -300,3 +301,15 @@ def test_cli_parallel_with_vs_dense_is_refused_in_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "error: --vs-dense trains its dense reference in one process; drop it with --parallel "
         "expert (or train the two runs apart)"]
+
+
+def test_warnings_are_said_once_by_the_rank_that_writes(tmp_path, capsys):
+    from tinysparse.training import loop
+    mcfg, tcfg = parallel_worker.tiny_configs(str(tmp_path), 2, 4)
+    tcfg = dataclasses.replace(tcfg, warmup_iters=5)             # never leaves warm-up: a warning
+    for writes, said in [(True, 1), (False, 0)]:                 # rank 0 / any other rank
+        run = loop.TrainingRun(mcfg, tcfg)
+        run.writes = writes
+        run.loop, run.finish = (lambda: None), (lambda _: "finished")
+        assert loop.run_training(run) == "finished"
+        assert capsys.readouterr().err.count("warning: --max-iters 2 is below --warmup-iters 5") == said

@@ -414,6 +414,7 @@ def run_training(run):
           f"{run.mcfg.block_size} tokens, run folder {cfg.out_dir}"
           + (" (resumed)" if run.resumed else ""), flush=True)
     for warning in cfg.warnings() + [causality_warning(run.mcfg)]:
-        if warning:                     # valid settings that are probably not meant
+        if warning and run.writes:      # valid settings that are probably not meant (said once
+                                        # by the rank that writes, not by every rank)
             print(f"warning: {warning}", file=sys.stderr, flush=True)
     return run.finish(run.loop())
