@@ -87,29 +87,28 @@ def test_a_save_removes_old_arrays_and_leftovers_but_nothing_else(ckpt_run, monk
     assert refused and load_checkpoint(str(ckpt_run))["step"] == 6
 
 
-def test_an_unreadable_checkpoint_is_refused_naming_the_fix(ckpt_run, monkeypatch):
+def _forbid_reading(monkeypatch, forbidden):
+    """open() raises PermissionError for every path where forbidden(path) is true."""
     real_open = builtins.open
 
     def no_read(path, *args, **kwargs):
-        if str(path).endswith(CKPT_NAME):
+        if forbidden(str(path)):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", no_read)
+
+
+def test_an_unreadable_checkpoint_is_refused_naming_the_fix(ckpt_run, monkeypatch):
+    _forbid_reading(monkeypatch, lambda path: path.endswith(CKPT_NAME))
     with pytest.raises(CheckpointError, match=r"ckpt.json cannot be read \(Permission denied\); "
                                               r"check the checkpoint's permissions$"):
         load_checkpoint(str(ckpt_run))
 
 
 def test_an_unreadable_arrays_file_is_refused_naming_the_fix(ckpt_run, monkeypatch):
-    real_open, arrays = builtins.open, str(arrays_path(ckpt_run))
-
-    def no_read(path, *args, **kwargs):
-        if str(path) == arrays:
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", no_read)
+    arrays = str(arrays_path(ckpt_run))
+    _forbid_reading(monkeypatch, lambda path: path == arrays)
     with pytest.raises(CheckpointError, match=r"\.safetensors cannot be read \(Permission denied\); "
                                               r"check the arrays file's permissions$"):
         load_checkpoint(str(ckpt_run))

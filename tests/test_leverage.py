@@ -94,6 +94,9 @@ def test_small_positive_values_are_valid_and_zero_is_not():
 def test_at_loss_refuses_what_log_log_cannot_take(losses, values, loss):
     with pytest.raises(ValueError, match="losses and values must be positive"):
         at_loss(losses, values, loss)
+
+
+def test_at_loss_without_models_is_refused():
     with pytest.raises(ValueError, match="at_loss needs at least one"):
         at_loss([], [], 1.0)
 
