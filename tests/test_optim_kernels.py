@@ -96,3 +96,17 @@ def test_training_steps_of_a_gpt_are_bitwise_the_same_either_way(extra):
             opt.step()
         finals.append({n: p.data.tobytes() for n, p in model.named_parameters()})
     assert finals[0] == finals[1]
+
+
+def test_a_division_by_zero_gives_what_the_array_code_gives_not_an_exception():
+    """eps = 1e-50 passes AdamW's check (> 0) but rounds to 0 in float32: with a zero gradient
+    the step divides 0 by 0. The array code makes nan; so must the loop (IEEE division,
+    error_model='numpy'), where Numba's default raised ZeroDivisionError."""
+    runs = _pair(np.float32, [(5,)], lr=1e-2, eps=1e-50)
+    for params, opt in runs:
+        params[0].grad = np.zeros(5, np.float32)
+        with np.errstate(invalid="ignore"):
+            opt.step()
+    (ref, _), (new, _) = runs
+    assert np.isnan(ref[0].data).all()
+    np.testing.assert_array_equal(ref[0].data, new[0].data)

@@ -15,12 +15,26 @@ import functools
 import numpy as np
 
 from .. import optim
+from ..engine.functional import GELU
 from ..gpt import GPTConfig
 from .common import (LOSS_TOLERANCE, build_model, fixed_batch, import_torch, matmul_gflops, step,
                      threads, time_alternating)
 from .targets import record as record_target
 from .profile import profile_steps
 from .torch_twins import LR, WEIGHT_DECAY, build_torch_twin, torch_adamw
+
+
+ARRAY_CODE = "ts array code"   # the row of tinysparse with its @njit loops off: the "before"
+
+
+def array_code_step(model, opt, idx, targets):
+    """One step with the compiled loops off: GELU's array code, and AdamW's when opt was made
+    with fused=False. Timed beside the default step, it measures what the loops buy."""
+    saved, GELU.compiled = GELU.compiled, False
+    try:
+        return step(model, opt, idx, targets)
+    finally:
+        GELU.compiled = saved
 
 
 def _report(config, args, runs, peak, gemm, flops_step, params):
@@ -38,6 +52,9 @@ def _report(config, args, runs, peak, gemm, flops_step, params):
         print(f"{name:<14}{med[name]:11.2f}{min(times):10.2f}{B * T / (med[name] / 1e3):10.0f}"
               f"{achieved:10.2f}{achieved / peak:8.1%}")
     status = 0
+    if ARRAY_CODE in runs:
+        print(f"@njit loops (GELU forward and backward, AdamW): a step takes "
+              f"{med['tinysparse'] / med[ARRAY_CODE]:.2f}x the array code's time (median)")
     if "pytorch" in runs:
         (ts_times, ts_loss), (pt_times, pt_loss) = runs["tinysparse"], runs["pytorch"]
         record_target("step", med["tinysparse"] / med["pytorch"])
@@ -65,6 +82,10 @@ def run_dense_bench(args):
     idx, targets = fixed_batch(config, B)
     steps = {"tinysparse": functools.partial(
         step, model, optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY), idx, targets)}
+    baseline = build_model(config)
+    steps[ARRAY_CODE] = functools.partial(
+        array_code_step, baseline,
+        optim.AdamW(baseline.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=False), idx, targets)
     torch = import_torch(args)
     if torch:                                      # built before any step: the weights are still equal
         twin = build_torch_twin(model)

@@ -202,9 +202,15 @@ class GELU(Function):
     # s and s (1 - s) = e r^2 come from ops.sigmoid_parts (exact in both tails: gelu(-10) is
     # -1.0e-37, not 0), and u is computed from x clipped to +-30, where s is already exactly 0 or 1:
     # x^3 and x^2 never overflow (gelu'(1e20) in float32 was inf * 0 = nan; it is 1).
+    compiled = True   # the @njit loops of gelu_kernels.py on NumPy arrays (same bits); False: arrays only
+
     @staticmethod
     def forward(ctx, x):
-        xc = array_module(x).clip(x, -_GELU_SATURATED, _GELU_SATURATED)
+        kernels = GELU._kernels(x)
+        if kernels is not None:
+            return GELU._forward_compiled(ctx, kernels, x)
+        xp = array_module(x)
+        xc = xp.minimum(xp.maximum(x, -_GELU_SATURATED), _GELU_SATURATED)   # np.clip's values, faster
         two_u = xc * xc
         two_u *= 0.044715
         two_u += 1.0
@@ -217,6 +223,13 @@ class GELU(Function):
     @staticmethod
     def backward(ctx, grad):
         xc, e = ctx.saved
+        kernels = GELU._kernels(xc, grad)
+        if kernels is not None:
+            dt = xc.dtype.type
+            out = np.empty_like(xc)
+            kernels.gelu_backward(xc.reshape(-1), e.reshape(-1), grad.reshape(-1), out.reshape(-1),
+                                  dt(1.0), dt(3 * 0.044715), dt(2.0 * _SQRT_2_OVER_PI))
+            return out
         r = 1.0 / (1.0 + e)
         s = sigmoid_from_parts(xc >= 0, e, r)
         slope = xc * xc                                      # x * s(1-s) * d(2u)/dx, in place:
@@ -229,6 +242,45 @@ class GELU(Function):
         slope += s
         slope *= grad
         return slope
+
+    @staticmethod
+    def _forward_compiled(ctx, kernels, x):
+        """The forward above in three passes: 2u and the clip, NumPy's exp in place, the output."""
+        dt = x.dtype.type
+        xc, e, out = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+        flat_x, flat_xc, flat_e = x.reshape(-1), xc.reshape(-1), e.reshape(-1)
+        kernels.gelu_two_u(flat_x, flat_xc, flat_e, dt(_GELU_SATURATED), dt(0.044715), dt(1.0),
+                           dt(2.0 * _SQRT_2_OVER_PI))                 # e holds -|2u| for now
+        np.exp(e, out=e)
+        kernels.gelu_output(flat_x, flat_xc, flat_e, out.reshape(-1), dt(1.0))
+        ctx.save_for_backward(xc, e)
+        return out
+
+    @staticmethod
+    def _kernels(*arrays):
+        """gelu_kernels (imported on first use: numba takes a while to load), or None where the
+        array code runs: GELU.compiled off, numba missing, CuPy arrays, mixed or other dtypes
+        (float16 arrives here as float32), or arrays that are not C-contiguous."""
+        global _GELU_KERNELS
+        if not GELU.compiled:
+            return None
+        dtype = arrays[0].dtype
+        if dtype not in _KERNEL_DTYPES:
+            return None
+        for a in arrays:
+            if a.__class__ is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
+                return None
+        if _GELU_KERNELS is None:
+            try:
+                from . import gelu_kernels
+            except ImportError:
+                gelu_kernels = False
+            _GELU_KERNELS = gelu_kernels
+        return _GELU_KERNELS or None
+
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_GELU_KERNELS = None    # the module gelu_kernels once imported; False if numba does not import
 
 
 def gelu(x):
