@@ -130,3 +130,45 @@ def test_unwritten_cache_entries_are_not_attended_to():
         y = cached_attention(ts.Tensor(qkv[:, 3:]), nh, layer, 3, keep[:, 3:]).data   # own key not kept
         ref = ts.functional.causal_self_attention(ts.Tensor(qkv[:, [0, 2, 3]]), nh).data[:, -1]
     np.testing.assert_allclose(y[:, 0], ref, rtol=1e-12, atol=1e-12)
+
+
+def test_one_token_behind_a_dense_cache_skips_the_mask_with_the_same_bits():
+    """The fast path (one new token, every earlier position written and kept) leaves the mask
+    out; forcing the masked path on a copy of the cache gives the very same bits."""
+    rng = np.random.default_rng(4)
+    B, nh, hd, T = 2, 2, 3, 6
+    qkv = rng.standard_normal((B, T, 3 * nh * hd)).astype(np.float32)
+    fast, masked = KVCache(1, 8).layers[0], KVCache(1, 8).layers[0]
+    with ts.no_grad():
+        for layer in (fast, masked):
+            cached_attention(ts.Tensor(qkv[:, :4]), nh, layer, 0)            # a prefill
+        assert fast.dense and masked.dense
+        masked.dense = False                                                # take the masked path
+        for t in (4, 5):
+            a = cached_attention(ts.Tensor(qkv[:, t:t + 1]), nh, fast, t).data
+            b = cached_attention(ts.Tensor(qkv[:, t:t + 1]), nh, masked, t).data
+            assert a.tobytes() == b.tobytes()
+        full = ts.functional.causal_self_attention(ts.Tensor(qkv), nh).data[:, 5]
+    np.testing.assert_allclose(a[:, 0], full, rtol=1e-6, atol=1e-6)
+    assert fast.dense and fast.filled == 6
+
+
+@pytest.mark.parametrize("second", ["gap", "keep", "positions"])
+def test_a_cache_stops_being_dense_at_a_gap_a_dropped_entry_or_scattered_positions(second):
+    """dense (the fast path's licence) is lost for good by a write that skips a position, comes
+    with a keep mask (even an all-True one: not checked, to spare a pass), or comes as a
+    positions array (a Mixture-of-Depths block)."""
+    rng = np.random.default_rng(5)
+    layer = KVCache(1, 8).layers[0]
+    k = rng.standard_normal((1, 2, 2, 3))
+    layer.write(k, k, 0)
+    assert layer.dense
+    if second == "gap":
+        layer.write(k, k, 3)
+    elif second == "keep":
+        layer.write(k, k, 2, keep=np.array([[True, True]]))
+    else:
+        layer.write(k, k, np.array([[2, 3]]))
+    assert not layer.dense
+    layer.write(k[:, :, :1], k[:, :, :1], 5)
+    assert not layer.dense

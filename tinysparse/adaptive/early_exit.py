@@ -111,5 +111,5 @@ def _propagate(block, h, layer_cache, start):
     B, T, C3 = qkv.shape
     nh = block.attn.n_head
     _, k, v = qkv.reshape(B, T, 3, nh, C3 // 3 // nh).transpose(2, 0, 3, 1, 4)
-    layer_cache.write(k, v, np.broadcast_to(start + np.arange(T), (B, T)))
+    layer_cache.write(k, v, start)                                  # positions start .. start+T-1
     return "propagate"

@@ -28,15 +28,26 @@ def _normalize(x, eps, scale=None):
     """
     xp = array_module(x)
     xs = x if scale is None else x / scale
+    C = x.shape[-1]
     d = xs - xs[..., :1]                                 # (..., C)
-    centered = d - d.mean(axis=-1, keepdims=True)
-    var = (centered * centered).mean(axis=-1, keepdims=True)
+    centered = d - _row_mean(d, C)
+    var = _row_mean(centered * centered, C)
     if scale is None:
         std = xp.sqrt(var + eps)
     else:
         std = xp.hypot(xp.sqrt(var), math.sqrt(eps) / scale)
     centered /= std
     return centered, 1.0 / (std if scale is None else std * scale), var
+
+
+def _row_mean(x, C):
+    """x.mean(axis=-1, keepdims=True), bit for bit (the same sum, then a division by C that
+    rounds once, as mean's does), without mean's Python-level bookkeeping: 11 us of a 1 x 128
+    row's 13 us, which a sampler pays nine times per token. float32 and float64 only (mean would
+    sum float16 in float32; Function.apply hands this Function float32 for it)."""
+    m = x.sum(axis=-1, keepdims=True)
+    m /= C
+    return m
 
 
 def _row_scale(x):
