@@ -388,3 +388,14 @@ def test_empty_inputs_give_empty_outputs():
     assert y.shape == (2, 0, 4)
     y.sum().backward()
     assert qkv.grad.shape == (2, 0, 12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(5, 1), (3, 7), (2, 4, 96), (1, 1, 128), (4, 333), (2, 4097)])
+def test_layer_norm_row_mean_is_numpys_mean_bit_for_bit(dtype, shape):
+    """normalization._row_mean (a sum and one division) stands in for x.mean(-1, keepdims=True):
+    the same bits on rows of awkward lengths and magnitudes over 40 orders."""
+    from tinysparse.engine.normalization import _row_mean
+    rng = np.random.default_rng(shape[-1])
+    x = (rng.standard_normal(shape) * 10.0 ** rng.integers(-20, 20, shape[:-1] + (1,))).astype(dtype)
+    assert _row_mean(x, shape[-1]).tobytes() == x.mean(axis=-1, keepdims=True).tobytes()
