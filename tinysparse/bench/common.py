@@ -1,5 +1,6 @@
 """What every benchmark suite shares: one training step, thread limits, a float32 matmul peak,
-alternating timed steps, seeded models and batches, and the optional torch import.
+alternating timed steps, seeded models and batches, the optional torch import, and the engine
+with its compiled loops off (the array code, timed beside them).
 
 Fairness on a busy machine: the frameworks take turns, one step each, so a burst of someone
 else's load hits both alike; the median is the headline and the min shows the quiet-machine speed.
@@ -16,6 +17,7 @@ import time
 import numpy as np
 
 from ..engine import random as ts_random
+from ..engine.functional import GELU, LayerNorm
 from ..gpt import GPT
 
 LOSS_TOLERANCE = 1e-4               # first-step losses must agree this well: same model, same numbers
@@ -29,6 +31,18 @@ def step(model, opt, idx, targets):
     loss.backward()
     opt.step()
     return loss
+
+
+@contextlib.contextmanager
+def array_code():
+    """The engine's fused Functions run their NumPy array code inside (their @njit loops off:
+    GELU and layer norm), the "before" of the loops, timed in the same run as the "after"."""
+    saved = GELU.compiled, LayerNorm.compiled
+    GELU.compiled = LayerNorm.compiled = False
+    try:
+        yield
+    finally:
+        GELU.compiled, LayerNorm.compiled = saved
 
 
 @contextlib.contextmanager

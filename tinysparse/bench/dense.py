@@ -15,9 +15,8 @@ import functools
 import numpy as np
 
 from .. import optim
-from ..engine.functional import GELU
 from ..gpt import GPTConfig
-from .common import (LOSS_TOLERANCE, build_model, fixed_batch, import_torch, matmul_gflops, step,
+from .common import (LOSS_TOLERANCE, array_code, build_model, fixed_batch, import_torch, matmul_gflops, step,
                      threads, time_alternating)
 from .targets import record as record_target
 from .profile import profile_steps
@@ -28,13 +27,10 @@ ARRAY_CODE = "ts array code"   # the row of tinysparse with its @njit loops off:
 
 
 def array_code_step(model, opt, idx, targets):
-    """One step with the compiled loops off: GELU's array code, and AdamW's when opt was made
-    with fused=False. Timed beside the default step, it measures what the loops buy."""
-    saved, GELU.compiled = GELU.compiled, False
-    try:
+    """One step with the compiled loops off: GELU's and layer norm's array code, and AdamW's
+    when opt was made with fused=False. Timed beside the default step: what the loops buy."""
+    with array_code():
         return step(model, opt, idx, targets)
-    finally:
-        GELU.compiled = saved
 
 
 def _report(config, args, runs, peak, gemm, flops_step, params):
@@ -53,7 +49,7 @@ def _report(config, args, runs, peak, gemm, flops_step, params):
               f"{achieved:10.2f}{achieved / peak:8.1%}")
     status = 0
     if ARRAY_CODE in runs:
-        print(f"@njit loops (GELU forward and backward, AdamW): a step takes "
+        print(f"@njit loops (GELU, layer norm, AdamW): a step takes "
               f"{med['tinysparse'] / med[ARRAY_CODE]:.2f}x the array code's time (median)")
     if "pytorch" in runs:
         (ts_times, ts_loss), (pt_times, pt_loss) = runs["tinysparse"], runs["pytorch"]

@@ -17,6 +17,7 @@ import numbers
 
 import numpy as np
 
+from .compiled import kernels as compiled_kernels
 from . import random as ts_random
 from .attention import Attention, PackedCausalAttention, attention, causal_self_attention  # noqa: F401
 from .normalization import LayerNorm, layer_norm  # noqa: F401
@@ -206,8 +207,8 @@ class GELU(Function):
 
     @staticmethod
     def forward(ctx, x):
-        kernels = GELU._kernels(x)
-        if kernels is not None:
+        kernels = GELU.compiled and compiled_kernels("gelu_kernels", x)
+        if kernels:
             return GELU._forward_compiled(ctx, kernels, x)
         xp = array_module(x)
         xc = xp.minimum(xp.maximum(x, -_GELU_SATURATED), _GELU_SATURATED)   # np.clip's values, faster
@@ -223,8 +224,8 @@ class GELU(Function):
     @staticmethod
     def backward(ctx, grad):
         xc, e = ctx.saved
-        kernels = GELU._kernels(xc, grad)
-        if kernels is not None:
+        kernels = GELU.compiled and compiled_kernels("gelu_kernels", xc, grad)
+        if kernels:
             dt = xc.dtype.type
             out = np.empty_like(xc)
             kernels.gelu_backward(xc.reshape(-1), e.reshape(-1), grad.reshape(-1), out.reshape(-1),
@@ -255,32 +256,6 @@ class GELU(Function):
         kernels.gelu_output(flat_x, flat_xc, flat_e, out.reshape(-1), dt(1.0))
         ctx.save_for_backward(xc, e)
         return out
-
-    @staticmethod
-    def _kernels(*arrays):
-        """gelu_kernels (imported on first use: numba takes a while to load), or None where the
-        array code runs: GELU.compiled off, numba missing, CuPy arrays, mixed or other dtypes
-        (float16 arrives here as float32), or arrays that are not C-contiguous."""
-        global _GELU_KERNELS
-        if not GELU.compiled:
-            return None
-        dtype = arrays[0].dtype
-        if dtype not in _KERNEL_DTYPES:
-            return None
-        for a in arrays:
-            if a.__class__ is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
-                return None
-        if _GELU_KERNELS is None:
-            try:
-                from . import gelu_kernels
-            except ImportError:
-                gelu_kernels = False
-            _GELU_KERNELS = gelu_kernels
-        return _GELU_KERNELS or None
-
-
-_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_GELU_KERNELS = None    # the module gelu_kernels once imported; False if numba does not import
 
 
 def gelu(x):

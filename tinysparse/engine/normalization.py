@@ -11,6 +11,7 @@ import numbers
 import numpy as np
 
 from .backend import array_module
+from .compiled import kernels as compiled_kernels
 from .tensor import Function
 
 
@@ -59,6 +60,25 @@ def _row_scale(x):
     return xp.ldexp(xp.ones(exponent.shape, x.dtype), xp.maximum(exponent - 1, 0))
 
 
+def _or_empty(parameter):
+    """A compiled loop's stand-in for a missing weight or bias (its flag says not to read it)."""
+    return np.empty(0, np.float32) if parameter is None else parameter
+
+
+def _forward_compiled(kernels, x, weight, bias, eps):
+    """(out, xhat, rstd) from layer_norm_kernels, or None when a variance overflowed (the caller
+    runs the scaled array code, as the plain array code's check would)."""
+    C = x.shape[-1]
+    dt = x.dtype.type
+    out, xhat = np.empty_like(x), np.empty_like(x)
+    rstd, var = np.empty(x.shape[:-1] + (1,), x.dtype), np.empty(x.size // C, x.dtype)
+    finite = kernels.layer_norm_forward(
+        x.reshape(-1, C), _or_empty(weight), _or_empty(bias), weight is not None,
+        bias is not None, dt(eps), dt(0), dt(1), dt(C), out.reshape(-1, C), xhat.reshape(-1, C),
+        rstd.reshape(-1), var)                                              # (R, C) views
+    return (out, xhat, rstd) if finite else None
+
+
 class LayerNorm(Function):
     # Ba, Kiros, Hinton 2016: y = (x - mean) / sqrt(var + eps) * w + b, over the last axis.
     # With xhat = (x - mean) * rstd and gh = g * w:
@@ -71,8 +91,16 @@ class LayerNorm(Function):
     # 0 / 0 or an rstd that overflows its gradient. On the CPU the plain computation runs first
     # and the scaled one only when its variance came out inf or nan (a check of one number per
     # row); on a GPU, where that check would wait for the device, the scaled one always runs.
+    compiled = True   # the @njit loops of layer_norm_kernels.py on NumPy arrays (same bits)
+
     @staticmethod
     def forward(ctx, x, weight, bias, eps=1e-5):
+        kernels = LayerNorm.compiled and x.size and compiled_kernels("layer_norm_kernels", x, weight, bias)
+        result = _forward_compiled(kernels, x, weight, bias, eps) if kernels else None
+        if result is not None:
+            out, xhat, rstd = result
+            ctx.save_for_backward(xhat, rstd, weight)
+            return out
         xp = array_module(x)
         var = None
         if xp is np and x.size:
@@ -91,10 +119,18 @@ class LayerNorm(Function):
     @staticmethod
     def backward(ctx, grad):
         xhat, rstd, weight = ctx.saved
-        gh = grad if weight is None else grad * weight
         C = xhat.shape[-1]
-        dx = rstd * (gh - gh.sum(axis=-1, keepdims=True) / C
-                     - xhat * (gh * xhat).sum(axis=-1, keepdims=True) / C)
+        kernels = LayerNorm.compiled and compiled_kernels("layer_norm_kernels", grad, xhat, rstd, weight)
+        if kernels:
+            dt = grad.dtype.type
+            dx = np.empty_like(grad)
+            kernels.layer_norm_input_grad(grad.reshape(-1, C), xhat.reshape(-1, C), rstd.reshape(-1),
+                                          _or_empty(weight), weight is not None, dt(0), dt(C),
+                                          dx.reshape(-1, C))                   # (R, C) views
+        else:
+            gh = grad if weight is None else grad * weight
+            dx = rstd * (gh - gh.sum(axis=-1, keepdims=True) / C
+                         - xhat * (gh * xhat).sum(axis=-1, keepdims=True) / C)
         rows = tuple(range(grad.ndim - 1))
         dw = (grad * xhat).sum(axis=rows) if ctx.needs_input_grad[1] else None
         db = grad.sum(axis=rows) if ctx.needs_input_grad[2] else None

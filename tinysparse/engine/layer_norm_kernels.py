@@ -1,0 +1,139 @@
+"""Layer norm's forward and its input gradient as compiled loops (Numba @njit), row by row.
+
+normalization.LayerNorm written with NumPy arrays is about nine whole-array passes forward and
+ten backward, each a temporary; on a 1 x 128 row (one sampled token) it is fourteen NumPy calls
+of about 3 us each. Here each row is read into registers and cache once per pass of the formula.
+
+Same bits as the array code. Every element goes through the same float operations in the same
+order, each rounded to the array's dtype (constants come in rounded to it; Numba leaves
+fastmath off, so there is no fused multiply-add and no reassociation). The one subtle part is
+the row sums: NumPy adds a contiguous row by pairwise summation (numpy/_core/src/umath/
+loops_utils.h.src: blocks of at most 128 summed with 8 accumulators, larger rows split in two at
+a multiple of 8), and `row_sum` is that algorithm, so a mean here is NumPy's mean to the bit.
+The sums over rows (the weight and bias gradients) stay NumPy's. tests/test_layer_norm_kernels.py
+checks the bits on awkward row lengths, and fails loudly if a NumPy release changes its sums.
+
+Imports nothing of the project (the kernels' rule, docs/ARCHITECTURE.md).
+"""
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, error_model="numpy")
+def block_sum(a, lo, n, zero):
+    """a[lo:lo+n].sum() for n <= 128, as NumPy adds a block: under 8 one by one from zero, else
+    8 accumulators over the multiples of 8, combined as a tree, then the rest one by one."""
+    if n < 8:
+        total = zero
+        for i in range(lo, lo + n):
+            total += a[i]
+        return total
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    whole = n - n % 8
+    for i in range(lo + 8, lo + whole, 8):
+        r0 += a[i]
+        r1 += a[i + 1]
+        r2 += a[i + 2]
+        r3 += a[i + 3]
+        r4 += a[i + 4]
+        r5 += a[i + 5]
+        r6 += a[i + 6]
+        r7 += a[i + 7]
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for i in range(lo + whole, lo + n):
+        total += a[i]
+    return total
+
+
+@njit(cache=True, error_model="numpy")
+def row_sum(a, lo, n, zero):
+    """a[lo:lo+n].sum() as NumPy's pairwise summation adds it (zero: 0 in a's dtype).
+
+    NumPy recurses: sum(n) = sum(first h) + sum(the rest), h = n // 2 rounded down to a multiple
+    of 8, down to blocks of at most 128. The same tree is walked here with explicit stacks, since
+    Numba cannot cache a recursive function reliably (a cached caller crashed on loading)."""
+    if n <= 128:
+        return block_sum(a, lo, n, zero)
+    depth = 128                                   # each level halves n: ample for any length
+    todo_lo = np.empty(depth, np.int64)
+    todo_n = np.empty(depth, np.int64)            # n >= 0: a range to sum; -1: add the top two
+    values = np.empty(depth, a.dtype)
+    todo_lo[0], todo_n[0] = lo, n
+    pending, done = 1, 0
+    while pending:
+        pending -= 1
+        start, count = todo_lo[pending], todo_n[pending]
+        if count < 0:                             # both halves are summed: left + right
+            done -= 1
+            values[done - 1] = values[done - 1] + values[done]
+        elif count <= 128:
+            values[done] = block_sum(a, start, count, zero)
+            done += 1
+        else:
+            half = count // 2
+            half -= half % 8
+            todo_lo[pending], todo_n[pending] = 0, -1                  # last: combine
+            todo_lo[pending + 1], todo_n[pending + 1] = start + half, count - half
+            todo_lo[pending + 2], todo_n[pending + 2] = start, half    # first: the left half
+            pending += 3
+    return values[0]
+
+
+@njit(cache=True, error_model="numpy")
+def layer_norm_forward(x, weight, bias, use_weight, use_bias, eps, zero, one, count, out, xhat,
+                       rstd, var):
+    """Rows of x (R, C): xhat = (d - mean d) / sqrt(var + eps) with d = x - x[:, :1] (the
+    shifted data of normalization._normalize), rstd = 1 / std, out = xhat * weight + bias.
+    eps, zero, one and count (C) come in x's dtype. Returns False as soon as a variance is not
+    finite (the caller then runs the scaled path)."""
+    R, C = x.shape
+    square = np.empty(C, x.dtype)
+    for r in range(R):
+        row, centered = x[r], xhat[r]
+        first = row[0]
+        for j in range(C):
+            centered[j] = row[j] - first
+        mean = (zero + row_sum(centered, 0, C, zero)) / count
+        for j in range(C):
+            c = centered[j] - mean
+            centered[j] = c
+            square[j] = c * c
+        v = (zero + row_sum(square, 0, C, zero)) / count
+        if not np.isfinite(v):
+            return False
+        std = np.sqrt(v + eps)
+        var[r] = v
+        rstd[r] = one / std
+        for j in range(C):
+            h = centered[j] / std
+            centered[j] = h
+            if use_weight:
+                h = h * weight[j]
+            if use_bias:
+                h = h + bias[j]
+            out[r, j] = h
+    return True
+
+
+@njit(cache=True, error_model="numpy")
+def layer_norm_input_grad(grad, xhat, rstd, weight, use_weight, zero, count, dx):
+    """dx = rstd * ((gh - sum(gh) / C) - xhat * sum(gh * xhat) / C), gh = grad * weight, per row
+    (R, C), in LayerNorm.backward's order of operations; zero and count (C) in grad's dtype."""
+    R, C = grad.shape
+    gh = np.empty(C, grad.dtype)
+    product = np.empty(C, grad.dtype)
+    for r in range(R):
+        for j in range(C):
+            g = grad[r, j]
+            if use_weight:
+                g = g * weight[j]
+            gh[j] = g
+            product[j] = g * xhat[r, j]
+        mean_gh = (zero + row_sum(gh, 0, C, zero)) / count
+        dot = zero + row_sum(product, 0, C, zero)
+        scale = rstd[r]
+        for j in range(C):
+            projection = xhat[r, j] * dot
+            projection = projection / count
+            dx[r, j] = scale * ((gh[j] - mean_gh) - projection)
