@@ -271,12 +271,14 @@ def check_ids(what, ids, n, ignore=None, n_name="", fix=""):
     if F.ids_fit_dtype(ids.dtype, n) or not ids.size:
         return
     xp = backend.array_module(ids)
-    if ignore is None:
-        extremes = xp.stack([ids.min(), ids.max()])
-    else:   # the ignored ids stand in as 0, which is valid: no boolean mask (its size is data)
-        valid = xp.where(ids != ignore, ids, 0)
-        extremes = xp.stack([valid.min(), valid.max()])
-    lo, hi = (int(v) for v in backend.to_numpy(extremes))
+    if ignore is None and xp is np:     # the ufuncs' own reductions: 5 us per sampled token, not 16
+        lo, hi = int(np.minimum.reduce(ids, axis=None)), int(np.maximum.reduce(ids, axis=None))
+    else:
+        if ignore is not None:  # the ignored ids stand in as 0, which is valid: no boolean mask (its size is data)
+            ids_ = xp.where(ids != ignore, ids, 0)
+        else:
+            ids_ = ids
+        lo, hi = (int(v) for v in backend.to_numpy(xp.stack([ids_.min(), ids_.max()])))
     if lo < 0 or hi >= n:
         bad = lo if lo < 0 else hi
         at = [int(i) for i in backend.to_numpy(xp.argwhere(ids == bad)[0])]

@@ -101,8 +101,11 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs, **options):
-        needs = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
-        record = _grad_enabled and any(needs)
+        if _grad_enabled:
+            needs = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
+            record = any(needs)
+        else:                                  # no_grad (sampling): nothing to ask the inputs
+            needs, record = None, False
         ctx = Context(needs if record else None)
         arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
         dtype = _float_dtype(cls, arrays)

@@ -169,8 +169,8 @@ def cross_entropy(logits, targets, ignore_index=None):
 def ids_fit_dtype(dtype, n):
     """True when every value of an integer dtype lies in [0, n): ids of that dtype need no check
     (uint8 batches of a 256-byte vocabulary). A check of device data waits for the device."""
-    info = np.iinfo(dtype)
-    return info.min >= 0 and info.max < n
+    # unsigned of k bytes: [0, 2^(8k)); signed ones hold negatives (np.iinfo says the same, in 4 us)
+    return dtype.kind == "u" and 2 ** (8 * dtype.itemsize) <= n
 
 
 def _check_targets(targets, V, ignore_index):
