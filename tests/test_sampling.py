@@ -11,13 +11,14 @@ import pytest
 from scipy.special import softmax
 
 import tinysparse as ts
-from tinysparse.engine import random as ts_random
+from tinysparse.adaptive import decode
 from tinysparse.gpt import GPT, GPTConfig
 from tinysparse.training import sample
 from tinysparse.training.data import ByteTokenizer
 from tinysparse.training.sampling import causality_warning, load_run, sample_text
 
 V, BLOCK = 13, 4
+REAL_DRAW = decode.draw
 
 
 def sharp_gpt(dropout=0.0, vocab_size=V, seed=0):
@@ -40,22 +41,23 @@ def last_logits(model, context):
 
 
 class Recorder:
-    """Stands in for the global generator: records each distribution generate draws from."""
+    """Stands in for decode.draw: records each distribution generate draws from (one per row),
+    then draws from it as draw does."""
 
-    def __init__(self, seed=0):
-        self.rng, self.probs = np.random.default_rng(seed), []
+    def __init__(self):
+        self.probs = []
 
-    def choice(self, n, p):
-        self.probs.append(np.array(p))
-        return self.rng.choice(n, p=p)
+    def draw(self, rng, probs):
+        self.probs.extend(np.array(p) for p in probs)
+        return REAL_DRAW(rng, probs)
 
 
 @pytest.fixture
 def record_draws(monkeypatch):
-    """record_draws() -> a Recorder that generate draws from from then on."""
+    """record_draws() -> a Recorder that sees every draw of generate from then on."""
     def install():
         rec = Recorder()
-        monkeypatch.setattr(ts_random, "generator", lambda: rec)
+        monkeypatch.setattr(decode, "draw", rec.draw)
         return rec
     return install
 
@@ -206,3 +208,27 @@ def test_load_run_gives_the_model_in_eval_mode_with_both_configs(ckpt_runs):
     for name, array in ckpt["model"].items():
         assert np.array_equal(dict(model.named_parameters(), **dict(model.named_buffers()))[name].data,
                               array), name
+
+
+def test_draw_returns_what_numpys_choice_returns_from_the_same_generator():
+    """decode.draw stands in for rng.choice(V, p=row): the same ids and the same generator state
+    after, on spread-out, peaked, one-hot and top-k-truncated distributions, rows of a batch."""
+    from tinysparse.adaptive.decode import draw, next_token_probs
+    rng = np.random.default_rng(11)
+    logits = rng.standard_normal((6, 97)) * np.array([[0.1], [1], [5], [40], [1e3], [3]])
+    cases = [next_token_probs(logits, 1.0, None), next_token_probs(logits, 0.7, 5),
+             next_token_probs(logits, 1.0, 1), rng.dirichlet(np.full(97, 0.05), size=4)]
+    for probs in cases:
+        a, b = np.random.default_rng(3), np.random.default_rng(3)
+        for _ in range(50):
+            expected = np.array([a.choice(len(p), p=p) for p in probs])
+            np.testing.assert_array_equal(draw(b, probs), expected)
+        assert a.random() == b.random()
+
+
+def test_draw_refuses_a_distribution_that_is_not_finite():
+    from tinysparse.adaptive.decode import draw, next_token_probs
+    logits = np.zeros((2, 5))
+    logits[1, 2] = np.nan
+    with pytest.raises(ValueError, match="not finite .*did training diverge"):
+        draw(np.random.default_rng(0), next_token_probs(logits, 1.0, None))
