@@ -1,4 +1,4 @@
-"""Layer norm's compiled loops (engine/layer_norm_kernels.py) against its array code: the same
+"""Layer norm's compiled loops (engine/row_kernels.py) against its array code: the same
 bits, forward (output, xhat, rstd) and backward (dx, dw, db), in float32 and float64, with and
 without weight and bias, on row lengths on both sides of NumPy's summation blocks (1, 7, 8, 9,
 127, 128, 129, 333, 4097), on rows spanning 40 orders of magnitude, constant rows, and rows
@@ -6,7 +6,7 @@ whose variance overflows (the loops hand those to the scaled array code)."""
 import numpy as np
 import pytest
 
-from tinysparse.engine import layer_norm_kernels
+from tinysparse.engine import row_kernels
 from tinysparse.engine.function import Context
 from tinysparse.engine.normalization import LayerNorm
 
@@ -59,8 +59,8 @@ def test_the_compiled_layer_norm_is_bitwise_the_array_code(dtype, shape, affine,
 def _count_calls(monkeypatch):
     calls = []
     for name in ("layer_norm_forward", "layer_norm_input_grad"):
-        kernel = getattr(layer_norm_kernels, name)
-        monkeypatch.setattr(layer_norm_kernels, name,
+        kernel = getattr(row_kernels, name)
+        monkeypatch.setattr(row_kernels, name,
                             lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
     return calls
 

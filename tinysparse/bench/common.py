@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from ..engine import random as ts_random
-from ..engine.functional import GELU, LayerNorm
+from ..engine.functional import GELU, Attention, LayerNorm
 from ..gpt import GPT
 
 LOSS_TOLERANCE = 1e-4               # first-step losses must agree this well: same model, same numbers
@@ -36,13 +36,13 @@ def step(model, opt, idx, targets):
 @contextlib.contextmanager
 def array_code():
     """The engine's fused Functions run their NumPy array code inside (their @njit loops off:
-    GELU and layer norm), the "before" of the loops, timed in the same run as the "after"."""
-    saved = GELU.compiled, LayerNorm.compiled
-    GELU.compiled = LayerNorm.compiled = False
+    GELU, layer norm, attention's softmax), the "before" of the loops, timed in the same run."""
+    saved = GELU.compiled, LayerNorm.compiled, Attention.compiled
+    GELU.compiled = LayerNorm.compiled = Attention.compiled = False
     try:
         yield
     finally:
-        GELU.compiled, LayerNorm.compiled = saved
+        GELU.compiled, LayerNorm.compiled, Attention.compiled = saved
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from .backend import array_module
+from .compiled import kernels as compiled_kernels
 from .tensor import Function
 
 _causal_masks = {}
@@ -30,6 +31,9 @@ def _future_ceiling(T, xp, dtype):
     return _causal_masks[key]
 
 
+_NO_CEILING = np.empty((1, 1), np.float32)     # softmax_shift's ceiling when causal is False (unread)
+
+
 class Attention(Function):
     # Vaswani et al. 2017, "Attention Is All You Need", eq. (1):
     #   S = Q K^T / sqrt(d),  P = softmax(S + causal mask),  Y = P V
@@ -37,17 +41,29 @@ class Attention(Function):
     #   dV = P^T G,  dP = G V^T,  dS = P * (dP - rowsum(dP * P)),  dQ = dS K / sqrt(d),  dK = dS^T Q / sqrt(d)
     # One Function instead of five: the (T, T) score matrix is built, masked and normalised in
     # place, and only P is kept for the backward.
+    compiled = True   # softmax through row_kernels.py on NumPy arrays (same bits); False: arrays only
+
     @staticmethod
     def forward(ctx, q, k, v, causal=True):
         xp = array_module(q)
         T, hd = q.shape[-2], q.shape[-1]
         scale = 1.0 / math.sqrt(hd)
         p = q @ k.swapaxes(-1, -2)                     # (..., T, T) scores
-        p *= scale
         if p.size == 0:                                # no queries (T = 0): an empty answer
             ctx.save_for_backward(q, k, v, p)
             ctx.scale = scale
             return p @ v
+        kernels = Attention.compiled and compiled_kernels("row_kernels", p)
+        if kernels:                                    # the lines below, in two loops around exp
+            rows = p.reshape(-1, p.shape[-1])          # (..., T, Tk) -> (rows, Tk), a view
+            ceiling = _future_ceiling(T, xp, p.dtype) if causal else _NO_CEILING
+            kernels.softmax_shift(rows, ceiling, causal, p.dtype.type(scale))
+            xp.exp(p, out=p)
+            kernels.softmax_normalize(rows, p.dtype.type(0))
+            ctx.save_for_backward(q, k, v, p)
+            ctx.scale = scale
+            return p @ v
+        p *= scale
         if causal:
             xp.minimum(p, _future_ceiling(T, xp, p.dtype), out=p)  # the diagonal is never masked
         p -= p.max(axis=-1, keepdims=True)
@@ -62,9 +78,14 @@ class Attention(Function):
         q, k, v, p = ctx.saved
         dv = p.swapaxes(-1, -2) @ grad
         ds = grad @ v.swapaxes(-1, -2)                 # dP
-        ds -= (ds * p).sum(axis=-1, keepdims=True)
-        ds *= p                                        # dS (masked entries have P = 0, so dS = 0)
-        ds *= ctx.scale
+        kernels = Attention.compiled and ds.size and compiled_kernels("row_kernels", ds, p)
+        if kernels:                                    # the three lines below in one loop
+            kernels.softmax_backward(ds.reshape(-1, ds.shape[-1]), p.reshape(-1, p.shape[-1]),
+                                     ds.dtype.type(ctx.scale), ds.dtype.type(0))
+        else:
+            ds -= (ds * p).sum(axis=-1, keepdims=True)
+            ds *= p                                    # dS (masked entries have P = 0, so dS = 0)
+            ds *= ctx.scale
         dq = ds @ k
         dk = ds.swapaxes(-1, -2) @ q
         return dq, dk, dv

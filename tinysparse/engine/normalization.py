@@ -66,7 +66,7 @@ def _or_empty(parameter):
 
 
 def _forward_compiled(kernels, x, weight, bias, eps):
-    """(out, xhat, rstd) from layer_norm_kernels, or None when a variance overflowed (the caller
+    """(out, xhat, rstd) from row_kernels, or None when a variance overflowed (the caller
     runs the scaled array code, as the plain array code's check would)."""
     C = x.shape[-1]
     dt = x.dtype.type
@@ -91,11 +91,11 @@ class LayerNorm(Function):
     # 0 / 0 or an rstd that overflows its gradient. On the CPU the plain computation runs first
     # and the scaled one only when its variance came out inf or nan (a check of one number per
     # row); on a GPU, where that check would wait for the device, the scaled one always runs.
-    compiled = True   # the @njit loops of layer_norm_kernels.py on NumPy arrays (same bits)
+    compiled = True   # the @njit loops of row_kernels.py on NumPy arrays (same bits)
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps=1e-5):
-        kernels = LayerNorm.compiled and x.size and compiled_kernels("layer_norm_kernels", x, weight, bias)
+        kernels = LayerNorm.compiled and x.size and compiled_kernels("row_kernels", x, weight, bias)
         result = _forward_compiled(kernels, x, weight, bias, eps) if kernels else None
         if result is not None:
             out, xhat, rstd = result
@@ -120,7 +120,7 @@ class LayerNorm(Function):
     def backward(ctx, grad):
         xhat, rstd, weight = ctx.saved
         C = xhat.shape[-1]
-        kernels = LayerNorm.compiled and compiled_kernels("layer_norm_kernels", grad, xhat, rstd, weight)
+        kernels = LayerNorm.compiled and compiled_kernels("row_kernels", grad, xhat, rstd, weight)
         if kernels:
             dt = grad.dtype.type
             dx = np.empty_like(grad)

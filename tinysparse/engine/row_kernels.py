@@ -1,17 +1,20 @@
-"""Layer norm's forward and its input gradient as compiled loops (Numba @njit), row by row.
+"""Row-wise compiled loops (Numba @njit): layer norm's forward and input gradient, and the
+softmax of attention's scores, each bitwise its array code.
 
 normalization.LayerNorm written with NumPy arrays is about nine whole-array passes forward and
 ten backward, each a temporary; on a 1 x 128 row (one sampled token) it is fourteen NumPy calls
-of about 3 us each. Here each row is read into registers and cache once per pass of the formula.
+of about 3 us each. Attention's softmax is six passes over the (B, nh, T, T) scores besides the
+exp, and its backward five. Here each row is read into registers and cache once per stage.
 
 Same bits as the array code. Every element goes through the same float operations in the same
 order, each rounded to the array's dtype (constants come in rounded to it; Numba leaves
-fastmath off, so there is no fused multiply-add and no reassociation). The one subtle part is
-the row sums: NumPy adds a contiguous row by pairwise summation (numpy/_core/src/umath/
-loops_utils.h.src: blocks of at most 128 summed with 8 accumulators, larger rows split in two at
-a multiple of 8), and `row_sum` is that algorithm, so a mean here is NumPy's mean to the bit.
-The sums over rows (the weight and bias gradients) stay NumPy's. tests/test_layer_norm_kernels.py
-checks the bits on awkward row lengths, and fails loudly if a NumPy release changes its sums.
+fastmath off, so there is no fused multiply-add and no reassociation); the exp stays NumPy's,
+between two loops. The subtle part is the row sums: NumPy adds a contiguous row by pairwise
+summation (numpy/_core/src/umath/loops_utils.h.src: blocks of at most 128 summed with 8
+accumulators, larger rows split in two at a multiple of 8), and `row_sum` is that algorithm, so
+a mean here is NumPy's mean to the bit. The sums over rows (layer norm's weight and bias
+gradients) stay NumPy's. tests/test_layer_norm_kernels.py and tests/test_softmax_kernels.py
+check the bits on awkward row lengths, and fail loudly if a NumPy release changes its sums.
 
 Imports nothing of the project (the kernels' rule, docs/ARCHITECTURE.md).
 """
@@ -137,3 +140,55 @@ def layer_norm_input_grad(grad, xhat, rstd, weight, use_weight, zero, count, dx)
             projection = xhat[r, j] * dot
             projection = projection / count
             dx[r, j] = scale * ((gh[j] - mean_gh) - projection)
+
+
+@njit(cache=True, error_model="numpy")
+def softmax_shift(scores, ceiling, causal, scale):
+    """Rows of scores (R, T), in place: s = s * scale, then min(s, ceiling[r % T]) when causal
+    (-inf above the diagonal, +inf elsewhere), then s - max(row). NaN passes every step as it
+    does NumPy's (a NaN row stays NaN); the sign of a zero maximum cannot matter, since the exp
+    that follows maps +0 and -0 alike to 1."""
+    R, T = scores.shape
+    for r in range(R):
+        row = scores[r]
+        top = row[0] * scale
+        if causal and top > ceiling[r % T, 0]:
+            top = ceiling[r % T, 0]
+        for j in range(T):
+            v = row[j] * scale
+            if causal and v > ceiling[r % T, j]:
+                v = ceiling[r % T, j]
+            row[j] = v
+            if v > top or v != v:
+                top = v
+        if top != top:                            # np.max of a row holding NaN is NaN
+            for j in range(T):
+                row[j] = top
+        else:
+            for j in range(T):
+                row[j] = row[j] - top
+
+
+@njit(cache=True, error_model="numpy")
+def softmax_normalize(weights, zero):
+    """Rows of weights (R, T), in place: w / sum(w), the sum added in NumPy's order."""
+    R, T = weights.shape
+    for r in range(R):
+        row = weights[r]
+        total = zero + row_sum(row, 0, T, zero)
+        for j in range(T):
+            row[j] = row[j] / total
+
+
+@njit(cache=True, error_model="numpy")
+def softmax_backward(ds, p, scale, zero):
+    """Rows (R, T), in place on ds (holding dP = G V^T): dS = ((dP - sum(dP * P)) * P) * scale,
+    Attention.backward's order of operations."""
+    R, T = ds.shape
+    product = np.empty(T, ds.dtype)
+    for r in range(R):
+        for j in range(T):
+            product[j] = ds[r, j] * p[r, j]
+        dot = zero + row_sum(product, 0, T, zero)
+        for j in range(T):
+            ds[r, j] = ((ds[r, j] - dot) * p[r, j]) * scale
