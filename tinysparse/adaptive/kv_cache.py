@@ -23,7 +23,7 @@ refused with a message naming the fix.
 import math
 import numbers
 
-from ..engine.attention import PackedCausalAttention
+from ..engine.attention import Attention, PackedCausalAttention
 from ..engine.backend import array_module
 from ..engine.function import Context, Function, is_grad_enabled
 
@@ -125,19 +125,22 @@ class CachedAttention(Function):
             layer.write(k, v, 0)
             return PackedCausalAttention.forward(Context(None), qkv, n_head)
         keys, values, valid = layer.write(k, v, start, keep)                             # (B, nh, L, hd), (B, L)
+        if run and T == 1 and layer.dense:
+            # one new token behind a dense cache: every key 0..start is valid and none lies in
+            # its future, so the mask below would hide nothing: plain attention over the cached
+            # keys (engine/attention.py, the same operations: same numbers, 6 passes fewer)
+            y = Attention.forward(Context(None), q, keys, values, causal=False)        # (B, nh, 1, hd)
+            return y.transpose(0, 2, 1, 3).reshape(B, T, C)                            # (B, 1, C)
         L = keys.shape[2]
         s = q @ keys.swapaxes(-1, -2)                                                  # (B, nh, T, L)
         s *= 1.0 / math.sqrt(q.shape[-1])
-        if not (run and T == 1 and layer.dense):
-            # hide the keys in a query's future and the ones never written (its own excepted).
-            # One new token behind a dense cache has none to hide: every key 0..start is valid
-            # and none is after it, so the mask would change nothing (same numbers, 6 passes fewer)
-            pos = start if not run else xp.broadcast_to(start + xp.arange(T), (B, T))  # (B, T)
-            key_pos = xp.arange(L)[None, None, :]                                      # (1, 1, L)
-            future = key_pos > pos[:, :, None]                                         # (B, T, L)
-            own = key_pos == pos[:, :, None]             # a query always sees its own key: no empty row
-            hidden = (future | (~valid[:, None, :] & ~own))[:, None]                   # (B, 1, T, L)
-            s[xp.broadcast_to(hidden, s.shape)] = -xp.inf
+        # hide the keys in a query's future and the ones never written (its own excepted)
+        pos = start if not run else xp.broadcast_to(start + xp.arange(T), (B, T))      # (B, T)
+        key_pos = xp.arange(L)[None, None, :]                                          # (1, 1, L)
+        future = key_pos > pos[:, :, None]                                             # (B, T, L)
+        own = key_pos == pos[:, :, None]                 # a query always sees its own key: no empty row
+        hidden = (future | (~valid[:, None, :] & ~own))[:, None]                       # (B, 1, T, L)
+        s[xp.broadcast_to(hidden, s.shape)] = -xp.inf
         s -= s.max(axis=-1, keepdims=True)
         xp.exp(s, out=s)
         s /= s.sum(axis=-1, keepdims=True)
