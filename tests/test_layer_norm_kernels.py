@@ -20,8 +20,8 @@ def _case(shape, dtype, seed, affine):
         flat[1] = 5.4e17                              # a constant row
         flat[2, ::2] = -flat[2, ::2]                  # a row of mixed signs
     C = shape[-1]
-    w = (rng.standard_normal(C) + 1).astype(dtype) if affine else None
-    b = rng.standard_normal(C).astype(dtype) if affine else None
+    w = (rng.standard_normal(C) + 1).astype(dtype) if affine in ("both", "weight") else None
+    b = rng.standard_normal(C).astype(dtype) if affine in ("both", "bias") else None
     grad = (rng.standard_normal(shape) * 10.0 ** rng.integers(-4, 4, shape)).astype(dtype)
     return x.astype(dtype), w, b, grad
 
@@ -46,12 +46,12 @@ def _same_bits(a, b):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(4, 1), (3, 7), (5, 8), (2, 3, 9), (4, 127), (1, 1, 128),
                                    (6, 129), (3, 333), (2, 4097)])
-@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
 def test_the_compiled_layer_norm_is_bitwise_the_array_code(dtype, shape, affine, monkeypatch):
     x, w, b, grad = _case(shape, dtype, seed=shape[-1] + len(shape), affine=affine)
     expected = _run(x, w, b, grad, False, monkeypatch)
     got = _run(x, w, b, grad, True, monkeypatch)
-    assert len(expected) == len(got) == (6 if affine else 4)     # out, xhat, rstd, dx (dw, db)
+    assert len(expected) == len(got) == 4 + (w is not None) + (b is not None)   # out, xhat, rstd, dx, dw?, db?
     for a, c in zip(expected, got):
         _same_bits(a, c)
 
@@ -83,7 +83,7 @@ def test_the_loops_run_where_they_apply_and_the_array_code_elsewhere(monkeypatch
     """C-contiguous float32/float64 arrays of one dtype take the loops; a transposed view and a
     broadcast gradient take the array code, with the same numbers."""
     calls = _count_calls(monkeypatch)
-    x, w, b, grad = _case((6, 10), np.float32, seed=1, affine=True)
+    x, w, b, grad = _case((6, 10), np.float32, seed=1, affine="both")
     _run(x, w, b, grad, True, monkeypatch)
     assert calls == ["layer_norm_forward", "layer_norm_input_grad"]
     calls.clear()
