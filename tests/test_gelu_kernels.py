@@ -97,8 +97,9 @@ def test_gelu_values_are_those_of_the_formula_through_the_loops():
 
 def test_training_steps_of_a_gpt_are_bitwise_the_same_with_and_without_the_loops(monkeypatch):
     """End to end: three AdamW steps of a small GPT with the engine's loops (GELU's, layer
-    norm's, attention's softmax) and three with the array code, from the same weights: every parameter equal to the
+    norm's, attention's softmax, the embedding backward) and three with the array code, from the same weights: every parameter equal to the
     last bit, and so are the greedy tokens it samples afterwards with the KV cache."""
+    from tinysparse.engine import scatter
     from tinysparse.engine.attention import Attention
     from tinysparse.engine.normalization import LayerNorm
     from tinysparse import optim
@@ -110,6 +111,7 @@ def test_training_steps_of_a_gpt_are_bitwise_the_same_with_and_without_the_loops
         monkeypatch.setattr(F.GELU, "compiled", compiled)
         monkeypatch.setattr(LayerNorm, "compiled", compiled)
         monkeypatch.setattr(Attention, "compiled", compiled)
+        monkeypatch.setattr(scatter, "compiled", compiled)
         ts_random.manual_seed(0)
         model = GPT(GPTConfig(vocab_size=40, n_layer=2, n_head=2, n_embd=24, block_size=8))
         opt = optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)

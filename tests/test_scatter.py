@@ -67,3 +67,39 @@ def test_index_add_on_numpy_is_add_at_and_refuses_nothing_silently():
     np.testing.assert_array_equal(out, [[0, 0], [2, 2], [0, 0], [1, 1]])
     with pytest.raises(ValueError, match="C-contiguous"):
         index_add_by_rank(np.zeros((4, 4))[:, ::2], np.array([0]), np.ones((1, 2)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 9), shape_rest=st.lists(st.integers(1, 5), max_size=2),
+       index_shape=st.lists(st.integers(0, 6), min_size=1, max_size=2),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**31))
+def test_the_compiled_row_loop_is_bitwise_add_at(n, shape_rest, index_shape, dtype, seed):
+    """index_add on the CPU (scatter_kernels.index_add_rows for rows of a table) against
+    np.add.at on a table that already holds values: the same bits, with repeats, negative
+    indices, (B, T) index arrays and rows of any shape, values over 12 orders of magnitude."""
+    from tinysparse.engine import scatter_kernels
+    calls = []
+    real = scatter_kernels.index_add_rows
+    rng = np.random.default_rng(seed)
+    shape = (n, *shape_rest)
+    start = (rng.standard_normal(shape) * 10.0 ** rng.integers(-6, 6, shape)).astype(dtype)
+    rows = rng.integers(-n, n, size=tuple(index_shape))
+    values = (rng.standard_normal(rows.shape + shape[1:])
+              * 10.0 ** rng.integers(-6, 6, rows.shape + shape[1:])).astype(dtype)
+    expected = start.copy()
+    np.add.at(expected, rows, values)
+    got = start.copy()
+    with pytest.MonkeyPatch.context() as mp:              # count the loop's calls
+        mp.setattr(scatter_kernels, "index_add_rows", lambda *a: calls.append(1) or real(*a))
+        index_add(got, rows, values)
+    assert calls == [1]
+    assert got.tobytes() == expected.tobytes()
+
+
+def test_an_index_out_of_range_is_numpys_index_error_and_nothing_is_written():
+    out = np.zeros((4, 2), np.float32)
+    with pytest.raises(IndexError):
+        index_add(out, np.array([1, 4, 0]), np.ones((3, 2), np.float32))
+    with pytest.raises(IndexError):
+        index_add(out, np.array([-5]), np.ones((1, 2), np.float32))
+    assert not out.any()

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from ..engine import random as ts_random
+from ..engine import scatter
 from ..engine.functional import GELU, Attention, LayerNorm
 from ..gpt import GPT
 
@@ -36,13 +37,14 @@ def step(model, opt, idx, targets):
 @contextlib.contextmanager
 def array_code():
     """The engine's fused Functions run their NumPy array code inside (their @njit loops off:
-    GELU, layer norm, attention's softmax), the "before" of the loops, timed in the same run."""
-    saved = GELU.compiled, LayerNorm.compiled, Attention.compiled
-    GELU.compiled = LayerNorm.compiled = Attention.compiled = False
+    GELU, layer norm, attention's softmax, the embedding backward), the "before" of the loops,
+    timed in the same run."""
+    saved = GELU.compiled, LayerNorm.compiled, Attention.compiled, scatter.compiled
+    GELU.compiled = LayerNorm.compiled = Attention.compiled = scatter.compiled = False
     try:
         yield
     finally:
-        GELU.compiled, LayerNorm.compiled, Attention.compiled = saved
+        GELU.compiled, LayerNorm.compiled, Attention.compiled, scatter.compiled = saved
 
 
 @contextlib.contextmanager

@@ -27,8 +27,8 @@ ARRAY_CODE = "ts array code"   # the row of tinysparse with its @njit loops off:
 
 
 def array_code_step(model, opt, idx, targets):
-    """One step with the compiled loops off: the array code of GELU, layer norm and attention's
-    softmax, and AdamW's when opt was made with fused=False. Timed beside the default step: what the loops buy."""
+    """One step with the compiled loops off: the array code of GELU, layer norm, attention's
+    softmax and the embedding backward, and AdamW's when opt was made with fused=False. Timed beside the default step: what the loops buy."""
     with array_code():
         return step(model, opt, idx, targets)
 
@@ -49,7 +49,7 @@ def _report(config, args, runs, peak, gemm, flops_step, params):
               f"{achieved:10.2f}{achieved / peak:8.1%}")
     status = 0
     if ARRAY_CODE in runs:
-        print(f"@njit loops (GELU, layer norm, softmax, AdamW): a step takes "
+        print(f"@njit loops (GELU, layer norm, softmax, embedding backward, AdamW): a step takes "
               f"{med['tinysparse'] / med[ARRAY_CODE]:.2f}x the array code's time (median)")
     if "pytorch" in runs:
         (ts_times, ts_loss), (pt_times, pt_loss) = runs["tinysparse"], runs["pytorch"]

@@ -14,8 +14,9 @@ Files, in reading order:
     functional.py  fused ops with hand-written backwards: softmax, cross-entropy, GELU, dropout
                    (and re-exported: layer norm, attention)
     normalization.py  fused layer norm, safe for huge and for constant rows
-    compiled.py    where the @njit twins of GELU, layer norm and attention's softmax apply
-                   (gelu_kernels.py, row_kernels.py: bitwise the array code's, fewer passes)
+    compiled.py    where the @njit twins of GELU, layer norm, attention's softmax and the
+                   embedding backward apply (gelu_kernels.py, row_kernels.py,
+                   scatter_kernels.py: bitwise the array code's, fewer passes)
     attention.py   fused scaled dot-product attention, and its packed multi-head causal form
     spelling.py    PyTorch's argument names beside NumPy's (dim=/axis=, keepdim=/keepdims=)
     interop.py     how a Tensor meets Python (bool, float, format) and NumPy (np.exp(t), ...)

@@ -1,11 +1,12 @@
 """Where the engine's compiled loops apply, and their import on first use.
 
 Three fused Functions have @njit twins of their array code, bitwise the same: GELU
-(gelu_kernels.py), layer norm and attention's softmax (row_kernels.py). They take C-contiguous NumPy arrays of one dtype, float32 or float64;
+(gelu_kernels.py), layer norm and attention's softmax (row_kernels.py); so has the backward of
+an embedding lookup, np.add.at over table rows (scatter_kernels.py). They take C-contiguous NumPy arrays of one dtype, float32 or float64;
 anything else (CuPy arrays, views with strides, float16, which Function.apply hands over as
 float32 anyway) runs the array code. numba is imported the first time a loop is wanted: it takes
-a while to load, and the array code needs none of it. A Function's `compiled = False` turns its
-loops off (make bench times the array code beside them).
+a while to load, and the array code needs none of it. A Function's `compiled = False` (and
+scatter.compiled) turns its loops off (make bench times the array code beside them).
 """
 import importlib
 

@@ -19,19 +19,41 @@ Both routes are array-module generic, so the tests check them on NumPy against n
 import numpy as np
 
 from .backend import array_module
+from .compiled import kernels as compiled_kernels
 
 ONE_HOT_LIMIT = 1 << 26     # one-hot matrix elements (256 MB in float32) before we sort instead
+
+
+compiled = True     # rows of a table through scatter_kernels.py on the CPU (np.add.at's bits)
 
 
 def index_add(full, index, values):
     """full[index] += values with repeated indices accumulated, deterministically; in place."""
     xp = array_module(values)
+    if xp is np and _add_rows_compiled(full, index, values):
+        return
     if xp is np:
         np.add.at(full, index, values)              # sequential in index order: deterministic
     elif _is_row_index(index) and index.size * full.shape[0] <= ONE_HOT_LIMIT:
         index_add_one_hot(full, index, values)
     else:
         index_add_by_rank(full, index, values)
+
+
+def _add_rows_compiled(full, index, values):
+    """True when the rows case (an integer array into axis 0, values of shape index.shape +
+    full.shape[1:], all C-contiguous, one float dtype) was done by the compiled loop; False
+    leaves the work, and any IndexError, to np.add.at."""
+    if not (compiled and _is_row_index(index) and full.ndim >= 1
+            and values.shape == index.shape + full.shape[1:]):
+        return False
+    kernels = compiled_kernels("scatter_kernels", full, values)
+    if not kernels:
+        return False
+    D = int(np.prod(full.shape[1:]))
+    return kernels.index_add_rows(full.reshape(full.shape[0], D),                # (n, D) view
+                                  np.ascontiguousarray(index, dtype=np.int64).reshape(-1),   # (N,)
+                                  values.reshape(-1, D))                        # (N, D)
 
 
 def _is_row_index(index):
