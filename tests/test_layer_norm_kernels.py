@@ -2,7 +2,8 @@
 bits, forward (output, xhat, rstd) and backward (dx, dw, db), in float32 and float64, with and
 without weight and bias, on row lengths on both sides of NumPy's summation blocks (1, 7, 8, 9,
 127, 128, 129, 333, 4097), on rows spanning 40 orders of magnitude, constant rows, and rows
-whose variance overflows (the loops hand those to the scaled array code)."""
+whose variance overflows (the loops hand those to the scaled array code); the weight and bias
+gradients, summed over 1200 rows in the loop, too."""
 import numpy as np
 import pytest
 
@@ -45,7 +46,7 @@ def _same_bits(a, b):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(4, 1), (3, 7), (5, 8), (2, 3, 9), (4, 127), (1, 1, 128),
-                                   (6, 129), (3, 333), (2, 4097)])
+                                   (6, 129), (3, 333), (2, 4097), (3, 400, 96)])
 @pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
 def test_the_compiled_layer_norm_is_bitwise_the_array_code(dtype, shape, affine, monkeypatch):
     x, w, b, grad = _case(shape, dtype, seed=shape[-1] + len(shape), affine=affine)
@@ -58,7 +59,7 @@ def test_the_compiled_layer_norm_is_bitwise_the_array_code(dtype, shape, affine,
 
 def _count_calls(monkeypatch):
     calls = []
-    for name in ("layer_norm_forward", "layer_norm_input_grad"):
+    for name in ("layer_norm_forward", "layer_norm_backward"):
         kernel = getattr(row_kernels, name)
         monkeypatch.setattr(row_kernels, name,
                             lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
@@ -73,7 +74,7 @@ def test_an_overflowing_variance_goes_to_the_scaled_array_code(monkeypatch):
     w, b = np.ones(4, np.float32), np.zeros(4, np.float32)
     grad = np.arange(8, dtype=np.float32).reshape(2, 4)
     got = _run(x, w, b, grad, True, monkeypatch)
-    assert calls == ["layer_norm_forward", "layer_norm_input_grad"]
+    assert calls == ["layer_norm_forward", "layer_norm_backward"]
     assert np.isfinite(got[0]).all() and abs(got[0][0, 0]) > 1
     for a, c in zip(_run(x, w, b, grad, False, monkeypatch), got):
         _same_bits(a, c)
@@ -85,7 +86,7 @@ def test_the_loops_run_where_they_apply_and_the_array_code_elsewhere(monkeypatch
     calls = _count_calls(monkeypatch)
     x, w, b, grad = _case((6, 10), np.float32, seed=1, affine="both")
     _run(x, w, b, grad, True, monkeypatch)
-    assert calls == ["layer_norm_forward", "layer_norm_input_grad"]
+    assert calls == ["layer_norm_forward", "layer_norm_backward"]
     calls.clear()
     view = np.ascontiguousarray(x.T).T                       # x's values, Fortran order
     broadcast = np.broadcast_to(grad[:1], grad.shape)

@@ -121,19 +121,26 @@ class LayerNorm(Function):
         xhat, rstd, weight = ctx.saved
         C = xhat.shape[-1]
         kernels = LayerNorm.compiled and compiled_kernels("row_kernels", grad, xhat, rstd, weight)
+        rows = tuple(range(grad.ndim - 1))
+        want_dw, want_db = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        summed = False
         if kernels:
             dt = grad.dtype.type
             dx = np.empty_like(grad)
-            kernels.layer_norm_input_grad(grad.reshape(-1, C), xhat.reshape(-1, C), rstd.reshape(-1),
-                                          _or_empty(weight), weight is not None, dt(0), dt(C),
-                                          dx.reshape(-1, C))                   # (R, C) views
+            dw, db = np.zeros(C, grad.dtype), np.zeros(C, grad.dtype)
+            summed = C > 1 and (want_dw or want_db)          # NumPy sums a lone column pairwise
+            kernels.layer_norm_backward(grad.reshape(-1, C), xhat.reshape(-1, C), rstd.reshape(-1),
+                                        _or_empty(weight), weight is not None, dt(0), dt(C),
+                                        dx.reshape(-1, C), dw, db, summed)         # (R, C) views
         else:
             gh = grad if weight is None else grad * weight
             dx = rstd * (gh - gh.sum(axis=-1, keepdims=True) / C
                          - xhat * (gh * xhat).sum(axis=-1, keepdims=True) / C)
-        rows = tuple(range(grad.ndim - 1))
-        dw = (grad * xhat).sum(axis=rows) if ctx.needs_input_grad[1] else None
-        db = grad.sum(axis=rows) if ctx.needs_input_grad[2] else None
+        if not summed:
+            dw = (grad * xhat).sum(axis=rows) if want_dw else None
+            db = grad.sum(axis=rows) if want_db else None
+        dw = dw if want_dw else None
+        db = db if want_db else None
         return dx, dw, db
 
 

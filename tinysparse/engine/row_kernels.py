@@ -120,15 +120,22 @@ def layer_norm_forward(x, weight, bias, use_weight, use_bias, eps, zero, one, co
 
 
 @njit(cache=True, error_model="numpy")
-def layer_norm_input_grad(grad, xhat, rstd, weight, use_weight, zero, count, dx):
-    """dx = rstd * ((gh - sum(gh) / C) - xhat * sum(gh * xhat) / C), gh = grad * weight, per row
-    (R, C), in LayerNorm.backward's order of operations; zero and count (C) in grad's dtype."""
+def layer_norm_backward(grad, xhat, rstd, weight, use_weight, zero, count, dx, dw, db, sum_rows):
+    """Per row (R, C), in LayerNorm.backward's order of operations:
+        dx = rstd * ((gh - sum(gh) / C) - xhat * sum(gh * xhat) / C),  gh = grad * weight;
+    and, when sum_rows, dw += grad * xhat and db += grad over the rows, row after row from 0
+    (dw, db zeroed by the caller): NumPy's order for a sum over the leading axes of a
+    C-contiguous array with C > 1 (with C = 1 NumPy sums that column pairwise; the caller keeps
+    NumPy's sums then). zero and count (C) come in grad's dtype."""
     R, C = grad.shape
     gh = np.empty(C, grad.dtype)
     product = np.empty(C, grad.dtype)
     for r in range(R):
         for j in range(C):
             g = grad[r, j]
+            if sum_rows:
+                db[j] += g
+                dw[j] += g * xhat[r, j]
             if use_weight:
                 g = g * weight[j]
             gh[j] = g
