@@ -94,3 +94,20 @@ def test_the_loops_run_where_they_apply_and_the_array_code_elsewhere(monkeypatch
         for a, c in zip(_run(*args, False, monkeypatch), _run(*args, True, monkeypatch)):
             _same_bits(a, c)
     assert calls == ["layer_norm_forward"]                  # only the forward of (x, broadcast)
+
+
+def test_a_numpy_float64_eps_does_not_promote_float32_rows(monkeypatch):
+    """eps=np.float64(1e-5) on float32 rows: float32 results, the bits of eps=1e-5, with the
+    loops and with the array code (NumPy 2 would compute the std in float64 otherwise)."""
+    x, w, b, grad = _case((5, 33), np.float32, seed=2, affine="both")
+    runs = []
+    for compiled in (False, True):
+        for eps in (1e-5, np.float64(1e-5)):
+            monkeypatch.setattr(LayerNorm, "compiled", compiled)
+            ctx = Context((True, True, True))
+            out = LayerNorm.forward(ctx, x, w, b, eps=eps)
+            runs.append([out, *LayerNorm.backward(ctx, grad)])
+    for run in runs[1:]:
+        for a, c in zip(runs[0], run):
+            assert a.dtype == np.float32
+            _same_bits(a, c)

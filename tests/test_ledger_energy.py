@@ -187,3 +187,23 @@ def test_moe_bytes_per_token_against_batch(rng):
         moe_bytes.bytes_vs_batch(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8,
                                                vocab_size=32)), idx)
 
+
+
+def test_a_moe_layer_that_no_token_reached_reads_no_expert(rng):
+    """A Mixture-of-Depths block whose router chooses no token in eval mode never runs its MoE:
+    that layer's routing is all False for this forward (it crashed on None before, and could
+    have read the routing of an earlier forward)."""
+    ts.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32,
+                          n_expert=6, top_k=2, d_expert=8, dispatch_backend="numpy",
+                          mod_capacity=0.5, mod_every=2))
+    idx = rng.integers(0, 32, (4, 8))
+    model.train()
+    model(idx)                                                    # every layer has routed once
+    routed = [m for m in model.modules() if hasattr(m, "eval_rule")][0]
+    routed.router.weight.data[...] = 0.0                          # logits 0: 'causal' runs none
+    uses, layers = moe_bytes.routing_of(model, idx)
+    assert len(uses) == 2 and uses[0].any(axis=1).all()           # the first block: every token
+    assert not uses[1].any()                                      # the routed block: nobody
+    rows = moe_bytes.bytes_vs_batch(model, idx, batches=(1, 8), n_batches=4)
+    assert rows[0].distinct == 1.0                                # (2 + 0) / 2 layers

@@ -232,3 +232,9 @@ def test_draw_refuses_a_distribution_that_is_not_finite():
     logits[1, 2] = np.nan
     with pytest.raises(ValueError, match="not finite .*did training diverge"):
         draw(np.random.default_rng(0), next_token_probs(logits, 1.0, None))
+
+
+def test_draw_refuses_a_row_of_zeros():
+    from tinysparse.adaptive.decode import draw
+    with pytest.raises(ValueError, match="all zero"):
+        draw(np.random.default_rng(0), np.zeros((1, 5)))

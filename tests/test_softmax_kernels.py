@@ -63,3 +63,18 @@ def test_a_nan_score_makes_its_row_nan_either_way_and_the_loops_run(monkeypatch)
     assert np.isnan(got[1][1, 3]).all() and not np.isnan(got[1][1, 2]).any()
     for a, b in zip(_run(q, k, v, g, True, False, monkeypatch), got):
         _same_bits(a, b)
+
+
+def test_causal_attention_with_unequal_lengths_is_the_array_codes_answer(monkeypatch):
+    """A direct Attention call with causal=True and Tq != Tk (attention() refuses it): the loops
+    would read the (1, 1) ceiling out of bounds, so they step aside and the array code answers
+    (one query broadcasts its one-element mask; three queries against 40 keys is its error)."""
+    q, k, v, g = _case((1,), 1, 40, 16, np.float32, seed=3)
+    expected = _run(q, k, v, g, True, False, monkeypatch)
+    for a, b in zip(expected, _run(q, k, v, g, True, True, monkeypatch)):
+        _same_bits(a, b)
+    q3 = np.concatenate([q, q, q], axis=1)
+    for compiled in (False, True):
+        monkeypatch.setattr(Attention, "compiled", compiled)
+        with pytest.raises(ValueError):
+            Attention.forward(Context((True, True, True)), q3, k, v, causal=True)

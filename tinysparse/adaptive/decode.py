@@ -36,13 +36,14 @@ def draw(rng, probs):
     returns, from the same one uniform double per row (choice's inverse-CDF method: cumulative
     sums divided by their last, then searchsorted 'right'), without choice's checks of p, which
     cost 20 us per token. The one check that matters here stays: a distribution that is not
-    finite (NaN logits: a diverged model) is a ValueError, never a silent token."""
+    finite (NaN logits: a diverged model) or sums to 0 is a ValueError, never a silent token."""
     tokens = np.empty(len(probs), dtype=np.int64)
     for b, p in enumerate(probs):
         cdf = p.cumsum()
-        if not np.isfinite(cdf[-1]):
-            raise ValueError("the model's next-token probabilities are not finite (NaN or inf "
-                             "logits: did training diverge?); sample from an earlier checkpoint")
+        if not (np.isfinite(cdf[-1]) and cdf[-1] > 0):
+            raise ValueError("the model's next-token probabilities are not finite or all zero "
+                             "(NaN or inf logits: did training diverge?); sample from an earlier "
+                             "checkpoint")
         cdf /= cdf[-1]
         tokens[b] = cdf.searchsorted(rng.random(), side="right")
     return tokens

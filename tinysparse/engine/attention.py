@@ -53,7 +53,10 @@ class Attention(Function):
             ctx.save_for_backward(q, k, v, p)
             ctx.scale = scale
             return p @ v
-        kernels = Attention.compiled and compiled_kernels("row_kernels", p)
+        # the loops read the (T, T) ceiling by query and key: causal needs Tq == Tk (attention()
+        # says so; a direct call with others gets the array code's broadcast, or its error)
+        square = not causal or p.shape[-2] == p.shape[-1]
+        kernels = Attention.compiled and square and compiled_kernels("row_kernels", p)
         if kernels:                                    # the lines below, in two loops around exp
             rows = p.reshape(-1, p.shape[-1])          # (..., T, Tk) -> (rows, Tk), a view
             ceiling = _future_ceiling(T, xp, p.dtype) if causal else _NO_CEILING

@@ -95,6 +95,7 @@ class LayerNorm(Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps=1e-5):
+        eps = float(eps)     # a NumPy float64 eps must not promote float32 rows (apply's scalar rule)
         kernels = LayerNorm.compiled and x.size and compiled_kernels("row_kernels", x, weight, bias)
         result = _forward_compiled(kernels, x, weight, bias, eps) if kernels else None
         if result is not None:

@@ -40,17 +40,22 @@ def expert_use(plan, n_tokens, n_expert):
 
 def routing_of(model, idx):
     """[(n_tokens, n_expert) booleans] per MoE layer, first block first, of `model` (eval mode,
-    no gradient) on token ids idx (B, T)."""
+    no gradient) on token ids idx (B, T). A layer that no token reached in this forward (inside
+    a Mixture-of-Depths block that chose none) reads no expert: all False, never the routing a
+    previous forward left behind."""
     layers = [m for m in model.modules() if isinstance(m, MoE)]
     if not layers:
         raise ValueError("bytes_vs_batch needs a Mixture-of-Experts model (n_expert > 0)")
     was_training = model.training
     model.eval()
+    for m in layers:
+        m._last_routing = None                 # set again by each layer this forward runs
     with no_grad():
         model(idx)
     model.train(was_training)
     n_tokens = int(np.prod(idx.shape))
-    return [expert_use(m._last_routing[1], n_tokens, m.n_expert) for m in layers], layers
+    return [np.zeros((n_tokens, m.n_expert), dtype=bool) if m._last_routing is None
+            else expert_use(m._last_routing[1], n_tokens, m.n_expert) for m in layers], layers
 
 
 def mean_distinct(use, batch, rng, n_batches=64):
