@@ -111,7 +111,11 @@ def backward(root, grad=None, retain_graph=False):
             summed = unbroadcast(g, parent.shape)      # a new array unless it returned g itself
             key = id(parent)
             if key in grads:
-                grads[key] = (grads[key][0] + summed, True)
+                pending, owned = grads[key]
+                if owned and pending.dtype == summed.dtype:    # nobody else sees it: add in place
+                    pending += summed
+                else:
+                    grads[key] = (pending + summed, True)
             else:
                 grads[key] = (summed, fn.new_grads or summed is not g)
 
