@@ -86,8 +86,8 @@ class TrainConfig:
 
 # A preset sets fields of both configs; explicit command-line flags override it.
 PRESETS = {
-    # 0.83M parameters; ~180 ms a step on 2 CPU cores (measured 2026-11-30, evaluations included):
-    # about 15 minutes.
+    # 0.83M parameters; ~127 ms a step on 2 CPU cores (measured 2026-11-30 after the engine's
+    # compiled loops, evaluations included): about 11 minutes.
     "tiny": {"model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0),
              "train": dict(batch_size=16, max_iters=5000, lr=2e-3, min_lr=1e-4, warmup_iters=100,
                            eval_interval=250, eval_iters=20, checkpoint_interval=500,
@@ -107,7 +107,7 @@ PRESETS = {
     # --target-experts, --top-p, --exit-scale, --exit-threshold. Chapter 10 measured it as the
     # best sparse model by training leverage at equal loss (2.4x the dense frontier at width 64):
     # `make train` trains it (Makefile PRESET), with its ledger line against dense tiny, for 3000
-    # steps: ~200 ms a step on 2 CPU cores (measured 2026-11-30), about 10 minutes.
+    # steps: ~160 ms a step on 2 CPU cores (measured 2026-11-30), about 8 minutes.
     "tiny-adaptive": {"model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
                                     n_expert=16, top_k=2, d_expert=256, mod_capacity=0.25),
                       "train": dict(batch_size=16, max_iters=3000, lr=2e-3, min_lr=1e-4,
