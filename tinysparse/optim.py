@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from ._checks import check_number
-from .engine import backend
+from .engine import backend, compiled
 from .engine.tensor import Tensor
 
 
@@ -175,7 +175,7 @@ class AdamW(Optimizer):
             if g is None:
                 continue
             decays = bool(self.weight_decay and (self.decay_1d or p.ndim >= 2))
-            if kernel is not None and _fusable(p.data, g, m, v):
+            if kernel is not None and compiled.applies(p.data, g, m, v):
                 # the same operations in the same order, one pass (optim_kernels.py)
                 dt = p.data.dtype.type
                 kernel(p.data.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
@@ -195,27 +195,10 @@ class AdamW(Optimizer):
 
 
 def _compiled_adamw():
-    """optim_kernels.adamw_kernel, or None where numba does not import (imported on first use:
-    numba takes a while to load, and the array code needs none of it)."""
-    global _ADAMW_KERNEL
-    if _ADAMW_KERNEL is None:
-        try:
-            from .optim_kernels import adamw_kernel
-        except ImportError:
-            adamw_kernel = False
-        _ADAMW_KERNEL = adamw_kernel
-    return _ADAMW_KERNEL or None
-
-
-_ADAMW_KERNEL = None
-
-
-def _fusable(*arrays):
-    """The compiled loop's arrays: NumPy, C-contiguous (their flat views write through), all of
-    one dtype, float32 or float64."""
-    dtype = arrays[0].dtype
-    return dtype in (np.float32, np.float64) and all(
-        type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous for a in arrays)
+    """optim_kernels.adamw_kernel, or None where numba does not import (engine/compiled.py's
+    lazy import: numba takes a while to load, and the array code needs none of it)."""
+    module = compiled.load("tinysparse.optim_kernels")
+    return None if module is None else module.adamw_kernel
 
 
 def cosine_lr(step, max_lr, warmup_steps, max_steps, min_lr=0.0):

@@ -56,7 +56,7 @@ class Attention(Function):
         # the loops read the (T, T) ceiling by query and key: causal needs Tq == Tk (attention()
         # says so; a direct call with others gets the array code's broadcast, or its error)
         square = not causal or p.shape[-2] == p.shape[-1]
-        kernels = Attention.compiled and square and compiled_kernels("row_kernels", p)
+        kernels = Attention.compiled and square and compiled_kernels(".row_kernels", p)
         if kernels:                                    # the lines below, in two loops around exp
             rows = p.reshape(-1, p.shape[-1])          # (..., T, Tk) -> (rows, Tk), a view
             ceiling = _future_ceiling(T, xp, p.dtype) if causal else _NO_CEILING
@@ -81,7 +81,7 @@ class Attention(Function):
         q, k, v, p = ctx.saved
         dv = p.swapaxes(-1, -2) @ grad
         ds = grad @ v.swapaxes(-1, -2)                 # dP
-        kernels = Attention.compiled and ds.size and compiled_kernels("row_kernels", ds, p)
+        kernels = Attention.compiled and ds.size and compiled_kernels(".row_kernels", ds, p)
         if kernels:                                    # the three lines below in one loop
             kernels.softmax_backward(ds.reshape(-1, ds.shape[-1]), p.reshape(-1, p.shape[-1]),
                                      ds.dtype.type(ctx.scale), ds.dtype.type(0))

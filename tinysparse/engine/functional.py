@@ -207,7 +207,7 @@ class GELU(Function):
 
     @staticmethod
     def forward(ctx, x):
-        kernels = GELU.compiled and compiled_kernels("gelu_kernels", x)
+        kernels = GELU.compiled and compiled_kernels(".gelu_kernels", x)
         if kernels:
             return GELU._forward_compiled(ctx, kernels, x)
         xp = array_module(x)
@@ -224,7 +224,7 @@ class GELU(Function):
     @staticmethod
     def backward(ctx, grad):
         xc, e = ctx.saved
-        kernels = GELU.compiled and compiled_kernels("gelu_kernels", xc, grad)
+        kernels = GELU.compiled and compiled_kernels(".gelu_kernels", xc, grad)
         if kernels:
             dt = xc.dtype.type
             out = np.empty_like(xc)

@@ -96,7 +96,7 @@ class LayerNorm(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps=1e-5):
         eps = float(eps)     # a NumPy float64 eps must not promote float32 rows (apply's scalar rule)
-        kernels = LayerNorm.compiled and x.size and compiled_kernels("row_kernels", x, weight, bias)
+        kernels = LayerNorm.compiled and x.size and compiled_kernels(".row_kernels", x, weight, bias)
         result = _forward_compiled(kernels, x, weight, bias, eps) if kernels else None
         if result is not None:
             out, xhat, rstd = result
@@ -121,7 +121,7 @@ class LayerNorm(Function):
     def backward(ctx, grad):
         xhat, rstd, weight = ctx.saved
         C = xhat.shape[-1]
-        kernels = LayerNorm.compiled and compiled_kernels("row_kernels", grad, xhat, rstd, weight)
+        kernels = LayerNorm.compiled and compiled_kernels(".row_kernels", grad, xhat, rstd, weight)
         rows = tuple(range(grad.ndim - 1))
         want_dw, want_db = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         summed = False

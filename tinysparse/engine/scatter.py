@@ -47,7 +47,7 @@ def _add_rows_compiled(full, index, values):
     if not (compiled and _is_row_index(index) and full.ndim >= 1
             and values.shape == index.shape + full.shape[1:]):
         return False
-    kernels = compiled_kernels("scatter_kernels", full, values)
+    kernels = compiled_kernels(".scatter_kernels", full, values)
     if not kernels:
         return False
     D = int(np.prod(full.shape[1:]))
