@@ -2,6 +2,8 @@
 saved arrays and backward, in float32 and float64, on odd shapes (empty, 0-d, lengths that are
 not multiples of a SIMD width), on values across 20 orders of magnitude and on the special ones
 (+-0, +-inf, nan, the +-30 clip). NaN is compared as NaN (its payload bits are not a result)."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,8 @@ import tinysparse as ts
 from tinysparse.engine import functional as F
 from tinysparse.engine import gelu_kernels
 from tinysparse.engine.function import Context
+
+from kernel_helpers import assert_same_bits, count_calls, gpt_after_three_steps
 
 SPECIAL = [0.0, -0.0, np.inf, -np.inf, np.nan, 30.0, -30.0, 30.5, -30.5, 1e30, -1e30, 1e-30,
            -1e-30, 5e-324, 0.5, -0.5]
@@ -32,13 +36,6 @@ def _run(x, grad, compiled, monkeypatch):
     return [y, *ctx.saved, dx]
 
 
-def assert_same_bits(a, b):
-    assert a.shape == b.shape and a.dtype == b.dtype
-    nan = np.isnan(a)
-    assert np.array_equal(nan, np.isnan(b))
-    assert a[~nan].tobytes() == b[~nan].tobytes()     # signed zeros and last bits included
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1037,), (7, 13), (3, 5, 2), (), (0, 4), (2, 64, 33)])
 def test_the_compiled_gelu_is_bitwise_the_array_code(dtype, shape, monkeypatch):
@@ -53,11 +50,7 @@ def test_the_loops_run_where_they_apply_and_the_array_code_elsewhere(monkeypatch
     """Counted calls: C-contiguous float32/float64 NumPy arrays go through the loops; a
     transposed view, a broadcast gradient and float16 (computed in float32 by apply) are
     handled too, each with the array code's values."""
-    calls = []
-    for name in ("gelu_two_u", "gelu_output", "gelu_backward"):
-        kernel = getattr(gelu_kernels, name)
-        monkeypatch.setattr(gelu_kernels, name,
-                            lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
+    calls = count_calls(monkeypatch, gelu_kernels, ("gelu_two_u", "gelu_output", "gelu_backward"))
     x, grad = _inputs((6, 9), np.float32, seed=3)
     got = _run(x, grad, True, monkeypatch)
     assert calls == ["gelu_two_u", "gelu_output", "gelu_backward"]
@@ -97,29 +90,23 @@ def test_gelu_values_are_those_of_the_formula_through_the_loops():
 
 def test_training_steps_of_a_gpt_are_bitwise_the_same_with_and_without_the_loops(monkeypatch):
     """End to end: three AdamW steps of a small GPT with the engine's loops (GELU's, layer
-    norm's, attention's softmax, the embedding backward) and three with the array code, from the same weights: every parameter equal to the
-    last bit, and so are the greedy tokens it samples afterwards with the KV cache."""
-    from tinysparse.engine import scatter
-    from tinysparse.engine.attention import Attention
-    from tinysparse.engine.normalization import LayerNorm
-    from tinysparse import optim
-    from tinysparse.engine import random as ts_random
-    from tinysparse.gpt import GPT, GPTConfig
-    tokens = np.random.default_rng(3).integers(0, 40, size=(3, 2, 9))
-    finals = []
+    norm's, attention's softmax, the embedding backward) and three with the array code
+    (bench's array_code(), the "before" row of make bench), from the same weights: every
+    parameter equal to the last bit, and so are the greedy tokens it samples afterwards with
+    the KV cache."""
+    from tinysparse.bench.common import array_code
+    from tinysparse.engine import row_kernels, scatter_kernels
+    calls = [count_calls(monkeypatch, gelu_kernels, ("gelu_output",)),
+             count_calls(monkeypatch, row_kernels, ("layer_norm_forward", "softmax_shift")),
+             count_calls(monkeypatch, scatter_kernels, ("index_add_rows",))]
+    finals, ran = [], []
     for compiled in (False, True):
-        monkeypatch.setattr(F.GELU, "compiled", compiled)
-        monkeypatch.setattr(LayerNorm, "compiled", compiled)
-        monkeypatch.setattr(Attention, "compiled", compiled)
-        monkeypatch.setattr(scatter, "compiled", compiled)
-        ts_random.manual_seed(0)
-        model = GPT(GPTConfig(vocab_size=40, n_layer=2, n_head=2, n_embd=24, block_size=8))
-        opt = optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-        for batch in tokens:
-            opt.zero_grad()
-            _, loss = model(batch[:, :-1], batch[:, 1:])
-            loss.backward()
-            opt.step()
-        finals.append({n: p.data.tobytes() for n, p in model.named_parameters()})
-        finals[-1]["sampled"] = model.generate(np.zeros((1, 1), np.int64), 12, top_k=1).tobytes()
+        with array_code() if not compiled else contextlib.nullcontext():
+            model, final = gpt_after_three_steps()
+            final["sampled"] = model.generate(np.zeros((1, 1), np.int64), 12, top_k=1).tobytes()
+        finals.append(final)
+        ran.append(set(sum(calls, [])))
+        for c in calls:
+            c.clear()
     assert finals[0] == finals[1]
+    assert ran == [set(), {"gelu_output", "layer_norm_forward", "softmax_shift", "index_add_rows"}]

@@ -11,6 +11,8 @@ from tinysparse.engine import row_kernels
 from tinysparse.engine.function import Context
 from tinysparse.engine.normalization import LayerNorm
 
+from kernel_helpers import assert_same_bits, count_calls
+
 
 def _case(shape, dtype, seed, affine):
     rng = np.random.default_rng(seed)
@@ -37,13 +39,6 @@ def _run(x, w, b, grad, compiled, monkeypatch):
     return [out, *saved, *(g for g in grads if g is not None)]
 
 
-def _same_bits(a, b):
-    assert a.shape == b.shape and a.dtype == b.dtype
-    nan = np.isnan(a)
-    assert np.array_equal(nan, np.isnan(b))
-    assert a[~nan].tobytes() == b[~nan].tobytes()
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(4, 1), (3, 7), (5, 8), (2, 3, 9), (4, 127), (1, 1, 128),
                                    (6, 129), (3, 333), (2, 4097), (3, 400, 96)])
@@ -54,16 +49,11 @@ def test_the_compiled_layer_norm_is_bitwise_the_array_code(dtype, shape, affine,
     got = _run(x, w, b, grad, True, monkeypatch)
     assert len(expected) == len(got) == 4 + (w is not None) + (b is not None)   # out, xhat, rstd, dx, dw?, db?
     for a, c in zip(expected, got):
-        _same_bits(a, c)
+        assert_same_bits(a, c)
 
 
 def _count_calls(monkeypatch):
-    calls = []
-    for name in ("layer_norm_forward", "layer_norm_backward"):
-        kernel = getattr(row_kernels, name)
-        monkeypatch.setattr(row_kernels, name,
-                            lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
-    return calls
+    return count_calls(monkeypatch, row_kernels, ("layer_norm_forward", "layer_norm_backward"))
 
 
 def test_an_overflowing_variance_goes_to_the_scaled_array_code(monkeypatch):
@@ -77,7 +67,7 @@ def test_an_overflowing_variance_goes_to_the_scaled_array_code(monkeypatch):
     assert calls == ["layer_norm_forward", "layer_norm_backward"]
     assert np.isfinite(got[0]).all() and abs(got[0][0, 0]) > 1
     for a, c in zip(_run(x, w, b, grad, False, monkeypatch), got):
-        _same_bits(a, c)
+        assert_same_bits(a, c)
 
 
 def test_the_loops_run_where_they_apply_and_the_array_code_elsewhere(monkeypatch):
@@ -92,7 +82,7 @@ def test_the_loops_run_where_they_apply_and_the_array_code_elsewhere(monkeypatch
     broadcast = np.broadcast_to(grad[:1], grad.shape)
     for args in ((view, w, b, grad), (x, w, b, broadcast)):
         for a, c in zip(_run(*args, False, monkeypatch), _run(*args, True, monkeypatch)):
-            _same_bits(a, c)
+            assert_same_bits(a, c)
     assert calls == ["layer_norm_forward"]                  # only the forward of (x, broadcast)
 
 
@@ -110,4 +100,4 @@ def test_a_numpy_float64_eps_does_not_promote_float32_rows(monkeypatch):
     for run in runs[1:]:
         for a, c in zip(runs[0], run):
             assert a.dtype == np.float32
-            _same_bits(a, c)
+            assert_same_bits(a, c)

@@ -9,6 +9,8 @@ from tinysparse.engine import row_kernels
 from tinysparse.engine.attention import Attention
 from tinysparse.engine.function import Context
 
+from kernel_helpers import assert_same_bits, count_calls
+
 
 def _case(lead, Tq, Tk, hd, dtype, seed):
     rng = np.random.default_rng(seed)
@@ -30,13 +32,6 @@ def _run(q, k, v, g, causal, compiled, monkeypatch):
     return [y, p, *grads]
 
 
-def _same_bits(a, b):
-    assert a.shape == b.shape and a.dtype == b.dtype
-    nan = np.isnan(a)
-    assert np.array_equal(nan, np.isnan(b))
-    assert a[~nan].tobytes() == b[~nan].tobytes()
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("lead,Tq,Tk,causal", [((2, 3), 7, 7, True), ((1,), 1, 1, True),
                                                ((2, 2), 9, 9, True), ((3,), 64, 64, True),
@@ -47,22 +42,19 @@ def test_the_compiled_softmax_is_bitwise_the_array_code(dtype, lead, Tq, Tk, cau
     expected = _run(q, k, v, g, causal, False, monkeypatch)
     got = _run(q, k, v, g, causal, True, monkeypatch)
     for a, b in zip(expected, got):
-        _same_bits(a, b)
+        assert_same_bits(a, b)
 
 
 def test_a_nan_score_makes_its_row_nan_either_way_and_the_loops_run(monkeypatch):
-    calls = []
-    for name in ("softmax_shift", "softmax_normalize", "softmax_backward"):
-        kernel = getattr(row_kernels, name)
-        monkeypatch.setattr(row_kernels, name,
-                            lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
+    calls = count_calls(monkeypatch, row_kernels,
+                        ("softmax_shift", "softmax_normalize", "softmax_backward"))
     q, k, v, g = _case((2,), 6, 6, 4, np.float32, seed=1)
     q[1, 3, 0] = np.nan                                  # one query: its row of scores is NaN
     got = _run(q, k, v, g, True, True, monkeypatch)
     assert calls == ["softmax_shift", "softmax_normalize", "softmax_backward"]
     assert np.isnan(got[1][1, 3]).all() and not np.isnan(got[1][1, 2]).any()
     for a, b in zip(_run(q, k, v, g, True, False, monkeypatch), got):
-        _same_bits(a, b)
+        assert_same_bits(a, b)
 
 
 def test_causal_attention_with_unequal_lengths_is_the_array_codes_answer(monkeypatch):
@@ -72,7 +64,7 @@ def test_causal_attention_with_unequal_lengths_is_the_array_codes_answer(monkeyp
     q, k, v, g = _case((1,), 1, 40, 16, np.float32, seed=3)
     expected = _run(q, k, v, g, True, False, monkeypatch)
     for a, b in zip(expected, _run(q, k, v, g, True, True, monkeypatch)):
-        _same_bits(a, b)
+        assert_same_bits(a, b)
     q3 = np.concatenate([q, q, q], axis=1)
     for compiled in (False, True):
         monkeypatch.setattr(Attention, "compiled", compiled)
