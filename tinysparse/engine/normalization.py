@@ -140,9 +140,7 @@ class LayerNorm(Function):
         if not summed:
             dw = (grad * xhat).sum(axis=rows) if want_dw else None
             db = grad.sum(axis=rows) if want_db else None
-        dw = dw if want_dw else None
-        db = db if want_db else None
-        return dx, dw, db
+        return dx, (dw if want_dw else None), (db if want_db else None)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):

@@ -158,22 +158,16 @@ def softmax_shift(scores, ceiling, causal, scale):
     R, T = scores.shape
     for r in range(R):
         row = scores[r]
-        top = row[0] * scale
-        if causal and top > ceiling[r % T, 0]:
-            top = ceiling[r % T, 0]
+        top = row[0]                              # replaced by the first scaled score at j = 0
         for j in range(T):
             v = row[j] * scale
             if causal and v > ceiling[r % T, j]:
                 v = ceiling[r % T, j]
             row[j] = v
-            if v > top or v != v:
+            if j == 0 or v > top or v != v:       # np.max: a NaN anywhere makes the maximum NaN
                 top = v
-        if top != top:                            # np.max of a row holding NaN is NaN
-            for j in range(T):
-                row[j] = top
-        else:
-            for j in range(T):
-                row[j] = row[j] - top
+        for j in range(T):
+            row[j] = row[j] - top                 # (and a NaN maximum the whole row NaN)
 
 
 @njit(cache=True, error_model="numpy")
