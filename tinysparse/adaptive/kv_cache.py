@@ -119,10 +119,10 @@ class CachedAttention(Function):
         C = C3 // 3
         q, k, v = qkv.reshape(B, T, 3, n_head, C // n_head).transpose(2, 0, 3, 1, 4)  # (B, nh, T, hd) each
         xp = array_module(qkv)
-        run = not hasattr(start, "shape")               # positions start .. start+T-1 in every row
+        run = isinstance(start, numbers.Integral)       # positions start .. start+T-1 in every row
         if run and start == 0 and keep is None:
             # a prefill: the very computation of the uncached model, so its logits are identical
-            layer.write(k, v, 0)
+            layer.write(k, v, start)
             return PackedCausalAttention.forward(Context(None), qkv, n_head)
         keys, values, valid = layer.write(k, v, start, keep)                             # (B, nh, L, hd), (B, L)
         if run and T == 1 and layer.dense:

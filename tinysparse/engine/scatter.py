@@ -22,18 +22,15 @@ from .backend import array_module
 from .compiled import kernels as compiled_kernels
 
 ONE_HOT_LIMIT = 1 << 26     # one-hot matrix elements (256 MB in float32) before we sort instead
-
-
-compiled = True     # rows of a table through scatter_kernels.py on the CPU (np.add.at's bits)
+compiled = True             # rows of a table through scatter_kernels.py on the CPU (np.add.at's bits)
 
 
 def index_add(full, index, values):
     """full[index] += values with repeated indices accumulated, deterministically; in place."""
     xp = array_module(values)
-    if xp is np and _add_rows_compiled(full, index, values):
-        return
     if xp is np:
-        np.add.at(full, index, values)              # sequential in index order: deterministic
+        if not _add_rows_compiled(full, index, values):
+            np.add.at(full, index, values)          # sequential in index order: deterministic
     elif _is_row_index(index) and index.size * full.shape[0] <= ONE_HOT_LIMIT:
         index_add_one_hot(full, index, values)
     else:
