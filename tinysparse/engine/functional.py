@@ -192,6 +192,7 @@ def _check_targets(targets, V, ignore_index):
 # ---- GELU ----------------------------------------------------------------------------------------
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_CUBIC = 0.044715     # the x^3 coefficient of the tanh form (Hendrycks & Gimpel 2016)
 _GELU_SATURATED = 30.0   # beyond |x| = 30, 2u > 1900 and exp(-2|u|) is 0 in float64: x^3 need not grow
 
 
@@ -213,7 +214,7 @@ class GELU(Function):
         xp = array_module(x)
         xc = xp.minimum(xp.maximum(x, -_GELU_SATURATED), _GELU_SATURATED)   # np.clip's values, faster
         two_u = xc * xc
-        two_u *= 0.044715
+        two_u *= _GELU_CUBIC
         two_u += 1.0
         two_u *= xc
         two_u *= 2.0 * _SQRT_2_OVER_PI                       # 2u, which has the sign of x
@@ -229,12 +230,12 @@ class GELU(Function):
             dt = xc.dtype.type
             out = np.empty_like(xc)
             kernels.gelu_backward(xc.reshape(-1), e.reshape(-1), grad.reshape(-1), out.reshape(-1),
-                                  dt(1.0), dt(3 * 0.044715), dt(2.0 * _SQRT_2_OVER_PI))
+                                  dt(1.0), dt(3 * _GELU_CUBIC), dt(2.0 * _SQRT_2_OVER_PI))
             return out
         r = 1.0 / (1.0 + e)
         s = sigmoid_from_parts(xc >= 0, e, r)
         slope = xc * xc                                      # x * s(1-s) * d(2u)/dx, in place:
-        slope *= 3 * 0.044715
+        slope *= 3 * _GELU_CUBIC
         slope += 1.0
         slope *= (2.0 * _SQRT_2_OVER_PI) * xc
         slope *= e
@@ -250,7 +251,7 @@ class GELU(Function):
         dt = x.dtype.type
         xc, e, out = np.empty_like(x), np.empty_like(x), np.empty_like(x)
         flat_x, flat_xc, flat_e = x.reshape(-1), xc.reshape(-1), e.reshape(-1)
-        kernels.gelu_two_u(flat_x, flat_xc, flat_e, dt(_GELU_SATURATED), dt(0.044715), dt(1.0),
+        kernels.gelu_two_u(flat_x, flat_xc, flat_e, dt(_GELU_SATURATED), dt(_GELU_CUBIC), dt(1.0),
                            dt(2.0 * _SQRT_2_OVER_PI))                 # e holds -|2u| for now
         np.exp(e, out=e)
         kernels.gelu_output(flat_x, flat_xc, flat_e, out.reshape(-1), dt(1.0))
