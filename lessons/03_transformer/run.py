@@ -486,6 +486,46 @@ def save_png(p, labels, where, args):
     print(f"  saved {path}")
 
 
+# ---- 6. The compiled twins of the fused Functions -------------------------------------------------
+
+def part_compiled_twins(args):
+    """GELU, layer norm and attention at the headline shape, each forward+backward twice: with
+    its @njit loops (the default on the CPU) and with its NumPy array code. Same bits, checked;
+    the times are measured."""
+    section("6. Compiled twins: the same bits in fewer passes")
+    from tinysparse.engine.attention import Attention
+    from tinysparse.engine.normalization import LayerNorm
+    rng = np.random.default_rng(6)
+    B, T, C, nh = 16, 64, 128, 4
+    x = rng.standard_normal((B, T, C)).astype(np.float32)
+    w = (1 + 0.1 * rng.standard_normal(C)).astype(np.float32)
+    h = rng.standard_normal((B, T, 4 * C)).astype(np.float32)
+    qkv = rng.standard_normal((B, T, 3 * C)).astype(np.float32)
+    cases = (("GELU", F.GELU, F.gelu, (h,), h.shape),
+             ("layer norm", LayerNorm, F.layer_norm, (x, w), x.shape),
+             ("attention", Attention, lambda t: F.causal_self_attention(t, nh), (qkv,), x.shape))
+    print(f"  float32, (B, T, C) = {(B, T, C)}, forward+backward, best of 5:")
+    for name, fn_class, fn, arrays, out_shape in cases:
+        g = rng.standard_normal(out_shape).astype(np.float32)
+        bits, best = {}, {}
+        for compiled in (True, False):
+            fn_class.compiled = compiled
+            times = []
+            for _ in range(5):
+                inputs = [Tensor(a, requires_grad=True) for a in arrays]
+                start = time.perf_counter()
+                y = fn(*inputs)
+                y.backward(g)
+                times.append(time.perf_counter() - start)
+            best[compiled] = min(times)
+            bits[compiled] = [y.data.tobytes()] + [t.grad.tobytes() for t in inputs]
+        fn_class.compiled = True
+        measured(f"  {name:<11} loops {best[True] * 1e3:6.2f} ms, array code "
+                 f"{best[False] * 1e3:6.2f} ms")
+        check(bits[True] == bits[False],
+              f"{name}: output and input gradients are the array code's, bit for bit")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps (used by the tests)")
@@ -506,6 +546,7 @@ def main():
     part_causality(args)
     part_gpt(args)
     part_training(args)
+    part_compiled_twins(args)
 
     return summary(start)
 
