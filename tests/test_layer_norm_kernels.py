@@ -101,3 +101,15 @@ def test_a_numpy_float64_eps_does_not_promote_float32_rows(monkeypatch):
         for a, c in zip(runs[0], run):
             assert a.dtype == np.float32
             assert_same_bits(a, c)
+
+
+def test_a_weight_of_the_wrong_length_gets_the_array_codes_error_not_a_loop(monkeypatch):
+    """A direct LayerNorm.forward with a weight or bias that is not (C,) (layer_norm() refuses
+    it first): the loops would read past its end, so the array code runs and raises NumPy's
+    broadcast error, loops on or off."""
+    x, w, b, _ = _case((4, 9), np.float32, seed=5, affine="both")
+    for compiled in (False, True):
+        monkeypatch.setattr(LayerNorm, "compiled", compiled)
+        for weight, bias in ((w[:5], b), (w, b[:5])):
+            with pytest.raises(ValueError, match="broadcast"):
+                LayerNorm.forward(Context((True, True, True)), x, weight, bias)

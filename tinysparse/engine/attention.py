@@ -81,7 +81,8 @@ class Attention(Function):
         q, k, v, p = ctx.saved
         dv = p.swapaxes(-1, -2) @ grad
         ds = grad @ v.swapaxes(-1, -2)                 # dP
-        kernels = Attention.compiled and ds.size and compiled_kernels(".row_kernels", ds, p)
+        kernels = (Attention.compiled and ds.size and ds.shape == p.shape
+                   and compiled_kernels(".row_kernels", ds, p))
         if kernels:                                    # the three lines below in one loop
             kernels.softmax_backward(ds.reshape(-1, ds.shape[-1]), p.reshape(-1, p.shape[-1]),
                                      ds.dtype.type(ctx.scale), ds.dtype.type(0))

@@ -225,7 +225,8 @@ class GELU(Function):
     @staticmethod
     def backward(ctx, grad):
         xc, e = ctx.saved
-        kernels = GELU.compiled and compiled_kernels(".gelu_kernels", xc, grad)
+        kernels = (GELU.compiled and grad.shape == xc.shape
+                   and compiled_kernels(".gelu_kernels", xc, grad))
         if kernels:
             dt = xc.dtype.type
             out = np.empty_like(xc)

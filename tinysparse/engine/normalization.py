@@ -96,7 +96,10 @@ class LayerNorm(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps=1e-5):
         eps = float(eps)     # a NumPy float64 eps must not promote float32 rows (apply's scalar rule)
-        kernels = LayerNorm.compiled and x.size and compiled_kernels(".row_kernels", x, weight, bias)
+        # the loops index weight and bias by channel: (C,) each, or the array code says what is wrong
+        fits = all(p is None or p.shape == x.shape[-1:] for p in (weight, bias))
+        kernels = (LayerNorm.compiled and x.size and fits
+                   and compiled_kernels(".row_kernels", x, weight, bias))
         result = _forward_compiled(kernels, x, weight, bias, eps) if kernels else None
         if result is not None:
             out, xhat, rstd = result
@@ -121,7 +124,8 @@ class LayerNorm(Function):
     def backward(ctx, grad):
         xhat, rstd, weight = ctx.saved
         C = xhat.shape[-1]
-        kernels = LayerNorm.compiled and compiled_kernels(".row_kernels", grad, xhat, rstd, weight)
+        kernels = (LayerNorm.compiled and grad.shape == xhat.shape
+                   and compiled_kernels(".row_kernels", grad, xhat, rstd, weight))
         rows = tuple(range(grad.ndim - 1))
         want_dw, want_db = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         summed = False
