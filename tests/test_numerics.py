@@ -486,3 +486,24 @@ def test_a_function_on_float16_sees_float32_in_forward_and_backward():
     assert y.dtype == np.float16
     y.sum().backward()
     assert seen == [np.float32, np.float32] and x.grad.dtype == np.float16
+
+
+@pytest.mark.parametrize("dtype,scale", [(np.float32, 1.0), (np.float64, 1e270)])
+@pytest.mark.parametrize("ignore", [None, -1])
+def test_cross_entropy_of_losses_whose_sum_overflows_is_their_mean(dtype, scale, ignore):
+    """Four rows with losses near 1e38 (float32) or 1e308 (float64): their sum passes the
+    dtype's maximum although their mean does not (hypothesis found it). The loss is the mean,
+    finite, without an overflow flag, with every row counted or one ignored."""
+    row = np.full(6, 7.441427e+37)
+    x = np.stack([row] * 4)
+    x[0, 0] = -4.262527e+37
+    x[[1, 2, 3], [1, 2, 3]] = 0.0
+    x = (x * scale).astype(dtype)
+    targets = np.arange(4) if ignore is None else np.array([0, 1, ignore, 3])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        loss = F.cross_entropy(Tensor(x), targets, ignore_index=ignore).data
+    kept = [0, 1, 3] if ignore is not None else [0, 1, 2, 3]
+    nll = [float(x[0, 1]) - float(x[0, 0])] + [float(x[i, 0]) for i in (1, 2, 3)]   # -log p(target)
+    expected = sum(nll[i] / len(kept) for i in kept)        # the mean, each term divided first
+    assert loss.dtype == dtype and np.isfinite(loss)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-6)

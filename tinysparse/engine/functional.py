@@ -24,6 +24,7 @@ from .normalization import LayerNorm, layer_norm  # noqa: F401
 from .backend import array_module
 from .backend import to_numpy as backend_to_numpy
 from .ops import sigmoid_from_parts, sigmoid_parts
+from .ops_reduce import sum_divided
 from .spelling import axis_argument
 from .tensor import Function, Tensor
 
@@ -121,7 +122,7 @@ class CrossEntropy(Function):
             nll = xp.where(keep, nll, 0.0)             # be inf (its stand-in target 0 far below)
         ctx.save_for_backward(shifted, sum_exp, t, keep)
         ctx.shape, ctx.count = logits.shape, max(count, 1) if keep is None else count
-        return xp.asarray(nll.sum() / ctx.count, dtype=logits.dtype)
+        return xp.asarray(sum_divided(nll, ctx.count), dtype=logits.dtype)   # the mean, safely
 
     @staticmethod
     def backward(ctx, grad):

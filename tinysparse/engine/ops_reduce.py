@@ -62,6 +62,24 @@ def _scaled_reduction(a, axis, keepdims, mean):
     return out.reshape(()) if axis is None else xp.squeeze(out, axis=normalize_axes(axis, a.ndim))
 
 
+def sum_divided(a, n):
+    """a.sum() / n for a 1-D float array and a count n > 0 (an int, or a device scalar), finite
+    wherever the quotient is, by this module's rule: the plain quotient first on the CPU (NumPy's
+    bits), and where it overflowed on finite input, float64 accumulation (float32 and narrower)
+    or m * (sum(a / m) / n) with m = max |a| (float64). For a mean over a count other than a's
+    size: cross-entropy's over the rows it does not ignore (4 float32 losses near 1e38 summed
+    past 3.4e38 although their mean is 9e37)."""
+    acc = _accumulator(a.dtype)
+    if acc is not None:
+        safe = lambda: (a.sum(dtype=acc) / n).astype(a.dtype)  # noqa: E731
+    else:
+        def safe():
+            m = array_module(a).abs(a).max() if a.size else 1.0
+            m = m if m > 0 else 1.0
+            return ((a / m).sum() / n) * m
+    return _safe_when_needed(a, lambda: a.sum() / n, safe)
+
+
 def _expand_reduced(grad, shape, axis, keepdims):
     """Put back the axes a reduction removed, so grad broadcasts against the input's shape."""
     if axis is None:
