@@ -249,3 +249,23 @@ def test_profile_covers_the_moe_step_and_the_dispatch_primitives(capsys):
     assert [line.split()[0] for line in primitives[2:11]] == [
         "plan", "gather", "scatter", "grouped_mm", "grouped_mm_dx", "grouped_mm_dw", "combine",
         "combine_backward", "total"]
+
+
+def test_grouped_suite_splits_the_gap_into_shape_weights_and_uneven_rows(capsys):
+    from tinysparse.bench.grouped_why import SHAPES, run_why
+    assert bench("--suite", "gmm") == 0
+    assert "why the grouped matmul" in capsys.readouterr().out
+    T, C = 40, 8
+    med = run_why(T, C, warmup=0, iters=2)
+    out = capsys.readouterr().out
+    lines = out[out.index("why the grouped matmul"):].splitlines()[2:]
+    assert [" ".join(line.split()[:3]) for line in lines] == [label for label, *_ in SHAPES]
+    for line, (label, E, k, width) in zip(lines, SHAPES):
+        cells = line.split()[3:]
+        assert float(cells[0]) == round(T * k / E)                     # rows per expert
+        assert float(cells[1]) == round(E * C * width * C * 4 / 2**20, 1)   # weights MB
+        m = med[label]
+        want = (m["routed"] / m["dense"], m["one weight"] / m["dense"],
+                m["E weights"] / m["one weight"], m["routed"] / m["E weights"])
+        got = [float(c.rstrip("x")) for c in cells[7::2]]
+        assert got == pytest.approx(want, abs=0.006)                   # printed to 2 decimals

@@ -13,10 +13,16 @@ the grouped matmul multiplies S = 8T buffer rows, about 8T/64 rows per expert, b
     padded batched        every expert's rows padded to the busiest one's, one stacked np.matmul
     dense, equal FLOPs    the one matmul the MoE's FLOPs are compared with
 
-all taking turns call by call. Then why: the GFLOP/s the BLAS reaches at one expert's shape
-against the dense shape (best of, common.matmul_gflops); and the awkward routings (experts
-without rows, one expert holding every row, sizes that are no multiple of a task), numba
-against the reference.
+all taking turns call by call, except those that run Numba's thread pool (numba parallel, and
+the default where it picks that flavour): they take turns in a second block. Numba's workers keep
+spinning after a parallel kernel, and on 2 cores the next BLAS call shares its cores with them:
+measured, the per-expert BLAS loop timed right after numba parallel took 5.0 ms a call, and 2.5
+ms with numba parallel timed apart; the dense matmul 2.1 and 1.4 ms.
+
+Then why: the GFLOP/s the BLAS reaches at one expert's shape against the dense shape (best of,
+common.matmul_gflops), and that gap split into its factors at every expert count of the layer
+suite (grouped_why.py); and the awkward routings (experts without rows, one expert holding
+every row, sizes that are no multiple of a task), numba against the reference.
 
 Bits: OpenBLAS's result for a row depends on the call's row count and thread count (measured:
 the same rows in one call or two, at 1 or 2 threads, differ in the last bit). So only the
@@ -28,6 +34,7 @@ from ..moe.dispatch import NumpyDispatch, expert_segments, get_backend
 from ..moe.numba_dispatch import NumbaDispatch, parallel_pays
 from .targets import record as record_target
 from .common import matmul_gflops, threads, time_calls
+from .grouped_why import run_why
 
 E, TOP_K = 64, 8
 
@@ -133,10 +140,16 @@ def run_grouped_bench(args):
         print(f"\ngrouped matmul, T={T}, n_embd {C}, E={E} top-{TOP_K} width {d} "
               f"({T * TOP_K} rows, ~{T * TOP_K // E} per expert), {args.threads} threads, "
               f"numba default flavour here: {flavour}; median of {args.iters} calls taking turns")
+        pool = {"numba parallel"} | ({"numba (default)"} if flavour == "parallel" else set())
+        print(f"({', '.join(sorted(pool))} on Numba's thread pool: timed in a block of their own, "
+              f"since its spinning workers slow whatever runs next)")
         print(f"{'':<10}" + "".join(f"{name:>17}" for name in calls["forward"]))
         best = {}
         for direction, per in calls.items():
-            times = time_calls(per, args.warmup, max(args.iters, 5))
+            times = {}
+            for block in ({n: c for n, c in per.items() if n not in pool},
+                          {n: c for n, c in per.items() if n in pool}):
+                times.update(time_calls(block, args.warmup, max(args.iters, 5)))
             med = {n: float(np.median(t)) for n, t in times.items()}
             best[direction] = {n: min(t) for n, t in times.items()}
             cells = {n: f"{med[n]:.2f} ms {med[n] / med['dense']:.1f}x" for n in med}
@@ -157,5 +170,6 @@ def run_grouped_bench(args):
               f"{_intensity(T, C, TOP_K * d):.0f} FLOP/byte; {E} calls of "
               f"{2 * rows * C * d / 1e6:.2f} MFLOP each against one of "
               f"{2 * T * C * TOP_K * d / 1e6:.0f} MFLOP")
+        run_why(T, C, args.warmup, max(args.iters, 5))
         _check_awkward(C, d, rng, max(2, args.iters // 4))
     return 0
