@@ -267,5 +267,5 @@ def test_grouped_suite_splits_the_gap_into_shape_weights_and_uneven_rows(capsys)
         m = med[label]
         want = (m["routed"] / m["dense"], m["one weight"] / m["dense"],
                 m["E weights"] / m["one weight"], m["routed"] / m["E weights"])
-        got = [float(c.rstrip("x")) for c in cells[7::2]]
+        got = [float(c.rstrip("x")) for c in cells[8::2]]
         assert got == pytest.approx(want, abs=0.006)                   # printed to 2 decimals

@@ -22,6 +22,7 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from tinysparse.bench.grouped_why import run_why
 from tinysparse.lesson import check, measured, section, summary
 from tinysparse.moe import capacity, get_backend, register_backend
 from tinysparse.moe import numba_kernels as K
@@ -148,6 +149,23 @@ def part_alternatives(args):
     check(rates[hi_t] > 1.5 * rates[lo_t], f"{hi_t * k // E} rows per expert run the matmuls "
           f"{rates[hi_t] / rates[lo_t]:.1f}x faster per FLOP than {lo_t * k // E}: small batches pay for "
           "the total weights", timed=True)
+
+
+def why_factors(args):
+    """Part 2, continued: the grouped matmul's extra time split into three measured factors."""
+    T, iters = (256, 5) if args.quick else (1024, 30)
+    print("\n  where a grouped matmul's extra time goes (tinysparse/bench/grouped_why.py; NumPy's "
+          "BLAS as it is):")
+    with threadpool_limits(2):
+        med = run_why(T, 128, warmup=2, iters=iters, emit=measured)
+    shape = {label: m["one weight"] / m["dense"] for label, m in med.items()}
+    weights = {label: m["E weights"] / m["one weight"] for label, m in med.items()}
+    check(shape["E128 top-2 d2C"] > shape["E8 top-2 d2C"],
+          f"the shape factor grows as the rows per expert fall: {shape['E8 top-2 d2C']:.2f}x at "
+          f"E=8, {shape['E128 top-2 d2C']:.2f}x at E=128", timed=True)
+    check(weights["E128 top-2 d2C"] > weights["E8 top-2 d2C"],
+          f"so does the weights factor: {weights['E8 top-2 d2C']:.2f}x at E=8 (1 MB of weights), "
+          f"{weights['E128 top-2 d2C']:.2f}x at E=128 (16 MB)", timed=True)
 
 
 # ---- 3. The cost of each stage ----------------------------------------------------------------------
@@ -296,6 +314,7 @@ def main():
     start = time.perf_counter()
     part_walkthrough()
     part_alternatives(args)
+    why_factors(args)
     part_stages(args)
     part_kernels(args)
     part_determinism()

@@ -7,6 +7,7 @@ Suites, one file each:
     layer.py        layer: one MoE layer forward+backward per dispatch backend vs a dense FFN
     grouped.py      gmm: the grouped matmul (forward, dX, dW) per strategy vs one dense matmul
                     of equal FLOPs, the BLAS's speed at both shapes, awkward routings
+    grouped_why.py  gmm's table of why: routed/dense = shape x weights x uneven rows, per E
     sampling.py     sampling: tokens/s of GPT.generate with and without the KV cache, and the
                     dense model's cached greedy decoding against its PyTorch twin's (not in
                     the default set: --suite sampling)
