@@ -45,6 +45,7 @@ SEP = "ǁ"                   # mutmut's separator in the mangled name of a metho
 TESTS = {
     "tinysparse/training/loop.py": ["tests/test_train.py", "tests/test_train_applies.py"],
     "tinysparse/training/evaluation.py": ["tests/test_train.py", "tests/test_train_applies.py"],
+    "tinysparse/training/reporting.py": ["tests/test_train.py", "tests/test_train_applies.py"],
     "tinysparse/training/checkpoint.py": ["tests/test_checkpoint.py",
                                           "tests/test_checkpoint_state.py",
                                           "tests/test_checkpoint_refusals.py"],

@@ -4,7 +4,8 @@
     summary = train(GPTConfig(**PRESETS["tiny"]["model"]), TrainConfig(max_iters=200))
 
 Files, in reading order: data.py (bytes -> batches; corpora.py holds the sources), config.py
-(TrainConfig, PRESETS), loop.py (train: setup, step, evaluate, log, checkpoint), evaluation.py
+(TrainConfig, PRESETS), loop.py (train: setup, step, loop, checkpoint), reporting.py (the
+progress line, evaluation and log lines, the summary at the end), evaluation.py
 (the loss on each split, bits per byte), checkpoint.py (safetensors + JSON checkpoints; with
 atomic.py, files written atomically, and checkpoint_schema.py, the checks made on loading),
 sampling.py (load a run, sample text), convert.py (old pickle checkpoints, with consent).
