@@ -243,7 +243,7 @@ def test_decode_suite_compares_cached_sampling_with_the_twin_and_records_it(caps
 def test_profile_covers_the_moe_step_and_the_dispatch_primitives(capsys):
     assert bench("--suite", "moe", "layer", "--no-torch", "--profile") == 0
     out = capsys.readouterr().out
-    assert "tiny-moe steps under cProfile" in out and "GroupedLinear.backward" in out
+    assert "tiny-moe steps, timed per Function" in out and "GroupedLinear.backward" in out
     primitives = out[out.index("profile: dispatch primitives"):].splitlines()
     assert primitives[1].split() == ["primitive", "numpy", "numba"]   # registered ones left out
     assert [line.split()[0] for line in primitives[2:11]] == [

@@ -1,50 +1,105 @@
 """Where the time goes (`python -m tinysparse bench --profile`): per Function forward and
 backward for a training step (profile_steps) or any other call, such as a sampling run
-(profile_calls); the MoE layer's per-primitive table is moe/timing.py's."""
-import cProfile
-import pstats
+(profile_calls); the MoE layer's per-primitive table is moe/timing.py's.
+
+The clock, not a profiler: for the profiled calls, every Function subclass's forward and backward,
+Function.apply, Tensor.backward and the optimizer's step and zero_grad are wrapped in
+perf_counter timers (a few hundred nanoseconds a call), and put back afterwards. cProfile, used
+here before, timed every Python call and inflated the Python-heavy parts (a 150 ms MoE step read
+195 ms); the timers leave the step at its own speed, so the table adds up to the bench's times.
+A fused Function that calls another's forward or backward (PackedCausalAttention -> Attention)
+is counted once, in the outermost: the time goes to the Function the engine called.
+"""
+import contextlib
+import time
+from collections import defaultdict
 
 from ..engine.tensor import Function, Tensor
 from .common import step
-
-
-def _key(fn):
-    """pstats' key (file, first line, name) for a function, method, staticmethod or classmethod."""
-    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
-    return None if code is None else (code.co_filename, code.co_firstlineno, code.co_name)
 
 
 def _subclasses(cls):
     return [d for sub in cls.__subclasses__() for d in [sub, *_subclasses(sub)]]
 
 
-def _profiled(run, steps):
-    """pstats' table {(file, line, name): (calls, ncalls, tottime, cumtime, callers)} of `steps`
-    calls of run(), and a function cum(fn) -> fn's cumulative seconds in it."""
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(steps):
-        run()
-    prof.disable()
-    stats = pstats.Stats(prof).stats
-    return stats, lambda fn: stats.get(_key(fn), (0, 0, 0, 0.0))[3]
+class _Clock:
+    """Seconds per bucket; `open` counts the timed calls running now, per kind ('phase': a
+    Function's forward or backward; 'engine': Function.apply or Tensor.backward), so that a call
+    inside another of its kind adds nothing of its own."""
+
+    def __init__(self):
+        self.seconds, self.open = defaultdict(float), defaultdict(int)
+
+    def wrap(self, fn, bucket, kind):
+        clock = self
+
+        def timed(*args, **kwargs):
+            outermost = clock.open[kind] == 0
+            inside_engine = clock.open["engine"] > 0     # a phase the engine called
+            clock.open[kind] += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                clock.open[kind] -= 1
+                if outermost:
+                    dt = time.perf_counter() - t0
+                    clock.seconds[bucket] += dt
+                    if kind == "phase" and inside_engine:
+                        clock.seconds["phases in the engine"] += dt
+        return timed
 
 
-def _function_rows(stats):
-    """{'Class.forward' | 'Class.backward': seconds}. Cumulative time is used, not tottime: a
-    Function's forward calls NumPy methods (.sum, .reshape) that cProfile lists as entries of
-    their own, and they are that Function's cost. A fused Function may call another's forward
-    or backward (PackedCausalAttention -> Attention): only the calls from outside any Function
-    count, so the time goes to the outermost one."""
-    phases = {_key(vars(cls)[phase]): f"{cls.__name__}.{phase}" for cls in _subclasses(Function)
-              for phase in ("forward", "backward") if phase in vars(cls)}
-    rows = {}
-    for key, name in phases.items():
-        callers = stats.get(key, (0, 0, 0, 0, {}))[4]
-        t = sum(c[3] for caller, c in callers.items() if caller not in phases)
-        if t > 0:
-            rows[name] = t
-    return rows
+@contextlib.contextmanager
+def _timers(clock, optimizer=None):
+    """Install the timers (see the module docstring); put every original back on the way out."""
+    saved = []
+
+    def install(owner, name, bucket, kind):
+        raw = vars(owner)[name]                                    # staticmethod, classmethod, function
+        fn = getattr(raw, "__func__", raw)
+        timed = clock.wrap(fn, bucket, kind)
+        saved.append((owner, name, raw))
+        setattr(owner, name, type(raw)(timed) if isinstance(raw, (staticmethod, classmethod))
+                else timed)
+
+    try:
+        for cls in _subclasses(Function):
+            for phase in ("forward", "backward"):
+                if phase in vars(cls):
+                    install(cls, phase, f"{cls.__name__}.{phase}", "phase")
+        install(Function, "apply", "engine: apply", "engine")
+        install(Tensor, "backward", "engine: backward walk", "engine")
+        if optimizer is not None:
+            for name in ("step", "zero_grad"):                   # where the class defines it
+                owner = next(c for c in type(optimizer).__mro__ if name in vars(c))
+                install(owner, name, "optimizer", "optimizer")
+        yield clock
+    finally:
+        for owner, name, raw in reversed(saved):
+            setattr(owner, name, raw)
+
+
+def _clocked(run, steps, optimizer=None):
+    """(seconds of `steps` calls of run(), {bucket: seconds}) with the timers installed."""
+    with _timers(_Clock(), optimizer) as clock:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            run()
+        total = time.perf_counter() - t0
+    return total, dict(clock.seconds)
+
+
+def _function_rows(seconds):
+    """{'Class.forward' | 'Class.backward': seconds} of the Function phases alone."""
+    return {name: t for name, t in seconds.items() if name.endswith((".forward", ".backward"))}
+
+
+def _engine_own(seconds):
+    """The engine's own seconds: apply and Tensor.backward, less the phases they called (a phase
+    called from model code directly, such as the KV cache's attention, is not the engine's)."""
+    return (seconds.get("engine: apply", 0.0) + seconds.get("engine: backward walk", 0.0)
+            - seconds.get("phases in the engine", 0.0))
 
 
 def _print_rows(rows, extra, total, steps, top, unit):
@@ -60,36 +115,34 @@ def _print_rows(rows, extra, total, steps, top, unit):
 
 
 def profile_steps(model, opt, idx, targets, steps, top=15, label="tinysparse"):
-    """Run `steps` training steps under cProfile; print the time per Function forward/backward,
-    the engine's own, the optimizer's and the rest."""
-    stats, cum = _profiled(lambda: step(model, opt, idx, targets), steps)
-    total = cum(step)
-    rows = _function_rows(stats)
+    """Run `steps` training steps with the timers in; print the time per Function forward and
+    backward, the engine's own (graph recording in apply, the backward walk), the optimizer's
+    and the rest (model code: nn modules, gpt, the MoE's routing plan)."""
+    total, seconds = _clocked(lambda: step(model, opt, idx, targets), steps, opt)
+    rows = _function_rows(seconds)
     fwd = sum(t for name, t in rows.items() if name.endswith("forward"))
     bwd = sum(t for name, t in rows.items() if name.endswith("backward"))
-    # the engine: graph recording around each forward, and the backward walk around each backward
-    engine = max(0.0, cum(vars(Function).get("apply")) - fwd) + max(0.0, cum(Tensor.backward) - bwd)
-    optimizer = cum(type(opt).step) + cum(type(opt).zero_grad)
-    rest = total - fwd - bwd - engine - optimizer
-    print(f"\nprofile: {steps} {label} steps under cProfile, {total / steps * 1e3:.1f} ms/step "
-          f"(the profiler's overhead inflates the Python-heavy parts)")
+    engine = _engine_own(seconds)
+    optimizer = seconds.get("optimizer", 0.0)
+    rest = total - engine - fwd - bwd - optimizer
+    print(f"\nprofile: {steps} {label} steps, timed per Function (perf_counter around each "
+          f"forward and backward), {total / steps * 1e3:.1f} ms/step")
     print(f"  Functions: forward {fwd / total:.0%}, backward {bwd / total:.0%} of the step")
-    _print_rows(rows, [("engine (tensor.py backward/apply)", engine),
+    _print_rows(rows, [("engine (tensor.py backward/apply)", max(0.0, engine)),
                        (f"optimizer ({type(opt).__name__} step, zero_grad)", optimizer),
-                       ("model code (nn/gpt Python, the rest)", rest)], total, steps, top,
-                "ms/step")
+                       ("model code (nn/gpt Python, the rest)", max(0.0, rest))], total, steps,
+                top, "ms/step")
 
 
 def profile_calls(run, steps, what, per, top=12):
-    """Run `steps` calls of run() under cProfile (a sampling run, say); print the time per
+    """Run `steps` calls of run() (a sampling run, say) with the timers in; print the time per
     Function, the engine's graph bookkeeping, and the rest (model and sampling-loop Python)."""
-    stats, cum = _profiled(run, steps)
-    total = sum(v[2] for v in stats.values())                       # every function's own time
-    rows = _function_rows(stats)
-    engine = max(0.0, cum(vars(Function).get("apply")) - sum(rows.values()))
-    rest = total - sum(rows.values()) - engine
-    print(f"\nprofile: {steps} {what} under cProfile, {total / steps * 1e3:.1f} ms per call "
-          f"({per}; the profiler's overhead inflates the Python-heavy parts)")
-    _print_rows(rows, [("engine (Function.apply around forwards)", engine),
-                       ("the rest (model, checks, sampling loop)", rest)], total, steps, top,
-                "ms/call")
+    total, seconds = _clocked(run, steps)
+    rows = _function_rows(seconds)
+    engine = _engine_own(seconds)
+    rest = total - sum(rows.values()) - max(0.0, engine)
+    print(f"\nprofile: {steps} {what}, timed per Function, {total / steps * 1e3:.1f} ms per call "
+          f"({per})")
+    _print_rows(rows, [("engine (Function.apply around forwards)", max(0.0, engine)),
+                       ("the rest (model, checks, sampling loop)", max(0.0, rest))], total, steps,
+                top, "ms/call")
