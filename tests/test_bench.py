@@ -252,20 +252,27 @@ def test_profile_covers_the_moe_step_and_the_dispatch_primitives(capsys):
 
 
 def test_grouped_suite_splits_the_gap_into_shape_weights_and_uneven_rows(capsys):
-    from tinysparse.bench.grouped_why import SHAPES, run_why
+    from tinysparse.bench.grouped_why import PAD_ROWS, SHAPES, run_why
     assert bench("--suite", "gmm") == 0
     assert "why the grouped matmul" in capsys.readouterr().out
     T, C = 40, 8
-    med = run_why(T, C, warmup=0, iters=2)
+    med = run_why(T, C, warmup=0, iters=2, indent="  ")
     out = capsys.readouterr().out
     lines = out[out.index("why the grouped matmul"):].splitlines()[2:]
+    assert all(line.startswith("  ") for line in lines)
     assert [" ".join(line.split()[:3]) for line in lines] == [label for label, *_ in SHAPES]
     for line, (label, E, k, width) in zip(lines, SHAPES):
         cells = line.split()[3:]
         assert float(cells[0]) == round(T * k / E)                     # rows per expert
-        assert float(cells[1]) == round(E * C * width * C * 4 / 2**20, 1)   # weights MB
+        fewest, most = map(int, cells[1].split("-"))
+        assert 0 <= fewest <= T * k / E <= most <= T                   # a token visits an expert once
+        assert float(cells[2]) == round(E * C * width * C * 4 / 2**20, 1)   # weights MiB
+        pad_rows = int(cells[8])
+        assert pad_rows % PAD_ROWS == 0 and T * k <= pad_rows < T * k + PAD_ROWS * E
         m = med[label]
+        assert float(cells[9]) == pytest.approx(m["call us"], abs=0.051)
+        assert float(cells[10]) == pytest.approx(m["loop us"], abs=0.0051)
         want = (m["routed"] / m["dense"], m["one weight"] / m["dense"],
                 m["E weights"] / m["one weight"], m["routed"] / m["E weights"])
-        got = [float(c.rstrip("x")) for c in cells[8::2]]
+        got = [float(c.rstrip("x")) for c in cells[11::2]]
         assert got == pytest.approx(want, abs=0.006)                   # printed to 2 decimals

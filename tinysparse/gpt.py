@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from ._checks import check_int, check_number, is_int
+from ._checks import check_int, check_number
 from .engine import functional as F
 from . import nn
 from .engine import random as ts_random

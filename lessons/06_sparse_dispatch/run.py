@@ -151,13 +151,13 @@ def part_alternatives(args):
           "the total weights", timed=True)
 
 
-def why_factors(args):
+def part_why_factors(args):
     """Part 2, continued: the grouped matmul's extra time split into three measured factors."""
     T, iters = (256, 5) if args.quick else (1024, 30)
     print("\n  where a grouped matmul's extra time goes (tinysparse/bench/grouped_why.py; NumPy's "
           "BLAS as it is):")
     with threadpool_limits(2):
-        med = run_why(T, 128, warmup=2, iters=iters, emit=measured)
+        med = run_why(T, 128, warmup=2, iters=iters, emit=measured, indent="  ")
     shape = {label: m["one weight"] / m["dense"] for label, m in med.items()}
     weights = {label: m["E weights"] / m["one weight"] for label, m in med.items()}
     check(shape["E128 top-2 d2C"] > shape["E8 top-2 d2C"],
@@ -314,7 +314,7 @@ def main():
     start = time.perf_counter()
     part_walkthrough()
     part_alternatives(args)
-    why_factors(args)
+    part_why_factors(args)
     part_stages(args)
     part_kernels(args)
     part_determinism()

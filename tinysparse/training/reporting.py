@@ -48,6 +48,8 @@ class RunReporting:
             record.update({f"moe_{k}": v for k, v in self.moe.items()})
         if self.writes:
             append_log(self.log_path, record)
+        # tqdm.write: printed above a bar on a terminal, without breaking it (this module's tqdm:
+        # a test that swaps loop.tqdm swaps the bar, not this line)
         tqdm.write(f"step {step:>6}: train {losses['train']:.4f}, val {losses['val']:.4f} nats "
                    f"= {bits_per_byte(losses['val']):.3f} bits/byte{'  (best)' if best else ''}"
                    + _moe_text(self.moe))
