@@ -65,6 +65,22 @@ def test_ckpt_json_records_what_was_saved(ckpt_run):
     assert load_checkpoint(str(ckpt_run))["val_loss"] == 1.5
 
 
+def test_the_device_stream_comes_back_from_a_checkpoint(ckpt_run):
+    """A GPU run's dropout and router jitter resume from engine/random.py's SplitMix64 stream:
+    the seed and counter a checkpoint is given are the ones loading returns (64-bit values,
+    past a double's 53 bits), and None (a run from before it was saved) stays None."""
+    good = load_checkpoint(str(ckpt_run))
+    stream = {"seed": 2 ** 64 - 1, "counter": 2 ** 53 + 1}
+    save_checkpoint(str(ckpt_run), {**good, "rng_cupy": stream})
+    assert meta_of(ckpt_run)["rng"]["cupy"] == {"bit_generator": "SplitMix64",
+                                                "seed": str(2 ** 64 - 1),
+                                                "counter": str(2 ** 53 + 1)}
+    assert load_checkpoint(str(ckpt_run))["rng_cupy"] == stream
+    save_checkpoint(str(ckpt_run), {**good, "rng_cupy": None})
+    assert meta_of(ckpt_run)["rng"]["cupy"] is None
+    assert load_checkpoint(str(ckpt_run))["rng_cupy"] is None
+
+
 def test_a_save_removes_old_arrays_and_leftovers_but_nothing_else(ckpt_run, monkeypatch):
     old = arrays_path(ckpt_run).name
     (ckpt_run / "notes.txt").write_text("mine")
