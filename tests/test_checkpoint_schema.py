@@ -13,7 +13,9 @@ import safetensors.numpy
 from tinysparse.gpt import GPTConfig
 from tinysparse.training.checkpoint_schema import (FIX, VERSION, CheckpointError,
                                                    bitgen_from_json, bitgen_to_json, check_config,
-                                                   decode_arrays, field, parse_meta, split_arrays)
+                                                   decode_arrays, device_stream_from_json,
+                                                   device_stream_to_json, field, parse_meta,
+                                                   split_arrays)
 from tinysparse.training.config import TrainConfig
 
 P = "run/ckpt.json"
@@ -119,6 +121,43 @@ def test_a_generator_state_that_is_not_an_object():
         bitgen_from_json([1, 2], P, "rng")
 
 
+# ----------------------------------------------------------------------------- the device stream
+
+def stream(**change):
+    return {"bit_generator": "SplitMix64", "seed": "7", "counter": "3", **change}
+
+
+def test_a_device_stream_at_the_edges_of_its_ranges():
+    top = str(2 ** 64 - 1)                          # both integers are 64-bit: the largest fits
+    assert device_stream_from_json(stream(seed=top, counter=top), P, "rng.cupy") == \
+        {"seed": 2 ** 64 - 1, "counter": 2 ** 64 - 1}
+    assert device_stream_from_json(stream(seed="0", counter="0"), P, "rng.cupy") == \
+        {"seed": 0, "counter": 0}
+    assert device_stream_from_json(None, P, "rng.cupy") is None     # saved before it existed
+    state = {"seed": 2 ** 63 + 5, "counter": 2 ** 53 + 1}            # past a double's 53 bits
+    assert device_stream_from_json(json.loads(json.dumps(device_stream_to_json(state))),
+                                   P, "rng.cupy") == state
+
+
+@pytest.mark.parametrize("obj, message", [
+    (stream(seed=str(2 ** 64)), 'has rng.cupy.seed = "18446744073709551616", which is not a '
+                                "decimal string of a 64-bit integer"),
+    (stream(counter=str(2 ** 64)), 'has rng.cupy.counter = "18446744073709551616", which is not '
+                                   "a decimal string of a 64-bit integer"),
+    (stream(counter=3), "has rng.cupy.counter = 3, which is not a decimal string of a 64-bit "
+                        "integer"),
+    (stream(bit_generator="XORWOW"), 'has rng.cupy.bit_generator = "XORWOW", but tinysparse\'s '
+                                     'device stream is "SplitMix64"'),
+    ({"seed": "7", "counter": "3"}, "has rng.cupy.bit_generator = null, but tinysparse's device "
+                                    'stream is "SplitMix64"'),
+    (stream(offset="2", a="1"), "has rng.cupy fields this tinysparse does not know: a, offset"),
+    ([1, 2], "has rng.cupy = [1, 2], which is not a generator state"),
+])
+def test_a_device_stream_outside_its_ranges_word_for_word(obj, message):
+    with refused(message):
+        device_stream_from_json(obj, P, "rng.cupy")
+
+
 # ----------------------------------------------------------------------------- configs
 
 def test_configs_fill_defaults_and_treat_unknown_fields_by_kind():
@@ -182,6 +221,38 @@ def test_a_good_ckpt_json_reads_back():
 ])
 def test_ckpt_json_outside_its_ranges(changes, message, fix):
     with refused(message, fix):
+        parse_meta(meta(**changes), P)
+
+
+def test_a_bad_device_stream_in_ckpt_json_is_named_with_its_file():
+    with refused('has rng.cupy.counter = "x", which is not a decimal string of a 64-bit integer'):
+        parse_meta(meta(rng={"numpy": good_state(), "cupy": stream(counter="x")}), P)
+    assert parse_meta(meta(rng={"numpy": good_state(), "cupy": stream()}), P)["rng_cupy"] == \
+        {"seed": 7, "counter": 3}
+
+
+def test_the_training_flop_counts_read_back_and_are_optional():
+    """train_flops and train_flops_matmul: a count (0 included) is read as a float; a run from
+    before the ledger counted steps has neither key, and null means not counted."""
+    out = parse_meta(meta(train_flops=3 * 10 ** 18, train_flops_matmul=0), P)
+    assert out["train_flops"] == 3e18 and out["train_flops_matmul"] == 0.0
+    assert type(out["train_flops_matmul"]) is float
+    old = parse_meta(meta(), P)
+    assert old["train_flops"] is None and old["train_flops_matmul"] is None
+    assert parse_meta(meta(train_flops=None), P)["train_flops"] is None
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(train_flops=-1), "has train_flops = -1.0, which is not a finite count >= 0"),
+    (dict(train_flops_matmul=-0.5), "has train_flops_matmul = -0.5, which is not a finite count "
+                                    ">= 0"),
+    (dict(train_flops=float("inf")), "has train_flops = inf, which is not a finite count >= 0"),
+    (dict(train_flops_matmul=float("nan")), "has train_flops_matmul = nan, which is not a "
+                                            "finite count >= 0"),
+    (dict(train_flops="5"), 'has train_flops = "5", which is not a number'),
+])
+def test_a_training_flop_count_that_is_no_count_is_refused(changes, message):
+    with refused(message):
         parse_meta(meta(**changes), P)
 
 
