@@ -44,7 +44,8 @@ SEP = "ǁ"                   # mutmut's separator in the mangled name of a metho
 # its function, so an entry only narrows the first, instrumented run.
 TESTS = {
     "tinysparse/training/loop.py": ["tests/test_train.py", "tests/test_train_applies.py"],
-    "tinysparse/training/evaluation.py": ["tests/test_train.py", "tests/test_train_applies.py"],
+    "tinysparse/training/evaluation.py": ["tests/test_train.py", "tests/test_train_applies.py",
+                                          "tests/test_evaluation.py"],
     "tinysparse/training/reporting.py": ["tests/test_train.py", "tests/test_train_applies.py"],
     "tinysparse/training/checkpoint.py": ["tests/test_checkpoint.py",
                                           "tests/test_checkpoint_state.py",
