@@ -60,6 +60,19 @@ def test_the_score_counts_failures_timeouts_and_interrupts_and_lists_the_rest(to
     assert tool.summarize(statuses, ["m.x_f__mutmut_*"])[:2] == (2, 3)
 
 
+def test_survivors_are_retested_only_with_the_last_runs_test_files(tool, tmp_path, monkeypatch):
+    """mutmut resets every verdict when the test selection changes: --survivors would then
+    rerun the survivors alone and report every killed mutant as 'not checked'."""
+    monkeypatch.setattr(tool, "ROOT", tmp_path)
+    tool.check_same_tests(["tests/test_a.py"])                # no record of a last run: fine
+    (tmp_path / tool.MUTANTS).mkdir()
+    (tmp_path / tool.MUTANTS / tool.TESTS_USED).write_text('["tests/test_a.py"]\n')
+    tool.check_same_tests(["tests/test_a.py"])
+    with pytest.raises(SystemExit, match=r'^error: the test files changed since the last run '
+                                         r'\(then \["tests/test_a.py"\], now \["tests/test_a.py", '
+                                         r'"tests/test_b.py"\]\).*run without --survivors$'):
+        tool.check_same_tests(["tests/test_a.py", "tests/test_b.py"])
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib")
 def test_pytest_never_collects_the_mutants_folder():
     import tomllib

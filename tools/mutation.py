@@ -19,7 +19,8 @@ Every run starts from an empty mutants/ folder: mutmut keeps a survivor's verdic
 tests are added, so a cached run would report stale survivors. `--survivors` is the exception,
 for the loop of killing survivors: it keeps the last run of the same modules and retests only
 the mutants that were not killed, with the tests as they are now (mutmut collects the new tests'
-coverage first). A target `path.py::Name` or `path.py::Class.method` scores only that function's
+coverage first). It needs the same test FILES as the last run: a changed TESTS entry makes mutmut
+forget every verdict, so it is refused then (run without --survivors). A target `path.py::Name` or `path.py::Class.method` scores only that function's
 mutants.
 
 Exit status: 0 when every selected mutant was killed, 1 when some survived (or were not run),
@@ -105,6 +106,20 @@ def select_tests(paths, override=None):
     return [t for t in every if t not in SLOW]
 
 
+TESTS_USED = "tests-used.json"     # in mutants/: the test files of the last run
+
+
+def check_same_tests(tests):
+    """--survivors needs the last run's test files: mutmut forgets every verdict when the test
+    selection changes (a new file in TESTS), so only the survivors would be rerun and every
+    killed mutant would come back 'not checked'."""
+    used = ROOT / MUTANTS / TESTS_USED
+    if used.is_file() and json.loads(used.read_text()) != list(tests):
+        raise SystemExit(f"error: the test files changed since the last run (then "
+                         f"{used.read_text().strip()}, now {json.dumps(list(tests))}), which "
+                         f"makes mutmut forget every verdict; run without --survivors")
+
+
 def configure(paths, tests):
     """mutmut's settings from [tool.mutmut] in pyproject.toml, narrowed to this run's modules
     and test files (mutmut reads one static config; this is its documented dataclass)."""
@@ -169,6 +184,7 @@ def main(argv=None):
         if not all((ROOT / MUTANTS / f"{p}.meta").is_file() for p in paths):
             raise SystemExit(f"error: no earlier run of {', '.join(paths)} in {MUTANTS}/; run "
                              f"without --survivors first")
+        check_same_tests(tests)
         names = summarize(results(paths), patterns)[2]
         if not names:
             print("no survivors to retest")
@@ -182,6 +198,7 @@ def main(argv=None):
     import mutmut.__main__ as mutmut_main
     if names or not args.survivors:
         mutmut_main._run(names, args.jobs)
+    (ROOT / MUTANTS / TESTS_USED).write_text(json.dumps(tests) + "\n")
 
     statuses = results(paths)
     killed, total, others = summarize(statuses, patterns)
