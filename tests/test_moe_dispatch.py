@@ -195,6 +195,15 @@ def test_plan_arrays_are_int64(backend, cap):
     assert plan.capacity == cap and plan.n_kept == (8 if cap is None else 5)
 
 
+def test_expert_counts_are_int64_and_skip_empty_slots():
+    """The router's load and the null experts' balance read these as counts: (E,) int64, empty
+    slots (-1) not counted, an expert nobody chose at 0 (the GPU path: test_fake_gpu.py)."""
+    from tinysparse.moe.dispatch import expert_counts
+    counts = expert_counts(np.array([[0, 3], [3, -1], [4, 0], [-1, -1]]), 6)
+    assert counts.dtype == np.int64 and counts.tolist() == [2, 0, 0, 2, 1, 0]
+    none = expert_counts(np.full((2, 2), -1), 3)
+    assert none.dtype == np.int64 and none.tolist() == [0, 0, 0]
+
 @pytest.mark.parametrize("factor", [0.0, -1.0, float("nan"), float("inf"), "2"])
 def test_capacity_refuses_a_factor_without_meaning(factor):
     with pytest.raises(ValueError, match=r"^capacity_factor must be None \(dropless\) or a "

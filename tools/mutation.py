@@ -61,7 +61,7 @@ TESTS = {
     "tinysparse/gpt_config.py": ["tests/test_gpt.py", "tests/test_moe.py", "tests/test_null_experts.py",
                                  "tests/test_top_p.py", "tests/test_mod.py"],
     "tinysparse/moe/dispatch.py": ["tests/test_moe_dispatch.py", "tests/test_numba_dispatch.py",
-                                   "tests/test_moe.py"],
+                                   "tests/test_moe.py", "tests/test_fake_gpu.py"],
     "tinysparse/moe/router.py": ["tests/test_router.py", "tests/test_moe.py",
                                  "tests/test_router_topk.py"],
     "tinysparse/ledger/leverage.py": ["tests/test_leverage.py"],
