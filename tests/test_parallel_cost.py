@@ -51,6 +51,8 @@ def test_alltoall_seconds_is_the_slower_fabric():
     want = alpha_e * 8 + 1000 * 4.0 * row / beta_e
     assert cost.alltoall_seconds(shape, 16, inter="eth-100g") == pytest.approx(want)
     assert want > alpha * 7 + 1000 * 3.5 * row / beta
+    # one rank alone sends nothing and waits for no peer: no time on either fabric
+    assert cost.alltoall_seconds(shape, 1) == 0.0
 
 
 def test_expert_seconds_counts_forward_and_twice_the_forward_backward():
@@ -90,5 +92,6 @@ def test_fit_alpha_beta_recovers_latency_and_bandwidth():
     assert alpha == 0.0 and beta == pytest.approx(1 / (350 / 50000))
     # times that do not grow with size: no finite bandwidth
     assert cost.fit_alpha_beta([1, 2], [2.0, 2.0])[1] == math.inf
-    with pytest.raises(ValueError, match="two or more distinct message sizes"):
+    with pytest.raises(ValueError, match=r"^fit_alpha_beta needs two or more distinct message "
+                                         r"sizes$"):
         cost.fit_alpha_beta([5, 5], [1.0, 2.0])
