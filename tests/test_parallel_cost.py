@@ -95,3 +95,11 @@ def test_fit_alpha_beta_recovers_latency_and_bandwidth():
     with pytest.raises(ValueError, match=r"^fit_alpha_beta needs two or more distinct message "
                                          r"sizes$"):
         cost.fit_alpha_beta([5, 5], [1.0, 2.0])
+
+
+def test_node_limited_rows_refuse_a_partial_node():
+    # 12 ranks in nodes of 8: 4 ranks sit in a second node, which P // G would count as none
+    with pytest.raises(ValueError, match="12 ranks are no multiple of 8 GPUs per node"):
+        cost.rows_per_token(12, 8, 8, node_limit=4)
+    assert cost.rows_per_token(12, 8, 8)[1] == pytest.approx(8 * 4 / 12)   # no limit: exact
+    assert cost.rows_per_token(4, 8, 8, node_limit=4) == pytest.approx((6.0, 0.0))  # one node

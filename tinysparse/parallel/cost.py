@@ -64,7 +64,11 @@ def distinct_nodes(k, n_nodes):
 def rows_per_token(P, G, k, node_limit=None):
     """(rows over NVLink, rows over the network) a token sends in one all-to-all, expected,
     uniform routing, P ranks in nodes of G. node_limit M: the network carries one row per
-    destination node (at most M); the rest of the k rows reach their GPU by NVLink."""
+    destination node (at most M); the rest of the k rows reach their GPU by NVLink. ValueError
+    when node_limit is given and P > G is no multiple of G: the count assumes whole nodes."""
+    if node_limit is not None and P > G and P % G:
+        raise ValueError(f"node-limited routing counts whole nodes: {P} ranks are no multiple of "
+                         f"{G} GPUs per node; give P a multiple of G")
     G = min(G, P)
     nvlink = k * (G - 1) / P
     network = k * (P - G) / P
