@@ -71,4 +71,5 @@ def test_a_profiled_step_adds_up_to_its_time(capsys):
             if line.startswith("  ") and line.rstrip().endswith("%") and "share" not in line}
     assert "MatMul.forward" in rows and "AdamW" in " ".join(rows)
     assert rows["model code (nn/gpt Python, the rest)"] > 0            # no second counted twice
-    assert sum(rows.values()) == pytest.approx(per_step, rel=0.02, abs=0.02)
+    # the header's ms/step is printed to 0.1 ms and each row to 0.01 ms: rounding, nothing more
+    assert sum(rows.values()) == pytest.approx(per_step, abs=0.05 + 0.005 * len(rows))

@@ -133,16 +133,18 @@ def _check_awkward(C, d, rng, iters):
 
 
 def _timed_in_blocks(per, pool, warmup, iters):
-    """{name: (median ms, best ms, median ms / the dense median of its own block)}: the calls on
-    Numba's thread pool take turns in a second block, each block with the dense matmul in it, and
-    a pause before each block lets the previous one's workers stop spinning."""
-    out = {}
+    """{name: (median ms, best ms, median ms / the dense matmul's median)}. The calls on Numba's
+    thread pool take turns in a second block of their own, after a pause: its workers spin after
+    each parallel kernel and slow whatever runs next on 2 cores, the dense matmul included (in
+    one run a dense matmul timed among them took about 5 ms instead of 1.5). So every ratio is to
+    the dense matmul of the first block, which no pool disturbed."""
+    out, dense = {}, None
     for names in ([n for n in per if n not in pool], [n for n in per if n in pool]):
         if not names:
             continue
         time.sleep(0.2)
-        times = time_calls({n: per[n] for n in names + ["dense"] if n in per}, warmup, iters)
-        dense = float(np.median(times["dense"]))
+        times = time_calls({n: per[n] for n in names}, warmup, iters)
+        dense = dense or float(np.median(times["dense"]))
         for n in names:
             out[n] = (float(np.median(times[n])), min(times[n]), float(np.median(times[n])) / dense)
     return out
@@ -160,9 +162,9 @@ def run_grouped_bench(args):
               f"({T * TOP_K} rows, ~{T * TOP_K // E} per expert), {args.threads} threads, "
               f"numba default flavour here: {flavour}; median of {iters} calls taking turns")
         pool = {"numba parallel"} | ({"numba (default)"} if flavour == "parallel" else set())
-        print(f"({', '.join(sorted(pool))} on Numba's thread pool: timed in a block of their own "
-              f"with a dense matmul of its own, since the pool's spinning workers slow whatever "
-              f"runs next; each ratio is to its own block's dense matmul)")
+        print(f"({', '.join(sorted(pool))} on Numba's thread pool: timed in a block of their own, "
+              f"since the pool's spinning workers slow whatever runs next, the dense matmul "
+              f"included; every ratio is to the first block's dense matmul)")
         print(f"{'':<10}" + "".join(f"{name:>17}" for name in calls["forward"]))
         best = {}
         for direction, per in calls.items():
