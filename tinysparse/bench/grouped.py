@@ -32,11 +32,11 @@ import time
 
 import numpy as np
 
-from ..moe.dispatch import NumpyDispatch, expert_segments, get_backend
+from ..moe.dispatch import NumpyDispatch, get_backend
 from ..moe.numba_dispatch import NumbaDispatch, parallel_pays
 from .targets import record as record_target
 from .common import matmul_gflops, threads, time_calls
-from .grouped_why import run_why
+from .grouped_why import run_why, segment_matmuls
 
 E, TOP_K = 64, 8
 
@@ -66,10 +66,8 @@ def _intensity(m, k, n, itemsize=4):
 
 
 def _per_expert(x, w, offsets):
-    out = np.empty((x.shape[0], w.shape[2]), dtype=x.dtype)
-    for e, lo, hi in expert_segments(offsets):
-        np.matmul(x[lo:hi], w[e], out=out[lo:hi])
-    return out
+    """The bare per-expert BLAS loop (the default dispatch's serial calls) into a new array."""
+    return segment_matmuls(x, w, offsets, np.empty((x.shape[0], w.shape[2]), dtype=x.dtype))
 
 
 def _calls(T, C, d, rng, dtype=np.float32):

@@ -41,7 +41,7 @@ PAD_ROWS = 16
 SHAPES = [(f"E{E} top-2 d2C", E, 2, 2) for E in (8, 16, 32, 64, 128)] + [("E64 top-8 dC/2", 64, 8, 0.5)]
 
 
-def _loop(x, w, offsets, out, same_weight=False):
+def segment_matmuls(x, w, offsets, out, same_weight=False):
     """out[lo:hi] = x[lo:hi] @ w[e] for every segment (w[0] for all when same_weight)."""
     for e, lo, hi in expert_segments(offsets):
         np.matmul(x[lo:hi], w[0 if same_weight else e], out=out[lo:hi])
@@ -62,12 +62,12 @@ def _calls(T, C, E, k, d, rng):
     out, out_d = np.empty((padded[-1], d), np.float32), np.empty((T, k * d), np.float32)
     x1, w1, out1 = r(S, 1), r(E, 1, 1), np.empty((S, 1), np.float32)
     calls = {"dense": lambda: np.matmul(xd, wd, out=out_d),
-             "one weight": lambda: _loop(x, w, even, out, same_weight=True),
-             "E weights": lambda: _loop(x, w, even, out),
-             "routed": lambda: _loop(x, w, routed, out),
-             "padded": lambda: _loop(x, w, padded, out)}
+             "one weight": lambda: segment_matmuls(x, w, even, out, same_weight=True),
+             "E weights": lambda: segment_matmuls(x, w, even, out),
+             "routed": lambda: segment_matmuls(x, w, routed, out),
+             "padded": lambda: segment_matmuls(x, w, padded, out)}
     facts = {"MiB": w.nbytes / 2**20, "padded rows": int(padded[-1]), "routed": routed,
-             "call": lambda: _loop(x1, w1, routed, out1)}
+             "call": lambda: segment_matmuls(x1, w1, routed, out1)}
     return calls, facts
 
 
