@@ -98,6 +98,39 @@ if SIMULATED:
     _thread_safe_simulator_shared_memory()
 
 
+# ---- can Numba compile a kernel here? -------------------------------------------------------------
+#
+# numba-cuda 0.30.4 (its last release: the project is in maintenance mode) registers an overload
+# of np.row_stack when its typing registries load, at the first kernel compile. NumPy 2.5 removed
+# np.row_stack, so with NumPy >= 2.5 every compile raises AttributeError (NVIDIA/numba-cuda#907,
+# seen on a lent H200 with NumPy 2.5.2). Compiling one trivial kernel finds that, or any other
+# broken install, at once, in one line, instead of a traceback from deep inside the first launch.
+
+def _probe_kernel(a):
+    a[0] = 1
+
+
+def _compile_probe():
+    cuda.jit("void(int32[:])")(_probe_kernel)   # a signature: compiled now, launched never
+
+
+@functools.lru_cache(maxsize=None)
+def compile_problem():
+    """None when Numba compiles CUDA kernels here (always, under the simulator), else why, in one
+    line that names the fix. Compiles one trivial kernel, once per process."""
+    if SIMULATED:
+        return None
+    try:
+        _compile_probe()
+    except Exception as exc:                    # any failure: kernels cannot run here
+        why = f"{exc.__class__.__name__}: {exc}".splitlines()[0][:200]
+        if "module 'numpy' has no attribute" in why:
+            return (f"numba-cuda cannot compile kernels with NumPy {np.__version__} ({why}); "
+                    f"install NumPy below 2.5: pip install 'numpy<2.5'")
+        return f"Numba cannot compile a CUDA kernel here ({why}); see `make cuda-install`"
+    return None
+
+
 def ceil_div(a, b):
     return (a + b - 1) // b
 

@@ -276,3 +276,21 @@ def test_grouped_suite_splits_the_gap_into_shape_weights_and_uneven_rows(capsys)
                 m["E weights"] / m["one weight"], m["routed"] / m["E weights"])
         got = [float(c.rstrip("x")) for c in cells[11::2]]
         assert got == pytest.approx(want, abs=0.006)                   # printed to 2 decimals
+
+
+def test_gpu_vs_torch_compares_equal_models_and_reports_their_ratio(capsys):
+    """gpu_vs_torch (gpu_check --full's stage) on the CPU: the twins start equal (same first loss),
+    the ratio and tokens/s are the medians' own, and the CLI prints that line."""
+    pytest.importorskip("torch")
+    from tinysparse.bench import gpu_vs_torch
+    r = gpu_vs_torch.step_vs_torch("tiny", iters=2, warmup=1, device="cpu")
+    assert r["ok"] and r["loss_diff"] < 1e-5 and r["batch"] == (16, 64)
+    assert r["ratio"] == pytest.approx(r["ms"]["tinysparse"] / r["ms"]["pytorch"])
+    assert r["tok_s"]["pytorch"] == pytest.approx(16 * 64 / (r["ms"]["pytorch"] / 1e3))
+    line = gpu_vs_torch.describe(r)
+    assert line.startswith("tiny (0.81M params, B=16, T=64) on cpu: tinysparse ")
+    assert f"ratio {r['ratio']:.2f}x" in line and "MISMATCH" not in line
+    assert "MISMATCH" in gpu_vs_torch.describe({**r, "ok": False, "loss_diff": 0.5})
+    assert gpu_vs_torch.main(["--preset", "tiny", "--iters", "1", "--warmup", "1",
+                              "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("tiny (0.81M params")

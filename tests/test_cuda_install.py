@@ -12,8 +12,8 @@ ROOT = ci.REPO
 PY = "/venv/python"
 
 
-def _plan(version, installed=()):
-    return ci.plan_commands(version, set(installed), python=PY, repo="/repo")
+def _plan(version, installed=(), numpy=(2, 4)):
+    return ci.plan_commands(version, set(installed), python=PY, repo="/repo", numpy=numpy)
 
 
 @pytest.mark.parametrize("version, extra", [((12, 4), "cuda12"), ((12, 0), "cuda12"),
@@ -35,6 +35,24 @@ def test_nothing_to_do_when_the_right_wheels_are_there():
     assert _plan((12, 8), {"cupy-cuda12x", "numba-cuda"}) == []
     assert _plan((12, 8), {"cupy-cuda12x"}) != []                  # numba-cuda missing
     assert _plan((12, 8), {"cupy-cuda12x", "cupyx-tools", "numba-cuda"}) == []  # not a CuPy wheel
+
+
+def test_numpy_2_5_is_replaced_by_the_extra_s_cap():
+    """numba-cuda 0.30.4 cannot compile with NumPy 2.5 (pyproject.toml): the extra, which caps
+    NumPy, is installed again over wheels that are otherwise complete."""
+    have = {"cupy-cuda13x", "numba-cuda"}
+    assert _plan((13, 0), have, numpy=(2, 4)) == []
+    assert _plan((13, 0), have, numpy=(2, 5)) == [
+        [PY, "-m", "pip", "install", "--quiet", "-e", "/repo[cuda13]"]]
+    assert _plan((13, 0), have, numpy=(3, 0)) != []
+
+
+def test_every_cuda_extra_caps_numpy_below_2_5():
+    tomllib = pytest.importorskip("tomllib")     # Python 3.11+
+    with open(f"{ROOT}/pyproject.toml", "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    for name in ("cuda", "cuda12", "cuda13"):
+        assert "numpy<2.5" in extras[name], name
 
 
 def test_a_driver_too_old_is_refused_with_the_fix():

@@ -356,3 +356,41 @@ def test_gpu_check_training_command_runs(tmp_path):
     ok, detail = gpu_check.stage_train("numpy", 2, timeout=120, device="cpu")
     assert ok, detail
 
+
+
+def test_a_numba_cuda_that_cannot_compile_is_named_in_one_line(monkeypatch):
+    """On a GPU, a broken numba-cuda (0.30.4 with NumPy 2.5, seen on a lent H200) is found by
+    compiling one trivial kernel: one line with the fix, from CudaDispatch and from get_backend,
+    instead of a traceback from inside the first launch. The simulator is never probed."""
+    from cuda_kernels import host
+    from tinysparse.moe import cuda_dispatch, dispatch
+
+    host.compile_problem.cache_clear()
+    assert host.compile_problem() is None                    # the simulator compiles nothing
+
+    def numpy_2_5():
+        raise AttributeError("module 'numpy' has no attribute 'row_stack'")
+
+    def no_nvvm():
+        raise RuntimeError("libNVVM cannot be found\nsecond line")
+
+    monkeypatch.setattr(host, "SIMULATED", False)
+    try:
+        monkeypatch.setattr(host, "_compile_probe", numpy_2_5)
+        host.compile_problem.cache_clear()
+        why = host.compile_problem()
+        assert why == (f"numba-cuda cannot compile kernels with NumPy {np.__version__} "
+                       "(AttributeError: module 'numpy' has no attribute 'row_stack'); install "
+                       "NumPy below 2.5: pip install 'numpy<2.5'")
+        with pytest.raises(ImportError, match=r"pip install 'numpy<2\.5'"):
+            cuda_dispatch.CudaDispatch()
+        monkeypatch.delitem(dispatch.DISPATCH_BACKENDS, "cuda", raising=False)
+        with pytest.raises(ValueError, match=r"dispatch_backend 'cuda' is not available here "
+                                             r"\(numba-cuda cannot compile .*use dispatch_backend='numpy'"):
+            dispatch.get_backend("cuda")
+        monkeypatch.setattr(host, "_compile_probe", no_nvvm)
+        host.compile_problem.cache_clear()
+        assert host.compile_problem() == ("Numba cannot compile a CUDA kernel here (RuntimeError: "
+                                          "libNVVM cannot be found); see `make cuda-install`")
+    finally:
+        host.compile_problem.cache_clear()

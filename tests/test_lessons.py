@@ -191,3 +191,28 @@ def test_sync_copies_new_measured_values_into_quotes_and_leaves_the_rest():
     assert transcripts.quote_problems(synced, full) == []
     moved = readme.replace("3.1433 nats", "3.2000 nats")      # a deterministic figure moved
     assert "3.2000 nats" in transcripts.sync_measured(moved, full)
+
+
+def test_chapter_07_names_the_fix_when_numba_cannot_compile(monkeypatch):
+    """gpu_or_simulator.why_no_gpu on a machine with a GPU whose numba-cuda cannot compile (the
+    child's kernel fails): the reason, and the fix for the NumPy 2.5 case (seen on a lent H200)."""
+    spec = importlib.util.spec_from_file_location(
+        "gpu_or_simulator", ROOT / "lessons" / "07_cuda_kernels" / "gpu_or_simulator.py")
+    gos = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gos)
+    monkeypatch.setattr(gos.glob, "glob", lambda pattern: ["/dev/nvidia0"])
+
+    def child(stderr):
+        return lambda *a, **k: subprocess.CompletedProcess(a, 1, "", stderr)
+
+    monkeypatch.setattr(gos.subprocess, "run", child(
+        "Traceback (most recent call last):\n  File x\nAttributeError: module 'numpy' has no "
+        "attribute 'row_stack'\n"))
+    assert gos.why_no_gpu() == (
+        "a GPU may be here but Numba cannot run a kernel on it (AttributeError: module 'numpy' "
+        "has no attribute 'row_stack'); pip install 'numpy<2.5' (numba-cuda 0.30 cannot compile "
+        "with NumPy 2.5)")
+    monkeypatch.setattr(gos.subprocess, "run", child("numba.cuda.cudadrv.error.CudaSupportError: "
+                                                      "no driver\n"))
+    assert gos.why_no_gpu().endswith("(numba.cuda.cudadrv.error.CudaSupportError: no driver); "
+                                     "pip install -e '.[cuda]'")

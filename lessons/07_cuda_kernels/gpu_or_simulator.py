@@ -44,8 +44,10 @@ def why_no_gpu():
         lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()] or ["?"]
         err = max((i for i, ln in enumerate(lines) if re.match(r"[\w.]+(Error|Exception)\b", ln)),
                   default=-1)                   # the exception line, and what follows it
-        return (f"a GPU may be here but Numba cannot run a kernel on it "
-                f"({' '.join(lines[err:])[:160]}); pip install -e '.[cuda]'")
+        why = ' '.join(lines[err:])[:160]
+        fix = ("pip install 'numpy<2.5' (numba-cuda 0.30 cannot compile with NumPy 2.5)"
+               if "module 'numpy' has no attribute" in why else "pip install -e '.[cuda]'")
+        return f"a GPU may be here but Numba cannot run a kernel on it ({why}); {fix}"
     return None
 
 

@@ -80,16 +80,25 @@ def installed_distributions():
     return {(d.metadata["Name"] or "").lower() for d in importlib.metadata.distributions()}
 
 
-def plan_commands(version, installed, python=sys.executable, repo=REPO):
+def numpy_version():
+    """This Python's NumPy as (major, minor)."""
+    major, minor = importlib.metadata.version("numpy").split(".")[:2]
+    return int(major), int(minor)
+
+
+def plan_commands(version, installed, python=sys.executable, repo=REPO, numpy=None):
     """The pip commands (argument lists) that give this Python the wheels for `version`:
-    uninstall any other CuPy wheel, install the matching extra; [] when nothing is missing."""
+    uninstall any other CuPy wheel, install the matching extra; [] when nothing is missing.
+    `numpy` is NumPy's (major, minor), this Python's by default: from 2.5 on the extra is
+    installed again, since it caps NumPy below 2.5 (pyproject.toml says why)."""
+    numpy = numpy or numpy_version()
     extra, wheel = choose_extra(version)
     others = sorted(n for n in installed if re.fullmatch(r"cupy(-cuda\d+x?|-rocm.*)?", n)
                     and n != wheel)
     commands = []
     if others:                          # two CuPy wheels would overwrite each other's `cupy`
         commands.append([python, "-m", "pip", "uninstall", "--yes", *others])
-    if others or wheel not in installed or "numba-cuda" not in installed:
+    if others or wheel not in installed or "numba-cuda" not in installed or numpy >= (2, 5):
         commands.append([python, "-m", "pip", "install", "--quiet", "-e", f"{repo}[{extra}]"])
     return commands
 

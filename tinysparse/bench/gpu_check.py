@@ -60,6 +60,9 @@ def why_no_gpu():
         from numba import cuda
         if not cuda.is_available():
             return "CuPy sees a GPU but Numba's CUDA driver binding does not (make cuda-install)"
+        from tinysparse.moe.cuda_dispatch import compile_problem
+        if compile_problem() is not None:
+            return compile_problem()
     except Exception as exc:                    # a broken CUDA install raises at import
         return f"the CUDA stack does not load ({exc.__class__.__name__}: {exc})"
     return None
@@ -90,9 +93,12 @@ def _tail(text, n=3):
 # ---- 1. tests ------------------------------------------------------------------------------------
 
 def stage_tests(timeout):
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "--tb=short", "-p", "no:cacheprovider",
            "tests/test_gpu.py", "tests/test_cuda_kernels.py"]
     r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+    if os.environ.get("GPU_CHECK_LOG"):         # the whole pytest output (tools/gpu_lease.sh sets it)
+        with open(os.environ["GPU_CHECK_LOG"], "w") as f:
+            f.write(r.stdout + r.stderr)
     summary = _tail(r.stdout, 1)
     if r.returncode != 0:
         failed = [ln for ln in r.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))]
@@ -211,7 +217,8 @@ def _run(rows, label, fn, *args):
     except Exception as exc:
         ok, detail = False, f"{exc.__class__.__name__}: {exc}"
     rows.append((label, ok, f"{detail} [{time.perf_counter() - t0:.0f} s]"))
-    print(f"  {'PASS' if ok else 'FAIL'}  {label}", flush=True)
+    result = "SKIP" if ok is None else "PASS" if ok else "FAIL"
+    print(f"  {result}  {label}: {rows[-1][2]}", flush=True)   # now: a later crash loses nothing
 
 
 def print_table(rows, header):
@@ -225,6 +232,8 @@ def print_table(rows, header):
 
 FULL_STAGES = [  # (label, gpu_full function name, arguments)
     ("versions", "versions", ()),
+    ("small preset step vs the PyTorch twin, same GPU", "vs_torch", ("small",)),
+    ("tiny-moe step vs the PyTorch twin, same GPU", "vs_torch", ("tiny-moe",)),
     ("sync-free step, tiny (dense)", "sync_free", ("tiny",)),
     ("sync-free step, tiny-moe, dispatch numpy", "sync_free", ("tiny-moe", "numpy")),
     ("sync-free step, tiny-moe, dispatch auto (cuda)", "sync_free", ("tiny-moe", "auto")),

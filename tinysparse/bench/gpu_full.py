@@ -11,6 +11,8 @@ CuPy stand-in) can only model:
                 per MoE layer (the dropless buffer's size): the count is reported
   two_backends  N tiny-moe steps with dispatch 'numpy' (the reference on CuPy) and 'cuda' (the
                 Numba kernels): synchronised ms/step after a warm-up, and the losses side by side
+  vs_torch      a preset's training step against its PyTorch twin on the same GPU, tokens/s
+                (gpu_vs_torch.py; skipped, as a pass, where torch is not installed)
   resume        a dense model with dropout: 3 steps + resume + 3 steps against 6 straight, every
                 parameter compared bit for bit (the device stream of engine/random.py restored)
 """
@@ -156,3 +158,13 @@ def resume(preset="tiny", dropout=0.1, device="cuda", **changes):
     ok = len(same) == len(a["model"]) and a["rng_cupy"] == b["rng_cupy"] and drawn != 0
     return ok, (f"{len(same)}/{len(a['model'])} parameters bit-identical after 3 + resume + 3 "
                 f"steps vs 6; device stream {a['rng_cupy']} vs {b['rng_cupy']}")
+
+
+def vs_torch(preset):
+    """gpu_vs_torch.stage on `preset`; (None, why) when torch is missing (gpu_check shows SKIP)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None, "torch is not installed (pip install torch): no twin to compare with"
+    from .gpu_vs_torch import stage
+    return stage(preset)

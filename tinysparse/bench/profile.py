@@ -28,8 +28,9 @@ class _Clock:
     Function's forward or backward; 'engine': Function.apply or Tensor.backward), so that a call
     inside another of its kind adds nothing of its own."""
 
-    def __init__(self):
+    def __init__(self, sync=None):
         self.seconds, self.open = defaultdict(float), defaultdict(int)
+        self.sync = sync or (lambda: None)   # on a GPU: wait for the device around each timed call
 
     def wrap(self, fn, bucket, kind):
         clock = self
@@ -38,12 +39,15 @@ class _Clock:
             outermost = clock.open[kind] == 0
             inside_engine = clock.open["engine"] > 0     # a phase the engine called
             clock.open[kind] += 1
+            if outermost:
+                clock.sync()
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
                 clock.open[kind] -= 1
                 if outermost:
+                    clock.sync()
                     dt = time.perf_counter() - t0
                     clock.seconds[bucket] += dt
                     if kind == "phase" and inside_engine:
@@ -81,12 +85,15 @@ def _timers(clock, optimizer=None):
             setattr(owner, name, raw)
 
 
-def _clocked(run, steps, optimizer=None):
-    """(seconds of `steps` calls of run(), {bucket: seconds}) with the timers installed."""
-    with _timers(_Clock(), optimizer) as clock:
+def _clocked(run, steps, optimizer=None, sync=None):
+    """(seconds of `steps` calls of run(), {bucket: seconds}) with the timers installed; `sync`
+    (backend.synchronize on a GPU) is called around every timed call and before each clock read."""
+    with _timers(_Clock(sync), optimizer) as clock:
+        clock.sync()
         t0 = time.perf_counter()
         for _ in range(steps):
             run()
+        clock.sync()
         total = time.perf_counter() - t0
     return total, dict(clock.seconds)
 
@@ -115,11 +122,13 @@ def _print_rows(rows, extra, total, steps, top, unit):
         line(name, t)
 
 
-def profile_steps(model, opt, idx, targets, steps, top=15, label="tinysparse"):
+def profile_steps(model, opt, idx, targets, steps, top=15, label="tinysparse", sync=None):
     """Run `steps` training steps with the timers in; print the time per Function forward and
     backward, the engine's own (graph recording in apply, the backward walk), the optimizer's
-    and the rest (model code: nn modules, gpt, the MoE's routing plan)."""
-    total, seconds = _clocked(lambda: step(model, opt, idx, targets), steps, opt)
+    and the rest (model code: nn modules, gpt, the MoE's routing plan). On a GPU pass
+    sync=backend.synchronize: each timed call then waits for its kernels, so its row holds
+    their device time (and the step loses the overlap of host and device: it runs slower)."""
+    total, seconds = _clocked(lambda: step(model, opt, idx, targets), steps, opt, sync)
     rows = _function_rows(seconds)
     fwd = sum(t for name, t in rows.items() if name.endswith("forward"))
     bwd = sum(t for name, t in rows.items() if name.endswith("backward"))

@@ -109,7 +109,7 @@ def torch_modules():
             self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)
 
         def forward(self, idx, targets=None):
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
             for block in self.h:
                 x = block(x)
             logits = F.linear(self.ln_f(x), self.wte.weight)          # tied LM head

@@ -20,12 +20,19 @@ import numpy as np
 
 from cuda_kernels import combine as K_combine
 from cuda_kernels import matmul_naive, matmul_tiled, permute
+from cuda_kernels import host
 from cuda_kernels import plan as K_plan
 from cuda_kernels.host import SIMULATED, Outputs, device_view, simulator_paced, zero_of
 
 from .dispatch import DispatchPlan
 
 MATMULS = {"naive": matmul_naive, "tiled": matmul_tiled}
+
+
+def compile_problem():
+    """None when Numba compiles CUDA kernels here, else why, in one line naming the fix
+    (cuda_kernels.host.compile_problem: one trivial kernel compiled, once per process)."""
+    return host.compile_problem()
 
 # (tile, col_threads, rows_per_block, plan_chunk): a GPU's and the simulator's defaults
 GPU_DEFAULTS = dict(tile=16, col_threads=32, rows_per_block=8, plan_chunk=K_plan.DEFAULT_CHUNK)
@@ -53,6 +60,9 @@ class CudaDispatch:
                  plan_chunk=None):
         if matmul not in MATMULS:
             raise ValueError(f"CudaDispatch matmul={matmul!r} is invalid: use 'tiled' or 'naive'")
+        problem = compile_problem()              # a broken numba-cuda: say so now, in one line
+        if problem is not None:                  # (get_backend turns it into its ValueError)
+            raise ImportError(problem)
         given = dict(tile=tile, col_threads=col_threads, rows_per_block=rows_per_block,
                      plan_chunk=plan_chunk)
         defaults = SIM_DEFAULTS if SIMULATED else GPU_DEFAULTS
