@@ -30,9 +30,13 @@ Files, one concept each:
     matmul_naive.py   grouped matmul, one thread per output element: forward, dX, dW, db
     matmul_tiled.py   the same with shared-memory tiles (the fast one, the default)
     combine.py        un-permute and combine with the gates, and its backward
+    gelu.py           GELU forward and backward, one thread per element (the engine's, on a GPU)
+    layer_norm.py     layer norm forward and its input gradient, a block per 8 rows (likewise)
 
 They know arrays and launches only: no autograd, nothing imported from tinysparse. The adapter
-that gives the MoE layer its dispatch_backend='cuda' is tinysparse/moe/cuda_dispatch.py
+that gives the MoE layer its dispatch_backend='cuda' is tinysparse/moe/cuda_dispatch.py; the
+engine's GELU and LayerNorm Functions call gelu.py and layer_norm.py on CuPy arrays
+(tinysparse/engine/compiled.py, gpu())
 (CudaDispatch), and `make gpu-check` is tinysparse/bench/gpu_check.py.
 
 Without a GPU, Numba's CUDA simulator runs every kernel on the CPU, one Python thread per GPU

@@ -143,3 +143,75 @@ def test_moe_layer_on_the_device_matches_the_numpy_backend(cp, router, monkeypat
         for got, want in zip(results[name], results["numpy"]):
             assert isinstance(got, cp.ndarray)
             _close(got, want, np.float32)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 2e-6), (np.float64, 1e-14)])
+def test_gelu_runs_its_kernels_on_the_device_and_matches_the_array_code(cp, dtype, rtol):
+    """functional.GELU on CuPy arrays takes cuda_kernels/gelu.py (one kernel each way) and gives
+    the array code's values and gradients to rounding, at a size the simulator cannot reach."""
+    from tinysparse.engine import compiled
+    from tinysparse.engine import functional as F
+    rng = np.random.default_rng(3)
+    x = cp.asarray((rng.standard_normal((257, 1031)) * 4).astype(dtype))
+    x[0, :4] = cp.asarray([np.inf, -40.0, 1e20, 0.0], dtype)
+    g = cp.asarray(rng.standard_normal(x.shape).astype(dtype))
+    assert compiled.gpu("cuda_kernels.gelu", x) is not None
+
+    def run():
+        t = ts.Tensor(x, requires_grad=True)
+        y = F.gelu(t)
+        (y * ts.Tensor(g)).sum().backward()
+        return cp.asnumpy(y.data), cp.asnumpy(t.grad)
+    y, dx = run()
+    saved = F.GELU.compiled
+    F.GELU.compiled = False
+    try:
+        ref_y, ref_dx = run()
+    finally:
+        F.GELU.compiled = saved
+    # the device's exp and its fused multiply-adds round 2u differently, and exp(-|2u|) turns an
+    # ulp of 2u into |2u| ulps of the result: seen on an H200, up to 1.5e-5 relative (6.9e-11
+    # absolute) in float32 on outputs of order 1e-7 and below, where gelu is all but 0
+    atol = 1e-9 if dtype == np.float32 else 1e-30
+    np.testing.assert_allclose(y, ref_y, rtol=rtol, atol=atol, equal_nan=True)
+    # gelu'(x) = s + x s (1 - s) (2u)' is a sum of two terms of order 1 that cancel near its zero
+    # (x = -0.75): there the difference is a few ulps of the terms, not of the result
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(dx, ref_dx, rtol=rtol, atol=8 * eps * float(abs(g).max()),
+                               equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_runs_its_kernels_on_the_device_and_matches_the_array_code(cp, dtype, rtol, affine):
+    """functional.LayerNorm on CuPy arrays takes cuda_kernels/layer_norm.py and gives the array
+    code's output and all three gradients to rounding, on rows that fill no block evenly."""
+    from tinysparse.engine import compiled
+    from tinysparse.engine import normalization as N
+    rng = np.random.default_rng(5)
+    B, T, C = 3, 341, 385
+    x = cp.asarray((rng.standard_normal((B, T, C)) * 3 + 1).astype(dtype))
+    x[0, 1] *= 1e18 if dtype == np.float32 else 1e30
+    x[0, 2] = 7.25
+    w = cp.asarray(rng.standard_normal(C).astype(dtype)) if affine else None
+    b = cp.asarray(rng.standard_normal(C).astype(dtype)) if affine else None
+    g = cp.asarray(rng.standard_normal(x.shape).astype(dtype))
+    assert compiled.gpu("cuda_kernels.layer_norm", x, w, b) is not None
+
+    def run():
+        tx = ts.Tensor(x, requires_grad=True)
+        tw = ts.Tensor(w, requires_grad=True) if affine else None
+        tb = ts.Tensor(b, requires_grad=True) if affine else None
+        y = ts.functional.layer_norm(tx, tw, tb)
+        (y * ts.Tensor(g)).sum().backward()
+        grads = [tx.grad] + ([tw.grad, tb.grad] if affine else [])
+        return [cp.asnumpy(a) for a in [y.data, *grads]]
+    got = run()
+    saved = N.LayerNorm.compiled
+    N.LayerNorm.compiled = False
+    try:
+        want = run()
+    finally:
+        N.LayerNorm.compiled = saved
+    for a, ref in zip(got, want):
+        np.testing.assert_allclose(a, ref, rtol=rtol, atol=rtol * 10 * np.abs(ref).max())

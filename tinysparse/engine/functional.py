@@ -17,6 +17,7 @@ import numbers
 
 import numpy as np
 
+from .compiled import gpu as gpu_kernels
 from .compiled import kernels as compiled_kernels
 from . import random as ts_random
 from .attention import Attention, PackedCausalAttention, attention, causal_self_attention  # noqa: F401
@@ -205,13 +206,20 @@ class GELU(Function):
     # s and s (1 - s) = e r^2 come from ops.sigmoid_parts (exact in both tails: gelu(-10) is
     # -1.0e-37, not 0), and u is computed from x clipped to +-30, where s is already exactly 0 or 1:
     # x^3 and x^2 never overflow (gelu'(1e20) in float32 was inf * 0 = nan; it is 1).
-    compiled = True   # the @njit loops of gelu_kernels.py on NumPy arrays (same bits); False: arrays only
+    compiled = True   # the @njit loops of gelu_kernels.py on NumPy arrays (same bits), and on CuPy
+    #                   arrays the @cuda.jit kernels of cuda_kernels/gelu.py; False: arrays only
 
     @staticmethod
     def forward(ctx, x):
         kernels = GELU.compiled and compiled_kernels(".gelu_kernels", x)
         if kernels:
             return GELU._forward_compiled(ctx, kernels, x)
+        gpu = GELU.compiled and gpu_kernels("cuda_kernels.gelu", x)
+        if gpu:                                              # one kernel instead of fifteen
+            out, xc, e = gpu.gelu_forward(x.reshape(-1), _GELU_SATURATED, _GELU_CUBIC,
+                                          2.0 * _SQRT_2_OVER_PI)
+            ctx.save_for_backward(xc.reshape(x.shape), e.reshape(x.shape))
+            return out.reshape(x.shape)
         xp = array_module(x)
         xc = xp.minimum(xp.maximum(x, -_GELU_SATURATED), _GELU_SATURATED)   # np.clip's values, faster
         two_u = xc * xc
@@ -234,6 +242,10 @@ class GELU(Function):
             kernels.gelu_backward(xc.reshape(-1), e.reshape(-1), grad.reshape(-1), out.reshape(-1),
                                   dt(1.0), dt(3 * _GELU_CUBIC), dt(2.0 * _SQRT_2_OVER_PI))
             return out
+        gpu = GELU.compiled and grad.shape == xc.shape and gpu_kernels("cuda_kernels.gelu", xc, e, grad)
+        if gpu:
+            return gpu.gelu_backward(xc.reshape(-1), e.reshape(-1), grad.reshape(-1),
+                                     3 * _GELU_CUBIC, 2.0 * _SQRT_2_OVER_PI).reshape(xc.shape)
         r = 1.0 / (1.0 + e)
         s = sigmoid_from_parts(xc >= 0, e, r)
         slope = xc * xc                                      # x * s(1-s) * d(2u)/dx, in place:

@@ -11,6 +11,7 @@ import numbers
 import numpy as np
 
 from .backend import array_module
+from .compiled import gpu as gpu_kernels
 from .compiled import kernels as compiled_kernels
 from .tensor import Function
 
@@ -91,7 +92,8 @@ class LayerNorm(Function):
     # 0 / 0 or an rstd that overflows its gradient. On the CPU the plain computation runs first
     # and the scaled one only when its variance came out inf or nan (a check of one number per
     # row); on a GPU, where that check would wait for the device, the scaled one always runs.
-    compiled = True   # the @njit loops of row_kernels.py on NumPy arrays (same bits)
+    compiled = True   # the @njit loops of row_kernels.py on NumPy arrays (same bits), and on CuPy
+    #                   arrays the @cuda.jit kernels of cuda_kernels/layer_norm.py (to rounding)
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps=1e-5):
@@ -105,6 +107,13 @@ class LayerNorm(Function):
             out, xhat, rstd = result
             ctx.save_for_backward(xhat, rstd, weight)
             return out
+        gpu = LayerNorm.compiled and x.size and fits and gpu_kernels("cuda_kernels.layer_norm", x,
+                                                                     weight, bias)
+        if gpu:                                    # one kernel instead of about twenty
+            C = x.shape[-1]
+            out, xhat, rstd = gpu.layer_norm_forward(x.reshape(-1, C), weight, bias, eps)
+            ctx.save_for_backward(xhat.reshape(x.shape), rstd.reshape(x.shape[:-1] + (1,)), weight)
+            return out.reshape(x.shape)
         xp = array_module(x)
         var = None
         if xp is np and x.size:
@@ -137,6 +146,17 @@ class LayerNorm(Function):
             kernels.layer_norm_backward(grad.reshape(-1, C), xhat.reshape(-1, C), rstd.reshape(-1),
                                         _or_empty(weight), weight is not None, dt(0), dt(C),
                                         dx.reshape(-1, C), dw, db, summed)         # (R, C) views
+        elif LayerNorm.compiled and grad.shape == xhat.shape and gpu_kernels(
+                "cuda_kernels.layer_norm", grad, xhat, rstd, weight):
+            R = grad.size // C
+            g2, xhat2 = grad.reshape(R, C), xhat.reshape(R, C)                    # (R, C) views
+            dx = gpu_kernels("cuda_kernels.layer_norm", grad).layer_norm_backward_dx(
+                g2, xhat2, rstd.reshape(-1), weight).reshape(grad.shape)
+            # the sums over all rows as (1, R) @ (R, C) products: cuBLAS, no atomics
+            ones = array_module(grad).ones(R, grad.dtype)
+            dw = ones @ (g2 * xhat2) if want_dw else None
+            db = ones @ g2 if want_db else None
+            summed = True
         else:
             gh = grad if weight is None else grad * weight
             dx = rstd * (gh - gh.sum(axis=-1, keepdims=True) / C
