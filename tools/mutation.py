@@ -70,6 +70,9 @@ TESTS = {
     "tinysparse/ledger/leverage.py": ["tests/test_leverage.py"],
     "tinysparse/ledger/compare.py": ["tests/test_vs_dense.py"],
     "tinysparse/parallel/cost.py": ["tests/test_parallel_cost.py"],
+    "cuda_kernels/gelu.py": ["tests/test_cuda_gelu.py"],
+    "cuda_kernels/layer_norm.py": ["tests/test_cuda_layer_norm.py"],
+    "tinysparse/bench/gpu_vs_torch.py": ["tests/test_bench.py"],
 }
 # Whole-program tests (every chapter script, benchmarks, PyTorch parity): minutes each, and
 # every mutant would rerun them. Left out of the fallback selection.
