@@ -1,10 +1,13 @@
-"""Modules (tinysparse/nn.py) and optimizers, schedules and clipping (tinysparse/optim.py).
+"""Modules (tinysparse/nn.py), layers (tinysparse/layers.py), and optimizers, schedules and
+clipping (tinysparse/optim.py).
 
 Optimizer steps are compared with updates written out by hand in NumPy, in float64, so that any
 difference in the formula (bias correction, where weight decay applies, momentum) shows up.
 """
 import math
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -532,6 +535,27 @@ def test_model_to_cuda_without_a_gpu_has_no_command_line_hint():
     with pytest.raises(backend.DeviceError) as info:
         nn.Linear(2, 3).to("cuda")
     assert "--device" not in str(info.value)
+
+
+def test_nn_re_exports_every_layer_of_layers_py():
+    """The layers live in layers.py and the module system in nn.py; `nn.X` and
+    `from tinysparse.nn import X` must keep naming the same objects (a layer added to layers.py
+    and not re-exported fails here)."""
+    from tinysparse import layers
+    own = {name for name, value in vars(layers).items()
+           if not name.startswith("_") and getattr(value, "__module__", None) == layers.__name__}
+    assert own >= {"Linear", "Embedding", "LayerNorm", "Dropout", "GELU", "ReLU", "Tanh", "check_ids"}
+    missing = sorted(name for name in own if getattr(nn, name, None) is not getattr(layers, name))
+    assert not missing, f"nn.py does not re-export {missing} from layers.py"
+
+
+def test_layers_py_imported_first_in_a_fresh_interpreter():
+    """nn.py imports layers.py at its end and layers.py imports nn.py: either may come first."""
+    code = ("from tinysparse.layers import Linear\n"
+            "from tinysparse.nn import Linear as nn_Linear, Module\n"
+            "assert Linear is nn_Linear and issubclass(Linear, Module)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 # ---- sizes, rates and indices outside their domain (issue 11, kind 2) ---------------------------
