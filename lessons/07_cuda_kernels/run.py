@@ -280,6 +280,9 @@ def main():
             print(f"mode: GPU asked for ({WHY}) but Numba finds no CUDA device; run without "
                   "NUMBA_ENABLE_CUDASIM=0 to use the simulator")
             return 2
+        if host.compile_problem() is not None:   # numba-cuda 0.30 with NumPy 2.5, say: one line
+            print(f"mode: GPU asked for, but {host.compile_problem()}")
+            return 2
         name = cuda.get_current_device().name
         print(f"mode: GPU, {name.decode() if isinstance(name, bytes) else name}")
         print(f"  why: {WHY}", file=sys.stderr)
