@@ -34,10 +34,10 @@ Files, one concept each:
     layer_norm.py     layer norm forward and its input gradient, a block per 8 rows (likewise)
 
 They know arrays and launches only: no autograd, nothing imported from tinysparse. The adapter
-that gives the MoE layer its dispatch_backend='cuda' is tinysparse/moe/cuda_dispatch.py; the
-engine's GELU and LayerNorm Functions call gelu.py and layer_norm.py on CuPy arrays
-(tinysparse/engine/compiled.py, gpu())
-(CudaDispatch), and `make gpu-check` is tinysparse/bench/gpu_check.py.
+that gives the MoE layer its dispatch_backend='cuda' is tinysparse/moe/cuda_dispatch.py
+(CudaDispatch); the engine's GELU and LayerNorm Functions call gelu.py and layer_norm.py on CuPy
+arrays (tinysparse/engine/compiled.py, gpu()), and `make gpu-check` is
+tinysparse/bench/gpu_check.py.
 
 Without a GPU, Numba's CUDA simulator runs every kernel on the CPU, one Python thread per GPU
 thread: set NUMBA_ENABLE_CUDASIM=1 before numba is first imported (tests/conftest.py does).

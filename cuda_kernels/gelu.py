@@ -14,7 +14,7 @@ tinysparse/engine/gelu_kernels.py's formulas (the @njit loops of the CPU) line f
 
 (Hendrycks & Gimpel 2016, the tanh form; functional.GELU derives it.) The forward writes xc and e
 as the array code saves them, so the backward of either version reads the other's. Results match
-the array code to rounding (the GPU's exp is not NumPy's), which tests/test_cuda_kernels.py and,
+the array code to rounding (the GPU's exp is not NumPy's), which tests/test_cuda_gelu.py and,
 on a GPU, tests/test_gpu.py check.
 """
 import math

@@ -76,7 +76,19 @@ def imports_of(path, root=ROOT):
             for alias in node.names:
                 sub = f"{module}.{alias.name}"
                 found.add((sub if _is_module(sub) else module, node.lineno))
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", ""))
+              in LOADERS and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)):
+            # a module imported by name (engine/compiled.py's load, importlib.import_module):
+            # absolute, or relative to the file's package
+            name = node.args[0].value
+            if name.startswith("."):
+                name = ".".join(package) + name
+            found.add((name, node.lineno))
     return found
+
+
+LOADERS = {"load", "import_module", "gpu", "kernels", "compiled_kernels", "gpu_kernels"}
 
 
 def covered_by(name, prefixes):

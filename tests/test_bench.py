@@ -294,3 +294,30 @@ def test_gpu_vs_torch_compares_equal_models_and_reports_their_ratio(capsys):
     assert gpu_vs_torch.main(["--preset", "tiny", "--iters", "1", "--warmup", "1",
                               "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith("tiny (0.81M params")
+
+
+def test_gpu_vs_torch_refuses_twins_that_differ(monkeypatch, capsys):
+    """A twin whose first loss differs (one weight off) fails the check, and the CLI exits 1;
+    an unknown preset and a missing GPU are one-line errors, not tracebacks."""
+    torch = pytest.importorskip("torch")
+    from tinysparse.bench import gpu_vs_torch, torch_twins
+    built = torch_twins.build_torch_twin
+
+    def off_by_a_little(model):
+        twin = built(model)
+        with torch.no_grad():
+            twin.wte.weight.mul_(3.0)            # logits 3x: a first loss far off 1e-3
+        return twin
+    monkeypatch.setattr(torch_twins, "build_torch_twin", off_by_a_little)
+    r = gpu_vs_torch.step_vs_torch("tiny", iters=1, warmup=1, device="cpu")
+    assert not r["ok"] and r["loss_diff"] > gpu_vs_torch.GPU_LOSS_TOLERANCE
+    assert gpu_vs_torch.main(["--preset", "tiny", "--iters", "1", "--warmup", "1",
+                              "--device", "cpu"]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        gpu_vs_torch.main(["--preset", "tiny-adaptive", "--device", "cpu"])
+    assert "invalid choice: 'tiny-adaptive'" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_vs_torch.main(["--preset", "tiny"]) == 2
+    assert capsys.readouterr().err.startswith("error: this PyTorch (")
+    assert gpu_vs_torch.stage("tiny")[0] is None                   # gpu_check shows SKIP

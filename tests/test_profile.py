@@ -73,3 +73,19 @@ def test_a_profiled_step_adds_up_to_its_time(capsys):
     assert rows["model code (nn/gpt Python, the rest)"] > 0            # no second counted twice
     # the header's ms/step is printed to 0.1 ms and each row to 0.01 ms: rounding, nothing more
     assert sum(rows.values()) == pytest.approx(per_step, abs=0.05 + 0.005 * len(rows))
+
+
+def test_on_a_gpu_every_timed_call_waits_for_the_device_before_and_after(capsys):
+    """sync= (backend.synchronize on a GPU) brackets each outermost timed call and the whole
+    run, so a row holds its kernels' time; the header says the profile was synchronised."""
+    calls = []
+    x = Tensor(np.ones(3), requires_grad=True)
+    _clocked(lambda: _Outer.apply(x).sum().backward(), steps=1, sync=lambda: calls.append(1))
+    # apply and forward of _Outer and of sum (4), Tensor.backward and two backward phases (3):
+    # each outermost of its kind, each bracketed; and the run itself (2)
+    assert len(calls) == 2 * 7 + 2
+    model = build_model(CONFIG)
+    opt = optim.AdamW(model.parameters(), lr=1e-3)
+    idx, targets = fixed_batch(CONFIG, 2)
+    profile_steps(model, opt, idx, targets, steps=1, sync=lambda: None)
+    assert "the device synchronised around each" in capsys.readouterr().out

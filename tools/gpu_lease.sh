@@ -7,8 +7,8 @@
 # It uses the machine's own python3 and packages (CuPy, numba-cuda, PyTorch are in its image;
 # nothing can be installed there, so no virtual environment: `make gpu-check` would try to
 # build one). Each part runs under its own time limit, so one that hangs cannot eat the others';
-# each writes its whole output to $OUT/<part>.log (the device tool brings $OUT back) and its last
-# lines to the terminal. The parts, most wanted first:
+# each writes its whole output to $OUT/<part>.log ($OUT: a folder to take home, out/gpu-lease by
+# default) and its last lines to the terminal; the exit status is 1 when a part failed. The parts, most wanted first:
 #
 #   gpu_check   python -m tinysparse.bench.gpu_check --full: versions, the preset steps against
 #               the PyTorch twin on the same GPU (tokens/s), host waits, numpy vs cuda dispatch,
@@ -23,6 +23,7 @@ export PYTHONUNBUFFERED=1 NUMBA_ENABLE_CUDASIM=0 PYTHONPATH="$PWD${PYTHONPATH:+:
 PY=${PY:-python3}
 GPU_CHECK_LIMIT=${GPU_CHECK_LIMIT:-300} LESSON_LIMIT=${LESSON_LIMIT:-90} TRAIN_LIMIT=${TRAIN_LIMIT:-70}
 
+FAILED=""
 part() {   # part NAME LIMIT_SECONDS COMMAND...: run it, keep its log, show its end
     local name=$1 limit=$2 t0=$SECONDS rc
     shift 2
@@ -32,6 +33,7 @@ part() {   # part NAME LIMIT_SECONDS COMMAND...: run it, keep its log, show its 
     rc=$?
     tail -n "${TAIL:-30}" "$OUT/$name.log"
     echo "== $name: exit $rc$([ $rc = 124 ] && echo ' (TIMED OUT)'), $((SECONDS - t0)) s"
+    [ $rc = 0 ] || FAILED="$FAILED $name"
 }
 
 PARTS=${PARTS:-gpu_check lesson07 train_small}   # a rerun may name fewer
@@ -46,3 +48,4 @@ part train_small "$TRAIN_LIMIT" "$PY" -m tinysparse train --preset small --devic
     --sample-tokens 100 --out-dir /tmp/gpu-lease-small
 [ -f /tmp/gpu-lease-small/log.jsonl ] && cp /tmp/gpu-lease-small/log.jsonl "$OUT/train_small.jsonl"
 date -u
+[ -z "$FAILED" ] || { echo "failed:$FAILED"; exit 1; }

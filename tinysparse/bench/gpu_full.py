@@ -12,7 +12,7 @@ CuPy stand-in) can only model:
   two_backends  N tiny-moe steps with dispatch 'numpy' (the reference on CuPy) and 'cuda' (the
                 Numba kernels): synchronised ms/step after a warm-up, and the losses side by side
   vs_torch      a preset's training step against its PyTorch twin on the same GPU, tokens/s
-                (gpu_vs_torch.py; skipped, as a pass, where torch is not installed)
+                (gpu_vs_torch.py; SKIP where torch is missing or has no CUDA)
   resume        a dense model with dropout: 3 steps + resume + 3 steps against 6 straight, every
                 parameter compared bit for bit (the device stream of engine/random.py restored)
 """
@@ -161,10 +161,7 @@ def resume(preset="tiny", dropout=0.1, device="cuda", **changes):
 
 
 def vs_torch(preset):
-    """gpu_vs_torch.stage on `preset`; (None, why) when torch is missing (gpu_check shows SKIP)."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return None, "torch is not installed (pip install torch): no twin to compare with"
+    """gpu_vs_torch.stage on `preset`; (None, why) when torch is missing or has no CUDA
+    (gpu_check shows SKIP)."""
     from .gpu_vs_torch import stage
     return stage(preset)

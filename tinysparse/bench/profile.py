@@ -136,7 +136,8 @@ def profile_steps(model, opt, idx, targets, steps, top=15, label="tinysparse", s
     optimizer = seconds.get("optimizer", 0.0)
     rest = total - engine - fwd - bwd - optimizer
     print(f"\nprofile: {steps} {label} steps, timed per Function (perf_counter around each "
-          f"forward and backward), {total / steps * 1e3:.1f} ms/step")
+          f"forward and backward), {total / steps * 1e3:.1f} ms/step"
+          + ("; the device synchronised around each, so slower than unprofiled" if sync else ""))
     print(f"  Functions: forward {fwd / total:.0%}, backward {bwd / total:.0%} of the step")
     _print_rows(rows, [("engine (tensor.py backward/apply)", max(0.0, engine)),
                        (f"optimizer ({type(opt).__name__} step, zero_grad)", optimizer),
