@@ -5,8 +5,9 @@ backward, each reading and writing the whole activation (B*T x 4C floats). Measu
 H200, the small preset's six GELUs took 11.9 ms forward and 11.2 ms backward of a 119 ms step
 (profile synchronised per Function); with these kernels, 2.3 and 2.5 ms, most of it the cost of
 launching a Numba kernel from Python (0.34 ms a launch there, on one element as on 25 million).
-Each kernel here reads x (and the gradient) once and writes its outputs once: one thread per element, i = blockIdx.x * blockDim.x + threadIdx.x, with
-tinysparse/engine/gelu_kernels.py's formulas (the @njit loops of the CPU) line for line:
+Each kernel here reads x (and the gradient) once and writes its outputs once: one thread per
+element, i = blockIdx.x * blockDim.x + threadIdx.x, with tinysparse/engine/gelu_kernels.py's
+formulas (the @njit loops of the CPU) line for line:
 
     xc = clip(x, -bound, bound),  2u = c_two_u * (1 + c_cube * xc^2) * xc,  e = exp(-|2u|)
     r = 1 / (1 + e),  s = sigmoid(2u) = r where xc >= 0, else e * r,  gelu(x) = x * s
