@@ -42,9 +42,28 @@ def test_gelu_kernels_match_the_array_code(dtype, rtol, n):
     np.testing.assert_allclose(y, ref_y, rtol=rtol, atol=0, equal_nan=True)
     np.testing.assert_array_equal(xc, np.clip(x, -30, 30))
     dx = K.gelu_backward(xc, e, g, 3 * F._GELU_CUBIC, CONSTANTS[2])
+    assert dx.dtype == dtype and dx.shape == (n,)
     np.testing.assert_allclose(dx, ref_dx, rtol=rtol, atol=0, equal_nan=True)
     finite = np.isfinite(x)
     assert np.isfinite(y[finite]).all() and np.isfinite(dx[finite]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_kernels_over_several_blocks(dtype):
+    """threads=16 on 37 elements: three blocks, the last with 11 threads past the end, which must
+    write nothing. Every element is computed alone, so one block or three give the same bits (the
+    test above checks the one-block launch against the array code: lengths there stay below 256,
+    one block)."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(37) * 4).astype(dtype)
+    x[:len(SPECIAL)] = SPECIAL
+    g = rng.standard_normal(37).astype(dtype)
+    one_block = K.gelu_forward(x, *CONSTANTS)
+    for got, want in zip(K.gelu_forward(x, *CONSTANTS, threads=16), one_block):
+        np.testing.assert_array_equal(got, want)
+    _, xc, e = one_block
+    dx = K.gelu_backward(xc, e, g, 3 * F._GELU_CUBIC, CONSTANTS[2], threads=16)
+    np.testing.assert_array_equal(dx, K.gelu_backward(xc, e, g, 3 * F._GELU_CUBIC, CONSTANTS[2]))
 
 
 def test_gelu_kernels_take_the_empty_array():
