@@ -1,7 +1,8 @@
 """cuda_kernels/layer_norm.py against functional.LayerNorm's array code (the scaled path, which
 a GPU always runs), under the CUDA simulator on NumPy arrays (tests/conftest.py); tests/test_gpu.py
 runs them on a real GPU through the Function. Rows: odd widths below, at and above a warp's 32
-lanes, row counts that do not fill a block of 8, huge, tiny and constant rows, NaN and inf."""
+lanes, row counts that do not fill a block of 8, huge, tiny and constant rows, one huge value among
+ordinary ones, NaN and inf; weight and bias each present or not."""
 import numpy as np
 import pytest
 
@@ -24,22 +25,28 @@ def _array_code_scaled(x, w, b, eps, g):
 
 def _rows(R, C, dtype, rng):
     x = rng.standard_normal((R, C)) * 3 + 1
+    huge = 1e200 if dtype == np.float64 else 1e30         # its square overflows: the scale must act
     if R >= 5:
-        x[1] *= 1e30 if dtype == np.float64 else 1e18       # (x - mean)^2 would overflow
-        x[2] = 7.25                                           # constant: normalises to 0
+        x[1] *= huge
+        x[2] = 0.1          # constant: normalises to exactly 0 (shifted by x[0]; its plain mean is not 0.1)
         x[3] *= 1e-30
         x[4, 0] = np.inf if R % 2 else np.nan
+    # one huge negative value among ordinary ones: the scale is max |x| over every column and lane
+    if R >= 6:
+        x[5, min(C, 32) - 1] = -huge                         # the last lane's column
+    if R >= 7 and C > 32:
+        x[6, 32] = -huge                                     # lane 0's second column
     return x.astype(dtype)
 
 
 @pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
-@pytest.mark.parametrize("R, C, affine", [(1, 1, True), (5, 7, True), (9, 33, False),
-                                          (13, 70, True), (6, 32, False)])
-def test_layer_norm_kernels_match_the_array_code(dtype, rtol, R, C, affine):
+@pytest.mark.parametrize("R, C, params", [(1, 1, "wb"), (5, 7, "w"), (9, 33, ""),
+                                          (13, 70, "wb"), (6, 32, "b")])
+def test_layer_norm_kernels_match_the_array_code(dtype, rtol, R, C, params):
     rng = np.random.default_rng(R * 100 + C)
     x = _rows(R, C, dtype, rng)
-    w = rng.standard_normal(C).astype(dtype) if affine else None
-    b = rng.standard_normal(C).astype(dtype) if affine else None
+    w = rng.standard_normal(C).astype(dtype) if "w" in params else None
+    b = rng.standard_normal(C).astype(dtype) if "b" in params else None
     g = rng.standard_normal((R, C)).astype(dtype)
     eps = 1e-5
     with np.errstate(all="ignore"):
@@ -51,6 +58,7 @@ def test_layer_norm_kernels_match_the_array_code(dtype, rtol, R, C, affine):
     np.testing.assert_allclose(out, ref_out, rtol=rtol, atol=atol, equal_nan=True)
     np.testing.assert_allclose(rstd, ref_rstd, rtol=rtol, atol=0, equal_nan=True)
     dx = K.layer_norm_backward_dx(g, xhat, rstd, w)
+    assert dx.dtype == dtype and dx.shape == (R, C)
     np.testing.assert_allclose(dx, ref_dx, rtol=rtol, atol=atol * np.abs(ref_dx[np.isfinite(ref_dx)]).max(initial=1),
                                equal_nan=True)
     finite_rows = np.isfinite(x).all(axis=1)
@@ -59,8 +67,11 @@ def test_layer_norm_kernels_match_the_array_code(dtype, rtol, R, C, affine):
         assert (xhat[2] == 0).all()                           # the constant row
 
 
-def test_layer_norm_kernels_take_no_rows():
-    out, xhat, rstd = K.layer_norm_forward(np.empty((0, 5), np.float32), None, None, 1e-5)
-    assert out.shape == xhat.shape == (0, 5) and rstd.shape == (0,)
-    dx = K.layer_norm_backward_dx(np.empty((0, 5), np.float32), xhat, rstd, None)
-    assert dx.shape == (0, 5)
+@pytest.mark.parametrize("R, C", [(0, 5), (3, 0)])
+def test_layer_norm_kernels_take_no_rows_or_no_columns(R, C):
+    """Nothing to launch for (the Function never sends them: it takes empty arrays to the array
+    code; a row without columns has no x[r, 0] to shift by)."""
+    out, xhat, rstd = K.layer_norm_forward(np.empty((R, C), np.float32), None, None, 1e-5)
+    assert out.shape == xhat.shape == (R, C) and rstd.shape == (R,)
+    dx = K.layer_norm_backward_dx(np.empty((R, C), np.float32), xhat, rstd, None)
+    assert dx.shape == (R, C)
