@@ -115,6 +115,21 @@ def test_float32_sum_and_mean_do_not_overflow_in_partial_sums():
     assert m64 == 1e308
 
 
+@pytest.mark.parametrize("dtype, value", [(np.float32, 5.671373e37), (np.float64, 3e307)])
+def test_a_sum_whose_true_value_overflows_is_inf_with_the_usual_warning(dtype, value):
+    """Six equal values whose exact sum is past the dtype's maximum (float32: 3.4028238e38, over
+    3.4028235e38; hypothesis found it): inf, as NumPy answers, with its overflow warning (an error
+    under np.errstate(over='raise')), and the gradient still 1 per element."""
+    x = ts.Tensor(np.full((1, 6), value, dtype), requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        s = x.sum(axis=-1)
+    assert s.data.dtype == dtype and np.isposinf(s.data).all()
+    s.sum().backward()
+    assert (x.grad == 1).all()
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        x.sum(axis=-1)
+
+
 BIG = np.finfo(np.float64).max
 
 
@@ -271,8 +286,10 @@ ELEMENTWISE = {
 
 # Along the last axis of a (rows, C) array: checked row by row, to the scale of the row.
 ROWWISE = {
-    "sum": (lambda x: x.sum(axis=-1),
-            lambda dt: floats(dt) if dt == np.float32 else floats(dt, -big(dt) / 8, big(dt) / 8)),
+    # a row holds at most 6 values, so |sum| <= 6 * big / 8 stays finite; past that the sum's true
+    # value overflows the dtype (six float32 values of 5.67e37 sum to 3.4028238e38 > float32's
+    # 3.4028235e38, a case hypothesis found): inf is then the right answer, not a finite one
+    "sum": (lambda x: x.sum(axis=-1), lambda dt: floats(dt, -big(dt) / 8, big(dt) / 8)),
     "mean": (lambda x: x.mean(axis=-1), floats),
     "max": (lambda x: x.max(axis=-1), floats),
     "min": (lambda x: x.min(dim=-1).values, floats),
