@@ -7,8 +7,9 @@ an embedding lookup, np.add.at over table rows (scatter_kernels.py), and AdamW's
 float64; anything else (CuPy arrays, views with strides, float16, which Function.apply hands
 over as float32 anyway) runs the array code. On a GPU, GELU and LayerNorm have @cuda.jit twins
 in cuda_kernels/gelu.py and cuda_kernels/layer_norm.py (gpu() below): CuPy arrays of those
-dtypes run them, within rounding of the array code (the device's exp is not NumPy's). numba is imported the first time a loop is wanted:
-it takes a while to load, and the array code needs none of it. A Function's `compiled = False`
+dtypes run them, within rounding of the array code (the device's exp is not NumPy's). numba is
+imported the first time a loop is wanted: it takes a while to load, and the array code needs none
+of it. A Function's `compiled = False`
 (and scatter.compiled, AdamW's fused=False) turns its loops off (make bench times the array
 code beside them).
 """

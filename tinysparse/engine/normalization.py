@@ -135,6 +135,8 @@ class LayerNorm(Function):
         C = xhat.shape[-1]
         kernels = (LayerNorm.compiled and grad.shape == xhat.shape
                    and compiled_kernels(".row_kernels", grad, xhat, rstd, weight))
+        gpu = (not kernels and LayerNorm.compiled and grad.shape == xhat.shape
+               and gpu_kernels("cuda_kernels.layer_norm", grad, xhat, rstd, weight))
         rows = tuple(range(grad.ndim - 1))
         want_dw, want_db = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         summed = False
@@ -146,12 +148,10 @@ class LayerNorm(Function):
             kernels.layer_norm_backward(grad.reshape(-1, C), xhat.reshape(-1, C), rstd.reshape(-1),
                                         _or_empty(weight), weight is not None, dt(0), dt(C),
                                         dx.reshape(-1, C), dw, db, summed)         # (R, C) views
-        elif LayerNorm.compiled and grad.shape == xhat.shape and gpu_kernels(
-                "cuda_kernels.layer_norm", grad, xhat, rstd, weight):
+        elif gpu:
             R = grad.size // C
             g2, xhat2 = grad.reshape(R, C), xhat.reshape(R, C)                    # (R, C) views
-            dx = gpu_kernels("cuda_kernels.layer_norm", grad).layer_norm_backward_dx(
-                g2, xhat2, rstd.reshape(-1), weight).reshape(grad.shape)
+            dx = gpu.layer_norm_backward_dx(g2, xhat2, rstd.reshape(-1), weight).reshape(grad.shape)
             # the sums over all rows as (1, R) @ (R, C) products: cuBLAS, no atomics
             ones = array_module(grad).ones(R, grad.dtype)
             dw = ones @ (g2 * xhat2) if want_dw else None
