@@ -95,15 +95,15 @@ def test_layer_suite_compares_backends_and_scales_the_expert_count(capsys):
 
 def test_a_twin_mismatch_fails_the_bench(capsys, monkeypatch):
     pytest.importorskip("torch")
-    from tinysparse.bench import moe as bench_moe
-    real = bench_moe.build_torch_twin
+    from tinysparse.bench import torch_twins       # every suite builds its twin through it
+    real = torch_twins.build_torch_twin
 
     def off_by_a_bit(model):              # a twin whose weights differ: its losses must not match
         twin = real(model)
         for p in twin.parameters():
             p.data.mul_(1.5)
         return twin
-    monkeypatch.setattr(bench_moe, "build_torch_twin", off_by_a_bit)
+    monkeypatch.setattr(torch_twins, "build_torch_twin", off_by_a_bit)
     assert bench("--suite", "moe") == 1
     assert "MISMATCH" in capsys.readouterr().out
 

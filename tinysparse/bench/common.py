@@ -10,6 +10,7 @@ steps 2.4x slower when they followed a tinysparse step (measured; with the pause
 runs as fast as it does alone).
 """
 import contextlib
+import functools
 import gc
 import math
 import time
@@ -131,6 +132,18 @@ def fixed_batch(config, batch_size):
     T = config.block_size
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(batch_size, T + 1))
     return np.ascontiguousarray(tokens[:, :-1]), np.ascontiguousarray(tokens[:, 1:])
+
+
+def twin_step(model, idx, targets, device="cpu"):
+    """A timeable training step of `model`'s PyTorch twin (torch_twins.build_torch_twin: call it
+    before any step of model, so both start from the same weights), moved to `device`, with torch's
+    AdamW set up as tinysparse's, on the batch idx, targets ((B, T) NumPy integer arrays)."""
+    import torch
+
+    from . import torch_twins
+    twin = torch_twins.build_torch_twin(model).to(device)
+    return functools.partial(step, twin, torch_twins.torch_adamw(twin),
+                             torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device))
 
 
 def import_torch(args):

@@ -17,10 +17,10 @@ import numpy as np
 from .. import optim
 from ..gpt import GPTConfig
 from .common import (LOSS_TOLERANCE, array_code, build_model, fixed_batch, import_torch, matmul_gflops, step,
-                     threads, time_alternating)
+                     threads, time_alternating, twin_step)
 from .targets import record as record_target
 from .profile import profile_steps
-from .torch_twins import LR, WEIGHT_DECAY, build_torch_twin, torch_adamw
+from .torch_twins import LR, WEIGHT_DECAY
 
 
 ARRAY_CODE = "ts array code"   # the row of tinysparse with its @njit loops off: the "before"
@@ -84,9 +84,7 @@ def run_dense_bench(args):
         optim.AdamW(baseline.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=False), idx, targets)
     torch = import_torch(args)
     if torch:                                      # built before any step: the weights are still equal
-        twin = build_torch_twin(model)
-        steps["pytorch"] = functools.partial(step, twin, torch_adamw(twin),
-                                             torch.from_numpy(idx), torch.from_numpy(targets))
+        steps["pytorch"] = twin_step(model, idx, targets)
 
     with threads(args.threads, torch):
         runs = time_alternating(steps, args.warmup, args.iters, args.settle)

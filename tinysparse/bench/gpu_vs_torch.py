@@ -46,28 +46,23 @@ def step_vs_torch(preset="small", iters=20, warmup=3, device="cuda", vocab_size=
     """
     import functools
 
-    import torch
-
     from .. import optim
     from ..engine import backend
     from ..gpt import GPTConfig
     from ..training.config import PRESETS
-    from .common import build_model, fixed_batch, step, time_alternating
-    from .torch_twins import LR, WEIGHT_DECAY, build_torch_twin, torch_adamw
+    from .common import build_model, fixed_batch, step, time_alternating, twin_step
+    from .torch_twins import LR, WEIGHT_DECAY
 
     config = GPTConfig(**{**PRESETS[preset]["model"], "dropout": 0.0, "vocab_size": vocab_size})
     B = PRESETS[preset]["train"]["batch_size"]
     idx, targets = fixed_batch(config, B)                    # (B, T) each, NumPy int64
     model = build_model(config)                              # seed-0 weights, on the CPU
-    twin = build_torch_twin(model).to(device)                # copies them before any step
+    torch_step = twin_step(model, idx, targets, device)      # copies them before any step
     model.to(device)
     ts_idx, ts_targets = backend.to_device(idx, device), backend.to_device(targets, device)
-    pt_idx, pt_targets = torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
     ts_opt = optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    steps = {
-        "tinysparse": functools.partial(step, model, ts_opt, ts_idx, ts_targets),
-        "pytorch": functools.partial(step, twin, torch_adamw(twin), pt_idx, pt_targets),
-    }
+    steps = {"tinysparse": functools.partial(step, model, ts_opt, ts_idx, ts_targets),
+             "pytorch": torch_step}
     runs = time_alternating(steps, warmup, iters, settle=0.0)
     if profile:
         from .profile import profile_steps

@@ -21,10 +21,10 @@ from .. import optim
 from ..gpt import GPTConfig
 from ..moe.dispatch import resolve_backend_name
 from .common import (LOSS_TOLERANCE, build_model, fixed_batch, import_torch, step, threads,
-                     time_alternating)
+                     time_alternating, twin_step)
 from .targets import record as record_target
 from .profile import profile_steps
-from .torch_twins import LR, WEIGHT_DECAY, build_torch_twin, torch_adamw
+from .torch_twins import LR, WEIGHT_DECAY
 
 # (label, n_expert, top_k, d_expert)
 MOE_SHAPES = [("tiny-moe", 16, 2, 256), ("E8 top-2 d128", 8, 2, 128)]
@@ -56,9 +56,7 @@ def run_moe_bench(args):
         opt = optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
         steps[label] = functools.partial(step, model, opt, idx, targets)
         if torch and config.n_expert:     # the twin is built before any step: same weights
-            twin = build_torch_twin(model)
-            steps[f"{label} (torch loop)"] = functools.partial(
-                step, twin, torch_adamw(twin), torch.from_numpy(idx), torch.from_numpy(targets))
+            steps[f"{label} (torch loop)"] = twin_step(model, idx, targets)
     with threads(args.threads, torch):
         runs = time_alternating(steps, args.warmup, args.iters, args.settle)
         status = _report(args, configs, models, runs)
