@@ -182,7 +182,7 @@ def test_weights_touched_count_each_parameter_once(rng):
         layer(x)
         layer(x)
     assert led.totals.weight_bytes_touched == (7 * 4 + 4) * 4
-    assert led.totals.bytes_rw == 2 * ((14 + 28 + 8) + (8 + 4 + 8)) * 4
+    assert led.totals.bytes_rw == 2 * (14 + 28 + 4 + 8) * 4    # one fused call: x, W, b in; y out
 
 
 def test_per_token_and_the_hook_is_removed(rng):

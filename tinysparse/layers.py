@@ -11,6 +11,7 @@ import numpy as np
 from ._checks import check_int, check_number
 from .engine import backend
 from .engine import functional as F
+from .engine import linear as fused
 from .engine import random as ts_random
 from .engine.tensor import Tensor
 from .nn import Module, Parameter
@@ -41,8 +42,11 @@ class Linear(Module):
 
     def forward(self, x):
         _check_last_axis(self, x, self.weight.shape[0])
-        y = x @ self.weight
-        return y + self.bias if self.bias is not None else y
+        if self.bias is None or self.weight.dtype.itemsize < 4:
+            y = x @ self.weight          # float16: two Functions, each rounding once, as always
+            return y if self.bias is None else y + self.bias
+        # x @ W + b as one Function (engine/linear.py); the shapes are checked above and by __init__
+        return fused.Linear.apply(x, self.weight, self.bias)
 
 
 def _check_last_axis(module, x, size):

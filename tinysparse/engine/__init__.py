@@ -12,8 +12,9 @@ Files, in reading order:
                    concatenate, stack, where
     scatter.py     deterministic index-add (GetItem's backward without floating-point atomics)
     functional.py  fused ops with hand-written backwards: softmax, cross-entropy, GELU, dropout
-                   (and re-exported: layer norm, attention)
+                   (and re-exported: layer norm, attention, linear)
     normalization.py  fused layer norm, safe for huge and for constant rows
+    linear.py      x @ W + b as one Function (nn.Linear's), the bias added in place
     compiled.py    where the @njit twins of GELU, layer norm, attention's softmax and the
                    embedding backward apply (gelu_kernels.py, row_kernels.py,
                    scatter_kernels.py: bitwise the array code's, fewer passes)

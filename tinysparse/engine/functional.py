@@ -8,8 +8,8 @@ derived in a comment above it and gradchecked in the tests.
 Numerics: every function here is finite wherever its mathematics is, in float32 and float64
 (float16 is computed in float32 by Function.apply). softmax divides by a sum that is at least 1;
 GELU is written with a sigmoid that is exact in both tails. `axis=` and `dim=` name the same
-argument. Layer norm (normalization.py) and attention (attention.py) live in files of their own
-and are re-exported here, so F.layer_norm and F.attention are where they always were.
+argument. Layer norm (normalization.py), attention (attention.py) and linear (linear.py) live in
+files of their own and are re-exported here: F.layer_norm, F.attention, F.linear.
 """
 import contextlib
 import math
@@ -22,6 +22,7 @@ from .compiled import kernels as compiled_kernels
 from . import random as ts_random
 from .attention import Attention, PackedCausalAttention, attention, causal_self_attention  # noqa: F401
 from .normalization import LayerNorm, layer_norm  # noqa: F401
+from .linear import Linear, linear  # noqa: F401
 from .backend import array_module
 from .backend import to_numpy as backend_to_numpy
 from .ops import sigmoid_from_parts, sigmoid_parts

@@ -1,5 +1,6 @@
-"""Cost formulas of the fused ops (softmax, cross-entropy, GELU, layer norm, attention) and of
-the Mixture-of-Experts primitives (gather, grouped matmul, combine). See costs.py for the columns.
+"""Cost formulas of the fused ops (softmax, cross-entropy, GELU, layer norm, linear, attention)
+and of the Mixture-of-Experts primitives (gather, grouped matmul, combine). See costs.py for the
+columns.
 
 Attention is counted as executed: the fused causal attention (engine/attention.py) computes the
 full T x T score matrix and then masks the future, so its two matmuls count 2*T*T*hd each per
@@ -16,7 +17,7 @@ design: the combine's k multiply-adds per token element, 2*T*k*C, are left out o
 import math
 
 from ..adaptive import kv_cache
-from ..engine import attention, functional, normalization
+from ..engine import attention, functional, linear, normalization
 from ..engine.backend import to_numpy
 from ..moe import primitives
 from .costs import Cost, Formula, _computed, register
@@ -73,6 +74,23 @@ register(normalization.LayerNorm, Formula(
     _layer_norm_forward, _layer_norm_backward,
     "layer norm: shift, mean, centre, square, mean, divide by std (6 per element), +1 each for "
     "the gain and the bias; backward dx 8, dw 2 (multiply, sum), db 1 per element"))
+
+
+def _linear_forward(arrays, out, options, ctx):
+    return Cost(matmul=2 * out.size * arrays[0].shape[-1], other=out.size)
+
+
+def _linear_backward(node, ctx, grad, grads):
+    done = _computed(grads)
+    return Cost(matmul=2 * grad.size * node.shapes[0][-1] * (done[0] + done[1]),
+                other=(grad.size - grad.shape[-1]) * done[2])
+
+
+register(linear.Linear, Formula(
+    _linear_forward, _linear_backward,
+    "x @ W + b: 2*m*n*k for the product (as MatMul) and 1 per output element for the bias (as "
+    "Add); backward 2*m*n*k for each of dx and dW, and the bias gradient's sum over the rows "
+    "(output elements - d_out adds, as the engine's unbroadcast sum after an Add)"))
 
 
 # ---- attention ------------------------------------------------------------------------------------
