@@ -213,10 +213,41 @@ def test_every_run_ends_with_the_targets_table(capsys):
     assert set(targets.results()) == {"gmm_fwd", "gmm_dx", "gmm_dw"}
 
 
+def test_paired_ratio_is_the_median_of_the_per_round_ratios():
+    from tinysparse.bench.common import paired_ratio
+    # the machine slows tenfold over the last two rounds, both sides alike, and a burst of load
+    # hits one side of round 3: the rounds' ratios are 1.1, 1.1, 4, 1.1, 1.2, while the ratio of
+    # the two medians (40 / 20) says 2
+    slow, fast = [11, 22, 40, 110, 240], [10, 20, 10, 100, 200]
+    median, q25, q75 = paired_ratio(slow, fast)
+    assert (median, q25, q75) == pytest.approx((1.1, 1.1, 1.2))
+    assert np.median(slow) / np.median(fast) == pytest.approx(2.0)     # not what it returns
+    assert paired_ratio([3.0], [2.0]) == pytest.approx((1.5, 1.5, 1.5))
+
+
+def test_the_paired_suites_record_their_medians_and_quartiles(capsys):
+    pytest.importorskip("torch")
+    from tinysparse.bench import targets
+    from tinysparse.bench.common import paired_ratio
+    targets.reset()
+    assert bench("--suite", "step", "decode", "--iters", "5") == 0
+    out = capsys.readouterr().out
+    spreads = targets.spreads()
+    for key in ("step", "decode_short", "decode_long"):
+        q25, q75 = spreads[key]
+        assert q25 <= targets.results()[key] <= q75, key
+    line = next(x for x in out.splitlines() if x.startswith("ratio tinysparse/pytorch:"))
+    assert f"{targets.results()['step']:.2f}x (median of the per-step ratios" in line
+    table = out[out.index("Targets of issue 16"):].splitlines()
+    row = next(x for x in table if x.startswith("1. dense training step"))
+    assert row.endswith(f"{spreads['step'][0]:.2f}-{spreads['step'][1]:.2f}x")
+    assert paired_ratio([1.0, 3.0], [1.0, 1.0])[0] == 2.0
+
+
 def test_a_target_is_met_by_its_own_direction():
     from tinysparse.bench import targets
     targets.reset()
-    targets.record("step", 0.9)
+    targets.record("step", 0.9, (0.8, 1.05))
     targets.record("decode_short", 0.9)
     with pytest.raises(KeyError, match="no bench target 'nope'"):
         targets.record("nope", 1.0)
@@ -226,7 +257,8 @@ def test_a_target_is_met_by_its_own_direction():
     with contextlib.redirect_stdout(buf):
         targets.print_targets()
     lines = buf.getvalue().splitlines()
-    assert next(line for line in lines if line.startswith("1. dense training step")).endswith("yes")
+    step = next(line for line in lines if line.startswith("1. dense training step"))
+    assert step.split()[-2:] == ["yes", "0.80-1.05x"]     # met by the median; quartiles after
     assert next(line for line in lines if "block-1 tokens" in line).endswith("no")   # a rate: >= 1
 
 

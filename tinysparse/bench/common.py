@@ -103,6 +103,18 @@ def time_alternating(steps, warmup, iters, settle):
     return runs
 
 
+def paired_ratio(numerator, denominator):
+    """(median, 25th, 75th percentile) of the per-round ratios numerator[i] / denominator[i] of
+    two timings that took turns (time_alternating, time_calls). A round's two runs meet the
+    machine in the same state, so their ratio drifts far less than either time: on this
+    repository's shared 2-core machine the same step's median moved from 75 to 105 ms between
+    runs minutes apart, while its per-round ratio to the PyTorch twin stayed within 1.02-1.04x.
+    The quartiles say how far the rounds spread."""
+    ratios = np.asarray(numerator, dtype=float) / np.asarray(denominator, dtype=float)
+    q25, median, q75 = np.percentile(ratios, [25, 50, 75])
+    return float(median), float(q25), float(q75)
+
+
 def time_calls(calls, warmup, iters):
     """{name: call()} -> {name: milliseconds of each timed call}: the calls take turns, one each
     per round (no pause: for kernels, whose BLAS threads are the same library's)."""

@@ -24,7 +24,7 @@ import numpy as np
 from ..engine import random as ts_random
 from ..gpt import GPTConfig
 from .targets import record as record_target
-from .common import build_model, import_torch, threads
+from .common import build_model, import_torch, paired_ratio, threads
 from .profile import profile_calls
 from .torch_decode import torch_greedy_generate
 from .torch_twins import build_torch_twin
@@ -85,17 +85,19 @@ def run_torch_sampling(args, model):
         return
     twin = build_torch_twin(model).eval()
     print(f"\ngreedy sampling with a KV cache, dense model, batch 1, {args.threads} threads, median "
-          f"of {args.iters} rounds (taking turns; a shared machine: compare within a row)")
+          f"of {args.iters} rounds (taking turns; a shared machine: compare within a row; ts/pt: "
+          f"the median of the per-round ratios)")
     print(f"{'new tokens':>10}{'tinysparse tok/s':>18}{'pytorch tok/s':>15}{'ts/pt':>8}"
           f"{'same tokens':>13}")
     with threads(args.threads, torch):
         for n_new in (model.config.block_size - 1, 4 * model.config.block_size):
             times, tokens = torch_sampling_speed(model, twin, n_new, args.iters, args.settle)
             rate = {k: n_new / float(np.median(v)) for k, v in times.items()}
+            ratio, q25, q75 = paired_ratio(times["pytorch"], times["tinysparse"])  # a rate ratio
             record_target("decode_short" if n_new < model.config.block_size else "decode_long",
-                           rate["tinysparse"] / rate["pytorch"])
+                          ratio, (q25, q75))
             print(f"{n_new:>10}{rate['tinysparse']:>18.0f}{rate['pytorch']:>15.0f}"
-                  f"{rate['tinysparse'] / rate['pytorch']:>7.2f}x"
+                  f"{ratio:>7.2f}x"
                   f"{_first_difference(tokens['tinysparse'], tokens['pytorch']):>13}")
 
 
