@@ -25,27 +25,34 @@ from numba import njit
 @njit(cache=True, error_model="numpy")
 def block_sum(a, lo, n, zero):
     """a[lo:lo+n].sum() for n <= 128, as NumPy adds a block: under 8 one by one from zero, else
-    8 accumulators over the multiples of 8, combined as a tree, then the rest one by one."""
+    8 accumulators over the multiples of 8, combined as a tree, then the rest one by one.
+
+    The block is sliced first and indexed from 0 by a loop counter that cannot be negative:
+    with a[lo + i] Numba must allow for a negative index (Python's wraparound) on every read,
+    which kept LLVM from optimising the loop; sliced, 2048 sums of 128 float32 took 99 us
+    instead of 181 (the same adds in the same order: the same bits)."""
+    s = a[lo:lo + n]
     if n < 8:
         total = zero
-        for i in range(lo, lo + n):
-            total += a[i]
+        for i in range(n):
+            total += s[i]
         return total
-    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
-    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    r0, r1, r2, r3 = s[0], s[1], s[2], s[3]
+    r4, r5, r6, r7 = s[4], s[5], s[6], s[7]
     whole = n - n % 8
-    for i in range(lo + 8, lo + whole, 8):
-        r0 += a[i]
-        r1 += a[i + 1]
-        r2 += a[i + 2]
-        r3 += a[i + 3]
-        r4 += a[i + 4]
-        r5 += a[i + 5]
-        r6 += a[i + 6]
-        r7 += a[i + 7]
+    for block in range(1, whole // 8):
+        i = 8 * block
+        r0 += s[i]
+        r1 += s[i + 1]
+        r2 += s[i + 2]
+        r3 += s[i + 3]
+        r4 += s[i + 4]
+        r5 += s[i + 5]
+        r6 += s[i + 6]
+        r7 += s[i + 7]
     total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    for i in range(lo + whole, lo + n):
-        total += a[i]
+    for i in range(whole, n):
+        total += s[i]
     return total
 
 
