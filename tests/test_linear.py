@@ -78,6 +78,15 @@ def test_only_the_gradients_asked_for(rng):
     assert b.grad is None and w.grad is not None
 
 
+def test_backward_returns_none_for_what_was_not_asked(rng):
+    from tinysparse.engine.function import Context
+    x, w, b = (rng.standard_normal(s) for s in ((2, 3), (3, 4), (4,)))
+    ctx = Context((True, True, False))
+    Linear.forward(ctx, x, w, b)
+    dx, dw, db = Linear.backward(ctx, np.ones((2, 4)))
+    assert db is None and dx.shape == (2, 3) and dw.shape == (3, 4)
+
+
 def test_no_bias_is_the_matmul_alone(rng):
     x, w = _leaf(rng, (2, 3)), _leaf(rng, (3, 4))
     y = F.linear(x, w)

@@ -58,6 +58,7 @@ TESTS = {
     "tinysparse/training/atomic.py": ["tests/test_checkpoint.py", "tests/test_train.py"],
     "tinysparse/training/sampling.py": ["tests/test_sampling.py", "tests/test_train.py"],
     "tinysparse/gpt.py": ["tests/test_gpt.py", "tests/test_sampling.py"],
+    "tinysparse/engine/linear.py": ["tests/test_linear.py", "tests/test_layers.py"],
     "tinysparse/layers.py": ["tests/test_layers.py", "tests/test_nn.py", "tests/test_optim.py",
                              "tests/test_gpt.py", "tests/test_fake_gpu.py"],
     "tinysparse/gpt_config.py": ["tests/test_gpt.py", "tests/test_moe.py", "tests/test_null_experts.py",
