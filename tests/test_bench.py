@@ -225,23 +225,45 @@ def test_paired_ratio_is_the_median_of_the_per_round_ratios():
     assert paired_ratio([3.0], [2.0]) == pytest.approx((1.5, 1.5, 1.5))
 
 
-def test_the_paired_suites_record_their_medians_and_quartiles(capsys):
+SLOW, FAST = [11.0, 22.0, 40.0, 110.0, 240.0], [10.0, 20.0, 10.0, 100.0, 200.0]   # as above
+
+
+def test_the_step_suite_records_the_median_of_its_per_step_ratios(capsys, monkeypatch):
     pytest.importorskip("torch")
-    from tinysparse.bench import targets
-    from tinysparse.bench.common import paired_ratio
+    from tinysparse.bench import dense, targets
+    runs = {"tinysparse": (SLOW, [4.6] * 5), dense.ARRAY_CODE: (SLOW, [4.6] * 5),
+            "pytorch": (FAST, [4.6] * 5)}
+    monkeypatch.setattr(dense, "time_alternating", lambda *a, **k: runs)
     targets.reset()
-    assert bench("--suite", "step", "decode", "--iters", "5") == 0
+    assert bench("--suite", "step") == 0
+    assert targets.results()["step"] == pytest.approx(1.1)          # not 40 / 20
+    assert targets.spreads()["step"] == pytest.approx((1.1, 1.2))
     out = capsys.readouterr().out
-    spreads = targets.spreads()
-    for key in ("step", "decode_short", "decode_long"):
-        q25, q75 = spreads[key]
-        assert q25 <= targets.results()[key] <= q75, key
-    line = next(x for x in out.splitlines() if x.startswith("ratio tinysparse/pytorch:"))
-    assert f"{targets.results()['step']:.2f}x (median of the per-step ratios" in line
-    table = out[out.index("Targets of issue 16"):].splitlines()
-    row = next(x for x in table if x.startswith("1. dense training step"))
-    assert row.endswith(f"{spreads['step'][0]:.2f}-{spreads['step'][1]:.2f}x")
-    assert paired_ratio([1.0, 3.0], [1.0, 1.0])[0] == 2.0
+    assert "1.10x (median of the per-step ratios, quartiles 1.10-1.20x), 2.00x (ratio" in out
+    row = next(x for x in out.splitlines() if x.startswith("1. dense training step"))
+    assert row.split()[-3:] == ["1.10x", "no", "1.10-1.20x"]
+
+
+def test_the_decode_suite_records_rates_pytorch_time_over_ours(monkeypatch):
+    pytest.importorskip("torch")
+    from tinysparse.bench import sampling, targets
+    tokens = np.zeros((1, 8), dtype=np.int64)
+    monkeypatch.setattr(sampling, "torch_sampling_speed", lambda *a, **k: (
+        {"tinysparse": FAST, "pytorch": SLOW}, {"tinysparse": tokens, "pytorch": tokens}))
+    targets.reset()
+    assert bench("--suite", "decode") == 0
+    # a rate ratio: ours over PyTorch's tokens/s is PyTorch's time over ours, per round
+    assert targets.results()["decode_short"] == pytest.approx(1.1)
+    assert targets.results()["decode_long"] == pytest.approx(1.1)
+    assert targets.spreads()["decode_long"] == pytest.approx((1.1, 1.2))
+
+
+def test_paired_ratio_refuses_timings_that_do_not_pair():
+    from tinysparse.bench.common import paired_ratio
+    with pytest.raises(ValueError, match="got 1 and 3"):
+        paired_ratio([1.0], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="got 0 and 0"):
+        paired_ratio([], [])
 
 
 def test_a_target_is_met_by_its_own_direction():

@@ -125,15 +125,25 @@ def test_nn_linear_runs_one_function_with_a_bias_and_the_matmul_without(rng):
     assert nn.Linear(3, 4, bias=False)(x)._ctx[0] is MatMul
 
 
-def test_nn_linear_in_float16_keeps_two_roundings(rng):
+def test_float16_keeps_the_pairs_two_roundings(rng):
     """float16 computes in float32 (Function.apply): the pair rounds the product to float16 before
-    the add, the fused call rounds once; nn.Linear keeps the pair's bits there."""
+    the add, the fused Function rounds once; F.linear and nn.Linear keep the pair's bits there."""
     layer = nn.Linear(3, 4, dtype=np.float16)
     x = ts.Tensor(rng.standard_normal((64, 3)).astype(np.float16))
     pair = (x @ layer.weight + layer.bias).data
-    assert F.linear(x, layer.weight, layer.bias).data.tobytes() != pair.tobytes()  # tells them apart
-    y = layer(x)
-    assert y.dtype == np.float16 and y.data.tobytes() == pair.tobytes()
+    fused = Linear.apply(x, layer.weight, layer.bias).data
+    assert fused.tobytes() != pair.tobytes()                            # the input tells them apart
+    for y in (layer(x), F.linear(x, layer.weight, layer.bias)):
+        assert y.dtype == np.float16 and y.data.tobytes() == pair.tobytes()
+
+
+@pytest.mark.parametrize("lead", [(0,), (2, 0), (0, 4)])
+def test_no_rows(rng, lead):
+    x, w, b = _leaf(rng, lead + (3,)), _leaf(rng, (3, 4)), _leaf(rng, (4,))
+    y = F.linear(x, w, b)
+    assert y.shape == lead + (4,)
+    y.backward(np.ones(y.shape))
+    assert x.grad.shape == x.shape and not w.grad.any() and not b.grad.any()
 
 
 def test_ledger_counts_the_pairs_flops_and_the_fused_bytes(rng):

@@ -45,7 +45,8 @@ class Linear(Module):
         if self.bias is None or self.weight.dtype.itemsize < 4:
             y = x @ self.weight          # float16: two Functions, each rounding once, as always
             return y if self.bias is None else y + self.bias
-        # x @ W + b as one Function (engine/linear.py); the shapes are checked above and by __init__
+        # x @ W + b as one Function (engine/linear.py; F.linear without its shape checks: the
+        # input's is above, the weight's and the bias's were made so by __init__)
         return fused.Linear.apply(x, self.weight, self.bias)
 
 

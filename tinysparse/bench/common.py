@@ -109,7 +109,11 @@ def paired_ratio(numerator, denominator):
     machine in the same state, so their ratio drifts far less than either time: on this
     repository's shared 2-core machine the same step's median moved from 75 to 105 ms between
     runs minutes apart, while its per-round ratio to the PyTorch twin stayed within 1.02-1.04x.
-    The quartiles say how far the rounds spread."""
+    The quartiles say how far the rounds spread. ValueError when the two are not of one length
+    or are empty."""
+    if len(numerator) != len(denominator) or not len(numerator):
+        raise ValueError(f"paired_ratio needs two timings of one round each, as many of both; "
+                         f"got {len(numerator)} and {len(denominator)}")
     ratios = np.asarray(numerator, dtype=float) / np.asarray(denominator, dtype=float)
     q25, median, q75 = np.percentile(ratios, [25, 50, 75])
     return float(median), float(q25), float(q75)

@@ -1,20 +1,25 @@
-"""The affine map of a Linear layer, y = x W + b, as one fused Function (PyTorch's F.linear).
+"""The affine map of a Linear layer, y = x W + b, as one fused Function (F.linear; unlike
+PyTorch's, W is stored (d_in, d_out), as nn.Linear stores it, and no transpose is taken).
 
 Written as two Functions, x @ W then + b, it is two graph nodes and two calls of Function.apply,
 and the add makes a second output array: the matmul's result is read and a new one written.
-Here the bias goes into the matmul's fresh result in place. A small gain, measured on this
-repository's 2-core machine with the two versions alternating step by step in one process
-(median of the per-pair time ratios): the headline training step (make bench's) took 0.985x
-the pair's time over 150 pairs (interquartile range 0.95-1.01); a 64-token window forward at
-batch 1 (what cached sampling runs past block_size) 0.996x over 1000 pairs, since there the
-matmuls dominate (64 x 128 @ 128 x 512: about 80 us a call, of which the fusion saves 2-4).
+Here the bias goes into the matmul's fresh result in place. The gain is small, within the
+spread at the level of a training step: measured on this repository's 2-core machine with the
+two versions alternating step by step in one process (median of the per-pair time ratios),
+the headline training step (make bench's) took 0.985x the pair's time over 150 pairs
+(quartiles 0.95-1.01), and a 64-token window forward at batch 1 (what cached sampling runs
+past block_size) 0.996x over 1000 pairs (quartiles 0.97-1.02): there the matmuls dominate.
+One nn.Linear(128, 512) on a (1, 64, 128) float32 input, 3000 calls in a loop under no_grad,
+took 82-84 us a call as the pair and 80 us fused.
 
-Same bits as x @ W + b: the product is MatMul's own computation, and adding b in place rounds
-each element exactly as the separate add did. The bias gradient is the engine's unbroadcast
-sum of the output gradient (autograd.unbroadcast), as it was for the separate add.
+Same bits as x @ W + b in float32 and float64: the product is MatMul's own computation, and
+adding b in place rounds each element exactly as the separate add did. The bias gradient is
+the engine's unbroadcast sum of the output gradient (autograd.unbroadcast), as it was for the
+separate add. float16 runs as the pair (linear() and nn.Linear route it there): Function.apply
+computes float16 in float32, and a fused call would round once where the pair rounds twice.
 """
 from .autograd import unbroadcast
-from .ops import MatMul
+from .ops import Add, MatMul
 from .tensor import Function
 
 
@@ -42,8 +47,9 @@ class Linear(Function):
 
 
 def linear(x, weight, bias=None):
-    """x @ weight + bias: x (..., d_in), weight (d_in, d_out), bias (d_out,) or None ->
-    (..., d_out). One Function with a bias, the matmul alone without. Tensors or arrays of one
+    """x @ weight + bias: x (..., d_in), weight (d_in, d_out) (PyTorch's is (d_out, d_in)),
+    bias (d_out,) or None -> (..., d_out). One Function with a bias in float32 and float64, the
+    matmul alone without one, the MatMul + Add pair in float16. Tensors or arrays of one
     floating dtype (integer x takes it). ValueError names a shape that does not fit."""
     if len(weight.shape) != 2:
         raise ValueError(f"linear needs a weight of shape (d_in, d_out), got {tuple(weight.shape)}")
@@ -51,9 +57,10 @@ def linear(x, weight, bias=None):
     if not len(x.shape) or x.shape[-1] != d_in:
         raise ValueError(f"linear: the input's last axis must be d_in={d_in} (weight "
                          f"{tuple(weight.shape)}), got an input of shape {tuple(x.shape)}")
-    if bias is None:
-        return MatMul.apply(x, weight)
-    if tuple(bias.shape) != (d_out,):
+    if bias is not None and tuple(bias.shape) != (d_out,):
         raise ValueError(f"linear: the bias must have shape ({d_out},) for a weight of shape "
                          f"{tuple(weight.shape)}, got {tuple(bias.shape)}")
+    if bias is None or weight.dtype.itemsize < 4:
+        y = MatMul.apply(x, weight)              # float16: the pair's two roundings
+        return y if bias is None else Add.apply(y, bias)
     return Linear.apply(x, weight, bias)

@@ -24,13 +24,15 @@ from numba import njit
 
 @njit(cache=True, error_model="numpy")
 def block_sum(a, lo, n, zero):
-    """a[lo:lo+n].sum() for n <= 128, as NumPy adds a block: under 8 one by one from zero, else
-    8 accumulators over the multiples of 8, combined as a tree, then the rest one by one.
+    """a[lo:lo+n].sum() for 0 <= lo and n <= 128, as NumPy adds a block: under 8 one by one
+    from zero, else 8 accumulators over the multiples of 8, combined as a tree, then the rest
+    one by one.
 
-    The block is sliced first and indexed from 0 by a loop counter that cannot be negative:
-    with a[lo + i] Numba must allow for a negative index (Python's wraparound) on every read,
-    which kept LLVM from optimising the loop; sliced, 2048 sums of 128 float32 took 99 us
-    instead of 181 (the same adds in the same order: the same bits)."""
+    The block is sliced first and indexed from 0 by a loop counter that cannot be negative. With
+    a[lo + i], Numba must allow for a negative index (Python's wraparound) on every read, and
+    the loop ran about twice as slowly: 2048 sums of 128 float32 took 181 us, sliced 99 us (the
+    same adds in the same order: the same bits). That the wraparound checks are what held LLVM
+    back is our reading, not shown in the generated code."""
     s = a[lo:lo + n]
     if n < 8:
         total = zero
