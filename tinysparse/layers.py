@@ -11,7 +11,6 @@ import numpy as np
 from ._checks import check_int, check_number
 from .engine import backend
 from .engine import functional as F
-from .engine import linear as fused
 from .engine import random as ts_random
 from .engine.tensor import Tensor
 from .nn import Module, Parameter
@@ -42,12 +41,9 @@ class Linear(Module):
 
     def forward(self, x):
         _check_last_axis(self, x, self.weight.shape[0])
-        if self.bias is None or self.weight.dtype.itemsize < 4:
-            y = x @ self.weight          # float16: two Functions, each rounding once, as always
-            return y if self.bias is None else y + self.bias
-        # x @ W + b as one Function (engine/linear.py; F.linear without its shape checks: the
-        # input's is above, the weight's and the bias's were made so by __init__)
-        return fused.Linear.apply(x, self.weight, self.bias)
+        # x @ W + b: one Function with a bias in float32/float64, the MatMul (+ Add) pair
+        # otherwise (engine/linear.py says why)
+        return F.linear(x, self.weight, self.bias)
 
 
 def _check_last_axis(module, x, size):

@@ -15,8 +15,9 @@ took 82-84 us a call as the pair and 80 us fused.
 Same bits as x @ W + b in float32 and float64: the product is MatMul's own computation, and
 adding b in place rounds each element exactly as the separate add did. The bias gradient is
 the engine's unbroadcast sum of the output gradient (autograd.unbroadcast), as it was for the
-separate add. float16 runs as the pair (linear() and nn.Linear route it there): Function.apply
-computes float16 in float32, and a fused call would round once where the pair rounds twice.
+separate add. float16 runs as the pair (linear(), which nn.Linear calls, routes it there):
+Function.apply computes float16 in float32, and a fused call would round once where the pair
+rounds twice.
 """
 from .autograd import unbroadcast
 from .ops import Add, MatMul
