@@ -108,6 +108,22 @@ def test_a_cached_step_counts_its_keys(kind, executed):
     assert model.compute_per_token().sum() + padding_flops(model) == executed[0] - before
 
 
+@pytest.mark.parametrize("kind", ["dense", "mod-null"])
+def test_the_head_is_counted_on_the_positions_it_ran_on(kind, executed):
+    model = _model(kind)
+    idx = np.random.default_rng(6).integers(0, 29, size=(2, 8))
+    with ts.no_grad():
+        model(idx)
+        full = model.compute_per_token()
+        executed[0] = 0
+        model(idx, logits_to_keep=3)                          # the head on the last 3 positions
+    kept = model.compute_per_token()
+    head = 2 * 12 * 29
+    np.testing.assert_array_equal(kept[:, :5], full[:, :5] - head)
+    np.testing.assert_array_equal(kept[:, 5:], full[:, 5:])
+    assert kept.sum() + padding_flops(model) == executed[0]
+
+
 def test_a_moe_token_pays_for_the_experts_it_ran():
     model = _model("null-zero")
     idx = np.random.default_rng(3).integers(0, 29, size=(1, 10))

@@ -32,10 +32,11 @@ def sharp_gpt(dropout=0.0, vocab_size=V, seed=0):
 
 
 def last_logits(model, context):
-    """(B, V) float64 logits of the next token after `context`, in eval mode."""
+    """(B, V) float64 logits of the next token after `context`, in eval mode: the head on the last
+    position alone, as generate runs it (test_logits_to_keep.py ties it to the full forward's row)."""
     was = model.training
     model.eval()
-    logits = model(context)[0].data[:, -1, :].astype(np.float64)
+    logits = model(context, logits_to_keep=1)[0].data[:, -1, :].astype(np.float64)
     model.train(was)
     return logits
 

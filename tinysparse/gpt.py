@@ -9,19 +9,20 @@ import math
 
 import numpy as np
 
-from ._checks import check_int, check_number
+from ._checks import check_int
 from .engine import functional as F
 from . import nn
 from .engine import random as ts_random
 from .engine.backend import array_module, to_device, to_numpy
 from .moe import MoE
 from .adaptive.compute import compute_per_token
-from .adaptive.decode import generate_tokens
+from .adaptive.decode import check_generate_args, generate_tokens  # noqa: F401  (the CLI's too)
 from .adaptive.early_exit import exit_loss
 from .adaptive.kv_cache import cached_attention, kv_cache_obstacle
 from .adaptive.mod import mod_blocks, wrap_block
 from .adaptive.settings import make_router
 from .gpt_config import GPTConfig  # noqa: F401  (importers take it from here, as in nanoGPT)
+from .gpt_inputs import checked_ids, checked_targets
 from .engine.tensor import Tensor, no_grad
 
 
@@ -95,6 +96,7 @@ class GPT(nn.Module):
         self._aux_total = None    # the MoE auxiliary loss of the last forward with targets (a Tensor)
         self._last_positions = None  # (B, T, keys per query) of the last forward: compute_per_token
         self._exit_plan, self._exit_heads = None, 0   # early exits' record of it (adaptive/early_exit.py)
+        self._head_rows = None       # the last positions of the last forward that the head ran on
         self._init_weights()
 
     def _init_weights(self):
@@ -176,7 +178,7 @@ class GPT(nn.Module):
         ledger's flops_matmul for that forward."""
         return compute_per_token(self)
 
-    def forward(self, idx, targets=None, ignore_index=None, cache=None):
+    def forward(self, idx, targets=None, ignore_index=None, cache=None, logits_to_keep=0):
         """Logits (B, T, vocab_size) of token ids idx (B, T), and the loss when targets are given.
 
         idx       integer ids in [0, vocab_size), 1 <= T <= block_size (a NumPy or CuPy array, a
@@ -192,9 +194,19 @@ class GPT(nn.Module):
         cache     None, or a KVCache (adaptive/kv_cache.py; sampling only, under no_grad): idx
                   holds the tokens at positions cache.length .. cache.length+T-1, earlier ones are
                   read from the cache, and cache.length advances by T
+        logits_to_keep
+                  0 (default): logits at every position. n >= 1: at the last min(n, T) positions
+                  only, (B, min(n, T), vocab_size): the final layer norm and the head skip the
+                  others (Hugging Face's logits_to_keep; nanoGPT's forward does the same at
+                  inference). Sampling reads only the last row, so generate passes 1. Refused
+                  with targets, whose loss needs every position.
         Returns (logits, loss), loss None without targets.
         """
-        idx = self._checked_ids("idx", idx)
+        idx = checked_ids(self.config, "idx", idx)
+        check_int("GPT logits_to_keep", logits_to_keep, low=0, hint="0 keeps every position")
+        if logits_to_keep and targets is not None:
+            raise ValueError(f"GPT logits_to_keep={logits_to_keep} with targets: the loss needs the "
+                             f"logits at every position; pass logits_to_keep=0 to train")
         B, T = idx.shape
         start = 0 if cache is None else cache.start(T, self.config.n_layer)
         tok = self.wte(idx)                                       # (B, T, C)
@@ -212,11 +224,14 @@ class GPT(nn.Module):
             cache.length = start + T
         self._last_positions = (B, T, start + T)    # what compute_per_token needs (adaptive/compute.py)
         self._exit_plan, self._exit_heads = None, 0
+        self._head_rows = min(logits_to_keep, T) if logits_to_keep else T   # positions the head ran on
+        if self._head_rows < T:
+            x = x[:, T - self._head_rows:]                        # (B, n, C): the last n positions
         x = self.ln_f(x)
-        logits = x @ self.wte.weight.T                            # (B, T, vocab_size)
+        logits = x @ self.wte.weight.T                            # (B, n, vocab_size), n = T by default
         loss = None
         if targets is not None:
-            targets = self._checked_targets(targets, idx.shape, ignore_index)
+            targets = checked_targets(self.config, targets, idx.shape, ignore_index)
             if self.training and self.config.exit_scale > 0:   # LayerSkip: every layer's exit trains
                 loss = exit_loss(self, hiddens, logits, targets, ignore_index)
             else:
@@ -231,46 +246,6 @@ class GPT(nn.Module):
                 loss = loss + total
                 self._aux_total = total
         return logits, loss
-
-    def _checked_ids(self, what, idx):
-        """idx as an integer array (B, T) with 1 <= T <= block_size (any T >= 1 for generate's
-        "prompt") and every id in [0, vocab_size). Checked where the array is (on the host for
-        NumPy input, before any copy to a GPU)."""
-        idx = idx.data if isinstance(idx, Tensor) else idx
-        if not hasattr(idx, "dtype"):
-            idx = np.asarray(idx)
-        if idx.ndim != 2:
-            fix = "; add a batch axis: idx[None, :]" if idx.ndim == 1 else ""
-            raise ValueError(f"GPT {what} must be a 2-D array (B, T) of token ids, got shape "
-                             f"{tuple(idx.shape)}{fix}")
-        T = idx.shape[1]
-        if T > self.config.block_size and what != "prompt":   # generate crops a long prompt
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-        if T == 0:
-            need = ("generate needs a prompt of at least one token" if what == "prompt"
-                    else "a sequence needs at least one")
-            raise ValueError(f"GPT {what} has shape {tuple(idx.shape)}: no tokens; {need}")
-        nn.check_ids(f"GPT {what}", idx, self.config.vocab_size, n_name="vocab_size=")
-        return idx
-
-    def _checked_targets(self, targets, shape, ignore_index):
-        targets = targets.data if isinstance(targets, Tensor) else targets
-        if not hasattr(targets, "dtype"):
-            targets = np.asarray(targets)
-        if tuple(targets.shape) != tuple(shape):      # a transposed (T, B) would be read silently
-            raise ValueError(f"GPT targets have shape {tuple(targets.shape)} but idx has "
-                             f"{tuple(shape)}; they must match: targets[b, t] is the token after "
-                             f"idx[b, t]")
-        if ignore_index is not None:
-            check_int("GPT ignore_index", ignore_index)
-            if 0 <= ignore_index < self.config.vocab_size:
-                raise ValueError(f"GPT ignore_index={ignore_index} is a real token id "
-                                 f"(vocab_size {self.config.vocab_size}): the loss would skip "
-                                 f"that token everywhere; use -1 or -100")
-        nn.check_ids("GPT targets", targets, self.config.vocab_size, ignore_index, "vocab_size=",
-                     fix=lambda bad: f"; to leave padding out of the loss, pass ignore_index={bad}"
-                     if bad < 0 else "")
-        return targets
 
     def kv_cache_obstacle(self):
         """None, or why sampling with a KV cache would not return this model's own tokens."""
@@ -301,7 +276,7 @@ class GPT(nn.Module):
         if kv_cache and obstacle:
             raise ValueError(f"generate kv_cache=True: {obstacle}; use kv_cache=False (recompute "
                              f"the whole context every step)")
-        idx = np.asarray(to_numpy(self._checked_ids("prompt", idx)), dtype=np.int64)
+        idx = np.asarray(to_numpy(checked_ids(self.config, "prompt", idx)), dtype=np.int64)
         use_cache = obstacle is None if kv_cache is None else kv_cache
         was_training = self.training
         self.eval()
@@ -310,15 +285,3 @@ class GPT(nn.Module):
         self.train(was_training)
         return idx
 
-
-def check_generate_args(max_new_tokens, temperature, top_k, names=None):
-    """Refuse sampling settings without a meaning, naming each: max_new_tokens an integer >= 0,
-    temperature a positive finite number, top_k None or an integer >= 1. `names` maps an argument
-    to the name to show (the command line passes its flags: {"top_k": "--top-k", ...})."""
-    names = names or {}
-    check_int(names.get("max_new_tokens", "max_new_tokens"), max_new_tokens, low=0)
-    check_number(names.get("temperature", "temperature"), temperature, low=0, low_open=True,
-                 hint="try 0.8 (1: the model's own distribution)")
-    if top_k is not None:
-        check_int(names.get("top_k", "top_k"), top_k, low=1,
-                  hint="None keeps every token; 1 is greedy decoding")

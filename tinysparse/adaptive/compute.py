@@ -14,7 +14,8 @@ ledger's other column and is not in here. Per token, with C = n_embd:
     MoE         the router 2*C*E_cols (E_cols = n_expert, + n_null with null experts), 4*C*d_expert
                 per expert the token RAN (its kept slots: null, empty and dropped slots are 0),
                 and 4*C*(n_shared*d_expert) for the shared experts
-    head        2*C*vocab_size (the tied LM head)
+    head        2*C*vocab_size (the tied LM head), for the positions it ran on: every one, or
+                the last logits_to_keep (sampling's prefill: only the last token pays for it)
     exits       the head again at every layer whose exit was evaluated (LayerSkip's loss: every
                 layer but the first; CALM's decoding: each layer until all rows exited), and at
                 a layer every row skipped only K and V, 2*C*3C (CALM's state propagation)
@@ -91,7 +92,8 @@ def _count(model):
             total += attention_flops(c.n_embd, n_keys)
             total += _ffn_flops(block.mlp, c.n_embd, B, T)
     heads = plan["heads"] if plan else 1 + getattr(model, "_exit_heads", 0)
-    total += heads * 2 * c.n_embd * c.vocab_size                # the head, at every exit it was read
+    rows = T if plan else min(getattr(model, "_head_rows", None) or T, T)   # the last positions it ran on
+    total[:, T - rows:] += heads * 2 * c.n_embd * c.vocab_size  # the head, at every exit it was read
     return total, padding
 
 

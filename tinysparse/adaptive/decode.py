@@ -9,11 +9,18 @@ token may leave early (early_exit.py). Without it, every step runs the whole
 cropped context, as nanoGPT does. Both draw from the same generator in the same order, so with
 the same seed they return the same tokens (tests/test_kv_cache.py).
 
+Only the last position's logits are read, so a step that runs several positions asks the model
+for that row alone (logits_to_keep=1): the final layer norm and the head skip the others, as in
+nanoGPT's generate and the PyTorch twin's (bench/torch_decode.py). Those logits are the last row
+of the full forward to float rounding: BLAS sums a one-row product in another order.
+
 The model is duck-typed (anything with .config.n_layer, .config.block_size and
-model(idx, cache=...) -> (logits, loss)): this layer does not import the GPT around it.
+model(idx, cache=..., logits_to_keep=...) -> (logits, loss)): this layer does not import the GPT
+around it.
 """
 import numpy as np
 
+from .._checks import check_int, check_number
 from ..engine import random as ts_random
 from ..engine.backend import to_numpy
 from .early_exit import forward_with_exits
@@ -57,10 +64,10 @@ def generate_tokens(model, idx, max_new_tokens, temperature, top_k, use_cache):
     cache = None
     for _ in range(max_new_tokens):
         if not use_cache:
-            logits, _ = model(idx[:, -block_size:])                 # the whole window, every step
+            logits, _ = model(idx[:, -block_size:], logits_to_keep=1)   # the whole window, every step
         elif cache is None or cache.room() == 0:                    # first step, or the window slid
             cache = KVCache(model.config.n_layer, block_size)
-            logits, _ = model(idx[:, -block_size:], cache=cache)    # prefill
+            logits, _ = model(idx[:, -block_size:], cache=cache, logits_to_keep=1)   # prefill
         elif model.config.exit_threshold is not None:               # CALM: a confident token exits
             logits = forward_with_exits(model, idx[:, -1:], cache, model.config.exit_threshold)
         else:
@@ -69,3 +76,16 @@ def generate_tokens(model, idx, max_new_tokens, temperature, top_k, use_cache):
         nxt = draw(rng, probs)[:, None]                             # (B, 1)
         idx = np.concatenate([idx, nxt], axis=1)
     return idx
+
+
+def check_generate_args(max_new_tokens, temperature, top_k, names=None):
+    """Refuse sampling settings without a meaning, naming each: max_new_tokens an integer >= 0,
+    temperature a positive finite number, top_k None or an integer >= 1. `names` maps an argument
+    to the name to show (the command line passes its flags: {"top_k": "--top-k", ...})."""
+    names = names or {}
+    check_int(names.get("max_new_tokens", "max_new_tokens"), max_new_tokens, low=0)
+    check_number(names.get("temperature", "temperature"), temperature, low=0, low_open=True,
+                 hint="try 0.8 (1: the model's own distribution)")
+    if top_k is not None:
+        check_int(names.get("top_k", "top_k"), top_k, low=1,
+                  hint="None keeps every token; 1 is greedy decoding")
