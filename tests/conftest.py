@@ -11,16 +11,19 @@ import functools  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import tinysparse as ts  # noqa: E402  (after the simulator switch: tinysparse may load numba)
 from checkpoint_helpers import KINDS, model_config, train_config  # noqa: E402
+from tinysparse import optim  # noqa: E402
 from tinysparse.moe import MoE  # noqa: E402
 from tinysparse.training import data as data_module  # noqa: E402
 from tinysparse.training import loop as loop_module  # noqa: E402
 from tinysparse.training import train  # noqa: E402
+from train_helpers import global_norm  # noqa: E402
 
 
 @functools.lru_cache(maxsize=None)
@@ -82,6 +85,20 @@ def ckpt_runs(tmp_path_factory):
 def ckpt_run(ckpt_runs, tmp_path):
     """A fresh copy of the dense run, to damage."""
     return Path(shutil.copytree(ckpt_runs["dense"], tmp_path / "run"))
+
+
+@pytest.fixture
+def updates(monkeypatch):
+    """Every AdamW update of the runs in the test: the lr it used and the norm of the gradient
+    it read, recorded as the update starts (the training loop's tests, train_helpers.py)."""
+    seen, real = [], optim.AdamW.step
+
+    def step(self):
+        seen.append(SimpleNamespace(lr=self.lr, norm=global_norm(self.params)))
+        real(self)
+
+    monkeypatch.setattr(optim.AdamW, "step", step)
+    return seen
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Scoring a model (tinysparse/training/evaluation.py) where test_train_applies.py does not: a
+"""Scoring a model (tinysparse/training/evaluation.py) where test_train_evaluation.py does not: a
 single evaluation batch, and the GPU path through the strict CuPy stand-in (fixture fake_gpu),
 which must score what the CPU scores and read the device once per split."""
 import contextlib
@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from checkpoint_helpers import model_config, train_config
-from test_train_applies import MeanIdModel, split_corpus
 from tinysparse.training.evaluation import evaluate
 from tinysparse.training.loop import TrainingRun
+from train_helpers import MeanIdModel, split_corpus
 
 
 def test_one_evaluation_batch_is_enough():

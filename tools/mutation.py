@@ -41,13 +41,18 @@ ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = "mutants"         # mutmut's working copy (fixed by mutmut); git-ignored
 SEP = "ǁ"                   # mutmut's separator in the mangled name of a method
 
+# The training loop's tests: every one of these files runs train(), so each exercises the loop,
+# its evaluation and its reports.
+TRAIN_TESTS = ["tests/test_train.py", "tests/test_train_config_applied.py",
+               "tests/test_train_evaluation.py", "tests/test_train_divergence.py",
+               "tests/test_train_interrupt.py", "tests/test_train_output.py"]
+
 # Module -> the test files that exercise it. A mutant runs only those of these tests that call
 # its function, so an entry only narrows the first, instrumented run.
 TESTS = {
-    "tinysparse/training/loop.py": ["tests/test_train.py", "tests/test_train_applies.py"],
-    "tinysparse/training/evaluation.py": ["tests/test_train.py", "tests/test_train_applies.py",
-                                          "tests/test_evaluation.py"],
-    "tinysparse/training/reporting.py": ["tests/test_train.py", "tests/test_train_applies.py"],
+    "tinysparse/training/loop.py": TRAIN_TESTS,
+    "tinysparse/training/evaluation.py": TRAIN_TESTS + ["tests/test_evaluation.py"],
+    "tinysparse/training/reporting.py": TRAIN_TESTS,
     "tinysparse/training/checkpoint.py": ["tests/test_checkpoint.py",
                                           "tests/test_checkpoint_state.py",
                                           "tests/test_checkpoint_refusals.py"],
