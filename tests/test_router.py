@@ -1,8 +1,9 @@
 """The routers (tinysparse/moe/router.py) built directly: their defaults, dtypes and refusals,
 the jitter's formula, the losses on one token, the balancing bias's bookkeeping, and the cases
-where ranking by the logits and by the probabilities differ. test_moe.py tests them inside the
-layer; here each rule gets an input where a plausible slip (a default moved, float64 creeping
-into a float32 model, a load not accumulated) gives another answer.
+where ranking by the logits and by the probabilities differ. test_moe_routing.py and
+test_moe_balancing.py test them inside the layer; here each rule gets an input where a plausible
+slip (a default moved, float64 creeping into a float32 model, a load not accumulated) gives
+another answer.
 """
 import math
 

@@ -46,6 +46,10 @@ SEP = "ǁ"                   # mutmut's separator in the mangled name of a metho
 TRAIN_TESTS = ["tests/test_train.py", "tests/test_train_config_applied.py",
                "tests/test_train_evaluation.py", "tests/test_train_divergence.py",
                "tests/test_train_interrupt.py", "tests/test_train_output.py"]
+# The MoE layer's tests: every one of these files routes and dispatches tokens through the layer.
+MOE_TESTS = ["tests/test_moe_gradients.py", "tests/test_moe_routing.py",
+             "tests/test_moe_balancing.py", "tests/test_moe_capacity.py",
+             "tests/test_moe_settings.py", "tests/test_moe_gpt.py", "tests/test_moe_empty_batch.py"]
 
 # Module -> the test files that exercise it. A mutant runs only those of these tests that call
 # its function, so an entry only narrows the first, instrumented run.
@@ -68,12 +72,12 @@ TESTS = {
     "tinysparse/engine/linear.py": ["tests/test_linear.py", "tests/test_layers.py"],
     "tinysparse/layers.py": ["tests/test_layers.py", "tests/test_nn.py", "tests/test_optim.py",
                              "tests/test_gpt.py", "tests/test_fake_gpu.py"],
-    "tinysparse/gpt_config.py": ["tests/test_gpt.py", "tests/test_moe.py", "tests/test_null_experts.py",
+    "tinysparse/gpt_config.py": ["tests/test_gpt.py", "tests/test_moe_gpt.py",
+                                 "tests/test_moe_settings.py", "tests/test_null_experts.py",
                                  "tests/test_top_p.py", "tests/test_mod.py"],
     "tinysparse/moe/dispatch.py": ["tests/test_moe_dispatch.py", "tests/test_numba_dispatch.py",
-                                   "tests/test_moe.py", "tests/test_fake_gpu.py"],
-    "tinysparse/moe/router.py": ["tests/test_router.py", "tests/test_moe.py",
-                                 "tests/test_router_topk.py"],
+                                   *MOE_TESTS, "tests/test_fake_gpu.py"],
+    "tinysparse/moe/router.py": ["tests/test_router.py", *MOE_TESTS, "tests/test_router_topk.py"],
     "tinysparse/ledger/counter.py": ["tests/test_ledger.py", "tests/test_ledger_counter.py",
                                      "tests/test_ledger_energy.py",
                                      "tests/test_ledger_cli.py", "tests/test_compute.py",
