@@ -162,15 +162,19 @@ def test_sampling_suite_fails_when_the_cache_changes_the_tokens(capsys, monkeypa
 
 def test_sampling_suite_times_tinysparse_against_the_torch_twin_cache(capsys):
     pytest.importorskip("torch")
+    from tinysparse.bench import targets
+    targets.reset()
     assert bench("--suite", "sampling") == 0
     out = capsys.readouterr().out
     assert "pytorch tok/s" in out
     header = out.index("pytorch tok/s")
     rows = [line.split() for line in out[header:].split("\n\n")[0].splitlines()[1:]]
     assert [r[0] for r in rows] == ["7", "32"]                # block_size - 1, 4 x block_size
-    for r in rows:
+    # ts/pt is the median of the per-round ratios (the recorded targets), not the ratio of the
+    # two rate columns: on a busy machine those part (test_the_decode_suite_records_... pins it)
+    for r, key in zip(rows, ("decode_short", "decode_long")):
         ts_rate, pt_rate, ratio = float(r[1]), float(r[2]), float(r[3].rstrip("x"))
-        assert ts_rate > 0 and pt_rate > 0 and ratio == pytest.approx(ts_rate / pt_rate, rel=0.05, abs=0.01)
+        assert ts_rate > 0 and pt_rate > 0 and ratio == pytest.approx(targets.results()[key], abs=0.005)
 
 
 def test_sampling_suite_without_torch_says_why_in_one_line(capsys):
