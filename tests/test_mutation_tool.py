@@ -48,7 +48,7 @@ def test_test_selection(tool):
             "tests/test_train_divergence.py", "tests/test_train_evaluation.py",
             "tests/test_train_interrupt.py", "tests/test_train_output.py"]
     fallback = tool.select_tests(["tinysparse/nn.py"])            # no entry: all but the slow
-    assert "tests/test_ops.py" in fallback and not set(fallback) & tool.SLOW
+    assert "tests/test_ops_unary.py" in fallback and not set(fallback) & tool.SLOW
     assert tool.select_tests(["tinysparse/nn.py"], ["tests/test_x.py"]) == ["tests/test_x.py"]
 
 
