@@ -11,7 +11,8 @@ The two runs must return the same tokens (checked; exit status 1 if not).
 
 Then, for the dense model (the one with a PyTorch twin, torch_twins.py), tinysparse's cached
 sampling against the twin decoding with its own KV cache (torch_decode.py), taking turns the same
-way. Both decode greedily so their tokens can be compared: tinysparse's generate with top_k=1
+way, and the window that every step past block_size re-runs, timed three ways (window.py): where
+the time of the long run goes. Both decode greedily so their tokens can be compared: tinysparse's generate with top_k=1
 (only the likeliest token survives, so the draw is the argmax; generate has no argmax switch),
 the twin with argmax. Both float32 and untrained, so logits are close to uniform and a near-tie
 may pick different tokens: the column says where they first part, and does not fail the run
@@ -28,6 +29,7 @@ from .common import build_model, import_torch, paired_ratio, threads
 from .profile import profile_calls
 from .torch_decode import torch_greedy_generate
 from .torch_twins import build_torch_twin
+from .window import window_times
 
 MODELS = {"dense": {}, "moe": dict(n_expert=16, top_k=2, d_expert=256),
           # the preset tiny-adaptive's mechanism (training/config.py), untrained
@@ -99,6 +101,24 @@ def run_torch_sampling(args, model):
             print(f"{n_new:>10}{rate['tinysparse']:>18.0f}{rate['pytorch']:>15.0f}"
                   f"{ratio:>7.2f}x"
                   f"{_first_difference(tokens['tinysparse'], tokens['pytorch']):>13}")
+        print_window_times(model, twin, args.iters)
+
+
+def print_window_times(model, twin, iters):
+    """The window that every step past block_size re-runs (window.py): tinysparse, the same
+    Function bodies without the engine around them, and the twin; each block's time over the
+    twin's in the same round, median and quartiles."""
+    idx = np.random.default_rng(0).integers(0, model.config.vocab_size,
+                                            (1, model.config.block_size))
+    times = window_times(model, twin, idx, blocks=max(3, iters // 2))
+    print(f"\nthe {model.config.block_size}-token window each step past block_size re-runs, "
+          f"batch 1 (blocks of 40 forwards taking turns; / pytorch: the median of the per-block "
+          f"ratios)")
+    print(f"{'forward':<14}{'ms':>8}{'/ pytorch':>11}{'quartiles':>14}")
+    for name, seconds in times.items():
+        ratio, q25, q75 = paired_ratio(seconds, times["pytorch"])
+        print(f"{name:<14}{np.median(seconds) * 1e3:>8.3f}{ratio:>10.2f}x"
+              f"{q25:>8.2f}-{q75:.2f}x")
 
 
 def _config(args, **extra):

@@ -1,0 +1,84 @@
+"""Where cached sampling's time goes past block_size: the window every such step re-runs.
+
+Once the context holds block_size tokens, each sampling step slides the window and runs all of
+it again, in tinysparse and in its PyTorch twin alike (the positions shift, so no cached key
+stays valid: adaptive/kv_cache.py). Sampling 4 x block_size tokens is mostly these forwards.
+This file times three versions of one window forward, taking turns in blocks:
+
+    tinysparse    GPT.forward(window, cache=KVCache(...), logits_to_keep=1), as generate runs it
+    bodies only   the same Functions' forward bodies called straight on NumPy arrays, in the same
+                  order: no Tensor, no Function.apply, no Module call, no argument check
+                  (window_logits_without_the_engine)
+    pytorch       the twin's forward_cached (torch_decode.py), the head on the last position
+
+The first two return the same bits (checked before timing), so their difference is what the
+engine's layers cost at this shape, and the second against the third is what the arithmetic
+itself costs against PyTorch's (the kernels, BLAS, NumPy's exp). Imports torch on first use only.
+"""
+import time
+
+import numpy as np
+
+from ..adaptive.kv_cache import KVCache
+from ..engine.attention import PackedCausalAttention
+from ..engine.function import Context
+from ..engine.functional import GELU
+from ..engine.linear import Linear
+from ..engine.normalization import LayerNorm
+from ..engine.ops import MatMul
+from ..engine.tensor import no_grad
+
+
+def _layer_norm(x, module):
+    return LayerNorm.forward(Context(None), x, module.weight.data, module.bias.data, module.eps)
+
+
+def _linear(x, module):
+    return Linear.forward(Context(None), x, module.weight.data, module.bias.data)
+
+
+def window_logits_without_the_engine(model, idx):
+    """Logits (B, 1, vocab_size) of the last position of idx (B, T), T <= block_size, computed as
+    GPT.forward computes them in eval mode (dropout off), by the Functions' forward bodies alone.
+    For a dense GPT with biases (no MoE, no Mixture-of-Depths): a ValueError otherwise."""
+    c = model.config
+    if c.n_expert or c.mod_capacity or not c.bias:
+        raise ValueError("window_logits_without_the_engine follows the dense GPT with biases only "
+                         f"(n_expert={c.n_expert}, mod_capacity={c.mod_capacity}, bias={c.bias})")
+    B, T = idx.shape
+    x = model.wte.weight.data[idx] + model.wpe.weight.data[:T]            # (B, T, C)
+    for block in model.h:
+        qkv = _linear(_layer_norm(x, block.ln_1), block.attn.c_attn)      # (B, T, 3C)
+        y = PackedCausalAttention.forward(Context(None), qkv, block.attn.n_head)   # (B, T, C)
+        x = x + _linear(y, block.attn.c_proj)
+        h = GELU.forward(Context(None), _linear(_layer_norm(x, block.ln_2), block.mlp.c_fc))
+        x = x + _linear(h, block.mlp.c_proj)
+    x = _layer_norm(x[:, T - 1:], model.ln_f)                             # (B, 1, C)
+    return MatMul.forward(Context(None), x, model.wte.weight.data.T)      # (B, 1, vocab_size)
+
+
+def window_times(model, twin, idx, blocks=12, calls=40):
+    """Seconds per window forward {'tinysparse', 'bodies only', 'pytorch'}: `blocks` lists of one
+    block's mean over `calls` forwards each, the three taking turns block by block. Raises
+    AssertionError if the first two differ in any bit (then the comparison would mean nothing)."""
+    import torch
+
+    from .torch_decode import TorchKVCache, forward_cached
+    torch_idx = torch.as_tensor(idx)
+    runs = {"tinysparse": lambda: model(idx, cache=KVCache(model.config.n_layer,
+                                                           model.config.block_size),
+                                        logits_to_keep=1)[0].data,
+            "bodies only": lambda: window_logits_without_the_engine(model, idx),
+            "pytorch": lambda: forward_cached(twin, torch_idx, TorchKVCache(len(twin.h)))}
+    times = {name: [] for name in runs}
+    with no_grad(), torch.no_grad():
+        assert np.array_equal(runs["tinysparse"](), runs["bodies only"]()), "not the same bits"
+        for _ in range(blocks):
+            for name, run in runs.items():
+                for _ in range(3):                                          # warm the caches
+                    run()
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    run()
+                times[name].append((time.perf_counter() - t0) / calls)
+    return times
