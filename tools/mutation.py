@@ -88,6 +88,11 @@ TESTS = {
     "cuda_kernels/gelu.py": ["tests/test_cuda_gelu.py"],
     "cuda_kernels/layer_norm.py": ["tests/test_cuda_layer_norm.py"],
     "tinysparse/bench/gpu_vs_torch.py": ["tests/test_bench.py"],
+    "tinysparse/bench/window.py": ["tests/test_bench_window.py"],
+    "tinysparse/adaptive/compute.py": ["tests/test_compute.py", "tests/test_compute_map.py",
+                                       "tests/test_early_exit.py"],
+    "tinysparse/adaptive/decode.py": ["tests/test_sampling.py", "tests/test_kv_cache.py",
+                                      "tests/test_logits_to_keep.py", "tests/test_early_exit.py"],
 }
 # Whole-program tests (every chapter script, benchmarks, PyTorch parity): minutes each, and
 # every mutant would rerun them. Left out of the fallback selection.
