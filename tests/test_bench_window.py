@@ -43,6 +43,12 @@ def test_other_models_are_refused_by_name(extra):
         window_logits_without_the_engine(_model(**extra), np.zeros((1, 3), dtype=np.int64))
 
 
+def test_a_float16_model_is_refused_not_given_other_bits():
+    model = _model(np.float16)       # apply computes float16 in float32: the bodies alone would not
+    with pytest.raises(ValueError, match="follows float32 and float64 only, got float16"):
+        window_logits_without_the_engine(model, np.zeros((1, 3), dtype=np.int64))
+
+
 def test_window_times_refuses_to_time_two_different_computations(monkeypatch):
     torch = pytest.importorskip("torch")
     from tinysparse.bench import window

@@ -40,11 +40,18 @@ def _linear(x, module):
 def window_logits_without_the_engine(model, idx):
     """Logits (B, 1, vocab_size) of the last position of idx (B, T), T <= block_size, computed as
     GPT.forward computes them in eval mode (dropout off), by the Functions' forward bodies alone.
-    For a dense GPT with biases (no MoE, no Mixture-of-Depths): a ValueError otherwise."""
+    For a dense GPT with biases (no MoE, no Mixture-of-Depths) in float32 or float64: a
+    ValueError otherwise (float16: Function.apply computes it in float32, the bodies alone would
+    not, so the bits would differ)."""
     c = model.config
     if c.n_expert or c.mod_capacity or not c.bias:
         raise ValueError("window_logits_without_the_engine follows the dense GPT with biases only "
                          f"(n_expert={c.n_expert}, mod_capacity={c.mod_capacity}, bias={c.bias})")
+    dtype = model.wte.weight.data.dtype
+    if dtype.itemsize < 4:
+        raise ValueError(f"window_logits_without_the_engine follows float32 and float64 only, got "
+                         f"{dtype} (Function.apply computes it in float32); "
+                         f"use model.astype(np.float32)")
     B, T = idx.shape
     x = model.wte.weight.data[idx] + model.wpe.weight.data[:T]            # (B, T, C)
     for block in model.h:
