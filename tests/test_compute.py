@@ -143,12 +143,13 @@ def test_compute_per_token_before_a_forward_is_refused():
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_the_sum_equals_the_ledgers_count(kind):
+@pytest.mark.parametrize("keep", [0, 3])                       # 3: the head on the last 3 only
+def test_the_sum_equals_the_ledgers_count(kind, keep):
     ledger = pytest.importorskip("tinysparse.ledger")          # runs once the ledger has landed
     model = _model(kind)
     idx = np.random.default_rng(4).integers(0, 29, size=(2, 9))
     with ts.no_grad(), ledger.count(model) as led:
-        model(idx)
+        model(idx, logits_to_keep=keep)
     assert model.compute_per_token().sum() + padding_flops(model) == led.totals.flops_matmul
 
 
