@@ -61,7 +61,7 @@ def test_window_times_refuses_to_time_two_different_computations(monkeypatch):
     assert all(len(v) == 2 and min(v) > 0 for v in times.values())
     monkeypatch.setattr(window, "window_logits_without_the_engine",
                         lambda m, i: np.zeros((1, 1, 23), np.float32))
-    with pytest.raises(AssertionError, match="not the same bits"):
+    with pytest.raises(RuntimeError, match="not the same bits"):
         window_times(model, twin, idx, blocks=1, calls=1)
     assert torch is not None
 
@@ -79,3 +79,10 @@ def test_the_sampling_suite_prints_the_window_table(capsys):
     assert [r[0] for r in rows[:1]] + [" ".join(rows[1][:2]), rows[2][0]] == [
         "tinysparse", "bodies only", "pytorch"]
     assert rows[2][-2:] == ["1.00x", "1.00-1.00x"]          # the twin over itself
+
+
+def test_a_model_in_training_mode_is_refused():
+    model = _model().train()
+    with pytest.raises(ValueError, match=r"computes the eval-mode forward \(no dropout\); call "
+                                         r"model.eval\(\) first"):
+        window_logits_without_the_engine(model, np.zeros((1, 3), dtype=np.int64))

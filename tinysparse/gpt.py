@@ -196,10 +196,11 @@ class GPT(nn.Module):
                   read from the cache, and cache.length advances by T
         logits_to_keep
                   0 (default): logits at every position. n >= 1: at the last min(n, T) positions
-                  only, (B, min(n, T), vocab_size): the final layer norm and the head skip the
-                  others (Hugging Face's logits_to_keep; nanoGPT's forward does the same at
-                  inference). Sampling reads only the last row, so generate passes 1. Refused
-                  with targets, whose loss needs every position.
+                  only, (B, min(n, T), vocab_size): the head skips the others (Hugging Face's
+                  logits_to_keep; nanoGPT's forward slices before its lm_head at inference),
+                  and so does the final layer norm, which works position by position (the
+                  same numbers). Sampling reads only the last row, so generate passes 1.
+                  Refused with targets, whose loss needs every position.
         Returns (logits, loss), loss None without targets.
         """
         idx = checked_ids(self.config, "idx", idx)

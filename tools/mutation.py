@@ -205,6 +205,9 @@ def main(argv=None):
     # GNU OpenMP (Numba's 'omp' layer, its choice here) kills such a child with SIGTERM ("fork()
     # called from a process already using GNU OpenMP"), Numba's own workqueue layer does not
     os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+    # likewise PyTorch's OpenMP pool (the bench tests' twins): a child forked after the parent
+    # ran torch on 2 threads hung in its first parallel op, every mutant a timeout (bench/window.py)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     configure(paths, tests)
     if args.survivors:
         if not all((ROOT / MUTANTS / f"{p}.meta").is_file() for p in paths):

@@ -10,9 +10,10 @@ cropped context, as nanoGPT does. Both draw from the same generator in the same 
 the same seed they return the same tokens (tests/test_kv_cache.py).
 
 Only the last position's logits are read, so a step that runs several positions asks the model
-for that row alone (logits_to_keep=1): the final layer norm and the head skip the others, as in
-nanoGPT's generate and the PyTorch twin's (bench/torch_decode.py). Those logits are the last row
-of the full forward to float rounding: BLAS sums a one-row product in another order.
+for that row alone (logits_to_keep=1): the head skips the others, as nanoGPT's forward does at
+inference, and the final layer norm too, as the PyTorch twin's does (bench/torch_decode.py).
+Those logits are the last row of the full forward to float rounding: BLAS sums a one-row
+product in another order.
 
 The model is duck-typed (anything with .config.n_layer, .config.block_size and
 model(idx, cache=..., logits_to_keep=...) -> (logits, loss)): this layer does not import the GPT

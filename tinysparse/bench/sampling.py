@@ -11,12 +11,12 @@ The two runs must return the same tokens (checked; exit status 1 if not).
 
 Then, for the dense model (the one with a PyTorch twin, torch_twins.py), tinysparse's cached
 sampling against the twin decoding with its own KV cache (torch_decode.py), taking turns the same
-way, and the window that every step past block_size re-runs, timed three ways (window.py): where
-the time of the long run goes. Both decode greedily so their tokens can be compared: tinysparse's generate with top_k=1
-(only the likeliest token survives, so the draw is the argmax; generate has no argmax switch),
-the twin with argmax. Both float32 and untrained, so logits are close to uniform and a near-tie
-may pick different tokens: the column says where they first part, and does not fail the run
-(tests/test_torch_decode.py checks the tokens in float64).
+way, and the window that every step past block_size re-runs, timed three ways (window.py):
+where the time of the long run goes. Both decode greedily so their tokens can be compared:
+tinysparse's generate with top_k=1 (only the likeliest token survives, so the draw is the argmax;
+generate has no argmax switch), the twin with argmax. Both float32 and untrained, so logits are
+close to uniform and a near-tie may pick different tokens: the column says where they first part,
+and does not fail the run (tests/test_torch_decode.py checks the tokens in float64).
 """
 import time
 
@@ -110,10 +110,11 @@ def print_window_times(model, twin, iters):
     twin's in the same round, median and quartiles."""
     idx = np.random.default_rng(0).integers(0, model.config.vocab_size,
                                             (1, model.config.block_size))
-    times = window_times(model, twin, idx, blocks=max(3, iters // 2))
+    calls = 40
+    times = window_times(model, twin, idx, blocks=max(3, iters // 2), calls=calls)
     print(f"\nthe {model.config.block_size}-token window each step past block_size re-runs, "
-          f"batch 1 (blocks of 40 forwards taking turns; / pytorch: the median of the per-block "
-          f"ratios)")
+          f"batch 1 (blocks of {calls} forwards taking turns; / pytorch: time over PyTorch's, "
+          f"lower is faster, the median of the per-block ratios)")
     print(f"{'forward':<14}{'ms':>8}{'/ pytorch':>11}{'quartiles':>14}")
     for name, seconds in times.items():
         ratio, q25, q75 = paired_ratio(seconds, times["pytorch"])

@@ -11,9 +11,13 @@ This file times three versions of one window forward, taking turns in blocks:
                   (window_logits_without_the_engine)
     pytorch       the twin's forward_cached (torch_decode.py), the head on the last position
 
-The first two return the same bits (checked before timing), so their difference is what the
-engine's layers cost at this shape, and the second against the third is what the arithmetic
-itself costs against PyTorch's (the kernels, BLAS, NumPy's exp). Imports torch on first use only.
+The first two return the same bits (checked before timing), so their difference is what
+tinysparse spends around the arithmetic at this shape: the engine's layers (a Tensor, a
+Function.apply and a Module call per op), the argument checks, and the KV cache that generate's
+forward allocates and fills (the bodies keep none). The second against the third compares the
+arithmetic itself (the kernels, BLAS, NumPy's exp) with PyTorch's whole forward, PyTorch's own
+dispatch included: a floor for what a leaner engine could reach, not PyTorch's kernels alone.
+Imports torch on first use only.
 """
 import time
 
@@ -40,13 +44,16 @@ def _linear(x, module):
 def window_logits_without_the_engine(model, idx):
     """Logits (B, 1, vocab_size) of the last position of idx (B, T), T <= block_size, computed as
     GPT.forward computes them in eval mode (dropout off), by the Functions' forward bodies alone.
-    For a dense GPT with biases (no MoE, no Mixture-of-Depths) in float32 or float64: a
-    ValueError otherwise (float16: Function.apply computes it in float32, the bodies alone would
+    For a dense GPT with biases (no MoE, no Mixture-of-Depths) in float32 or float64, in eval
+    mode: a ValueError otherwise (float16: Function.apply computes it in float32, the bodies alone would
     not, so the bits would differ)."""
     c = model.config
     if c.n_expert or c.mod_capacity or not c.bias:
         raise ValueError("window_logits_without_the_engine follows the dense GPT with biases only "
                          f"(n_expert={c.n_expert}, mod_capacity={c.mod_capacity}, bias={c.bias})")
+    if model.training:
+        raise ValueError("window_logits_without_the_engine computes the eval-mode forward (no "
+                         "dropout); call model.eval() first")
     dtype = model.wte.weight.data.dtype
     if dtype.itemsize < 4:
         raise ValueError(f"window_logits_without_the_engine follows float32 and float64 only, got "
@@ -67,7 +74,7 @@ def window_logits_without_the_engine(model, idx):
 def window_times(model, twin, idx, blocks=12, calls=40):
     """Seconds per window forward {'tinysparse', 'bodies only', 'pytorch'}: `blocks` lists of one
     block's mean over `calls` forwards each, the three taking turns block by block. Raises
-    AssertionError if the first two differ in any bit (then the comparison would mean nothing)."""
+    RuntimeError if the first two differ in any bit (then the comparison would mean nothing)."""
     import torch
 
     from .torch_decode import TorchKVCache, forward_cached
@@ -79,7 +86,9 @@ def window_times(model, twin, idx, blocks=12, calls=40):
             "pytorch": lambda: forward_cached(twin, torch_idx, TorchKVCache(len(twin.h)))}
     times = {name: [] for name in runs}
     with no_grad(), torch.no_grad():
-        assert np.array_equal(runs["tinysparse"](), runs["bodies only"]()), "not the same bits"
+        if not np.array_equal(runs["tinysparse"](), runs["bodies only"]()):
+            raise RuntimeError("the bodies alone did not give the forward's logits (not the same "
+                               "bits): the window comparison would mean nothing")
         for _ in range(blocks):
             for name, run in runs.items():
                 for _ in range(3):                                          # warm the caches
