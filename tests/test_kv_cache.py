@@ -1,6 +1,6 @@
 """The KV cache (adaptive/kv_cache.py, adaptive/decode.py): cached sampling returns the tokens of
-uncached sampling, seed for seed, for every model kind that can be cached; past block_size the
-cache is rebuilt; models that cannot be cached are refused (kv_cache=True) or fall back (None)."""
+uncached sampling, seed for seed, for every model kind that can be cached; past block_size each
+window runs without one (a cache rebuilt there would be full and never read); models that cannot be cached are refused (kv_cache=True) or fall back (None)."""
 import numpy as np
 import pytest
 
@@ -72,8 +72,9 @@ def test_cached_logits_equal_the_full_forward_at_every_step(kind):
     assert cache.length == 9 and cache.room() == 0
 
 
-def test_past_block_size_the_cache_is_rebuilt_every_step(monkeypatch):
-    made = []
+@pytest.mark.parametrize("prompt_len, caches, windows", [(3, 1, 13), (9, 0, 20), (12, 0, 20)])
+def test_past_block_size_each_window_runs_without_a_cache(monkeypatch, prompt_len, caches, windows):
+    made, steps = [], []
 
     class CountingCache(KVCache):
         def __init__(self, *a):
@@ -82,10 +83,20 @@ def test_past_block_size_the_cache_is_rebuilt_every_step(monkeypatch):
 
     monkeypatch.setattr(decode, "KVCache", CountingCache)
     model = _model("dense")
-    _generate(model, np.array([[1, 2, 3]]), 20, 0, True)
-    # step 0 fills 3 positions, steps 1-6 add one each (9 = block_size), steps 7-19 slide: 1 + 13
-    assert len(made) == 14
-    assert all(c.length <= model.config.block_size for c in made)
+    forward = type(model).forward
+
+    def spy(self, idx, *args, cache=None, **kwargs):
+        steps.append((idx.shape[1], cache is None))
+        return forward(self, idx, *args, cache=cache, **kwargs)
+    monkeypatch.setattr(type(model), "forward", spy)
+    prompt = np.arange(prompt_len)[None, :] % 37
+    _generate(model, prompt, 20, 0, True)
+    # a prompt of 3: step 0 fills 3 positions, steps 1-6 add one each (9 = block_size), steps
+    # 7-19 slide: each runs the 9-token window without a cache; a prompt of 9 or more slides at once
+    assert len(made) == caches and all(c.length <= model.config.block_size for c in made)
+    assert steps.count((9, True)) == windows and len(steps) == 20
+    cached = [T for T, uncached in steps if not uncached]              # the prefill, then one token each
+    assert cached == ([prompt_len] + [1] * (9 - prompt_len) if caches else [])
 
 
 def test_models_that_cannot_be_cached_are_refused_or_fall_back():

@@ -265,8 +265,9 @@ class GPT(nn.Module):
                         above vocab_size keeps every token (as nanoGPT's min(top_k, V))
         kv_cache        None (a cache unless kv_cache_obstacle() names a reason not to), True, or
                         False (recompute the whole context every step). The tokens are the same
-                        either way, seed for seed; past block_size the cache is rebuilt each step,
-                        as the window slides (adaptive/kv_cache.py). True is refused for a model
+                        either way, seed for seed; past block_size the window slides every step
+                        and runs whole, without a cache (adaptive/decode.py, kv_cache.py). True
+                        is refused for a model
                         with an obstacle (expert-choice routing, a capacity factor).
         Each bad argument is a ValueError (TypeError for a wrong type) naming it and its range.
         """

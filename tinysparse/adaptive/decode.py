@@ -3,10 +3,12 @@
     logits of the last position -> / temperature -> keep the top_k -> softmax -> draw one token
 
 With the cache, the first step runs the prompt (a prefill) and every later step feeds only the
-token just drawn; when the context reaches block_size, the window slides and the cache is rebuilt
-from the last block_size tokens (kv_cache.py says why); with exit_threshold set, each decoded
-token may leave early (early_exit.py). Without it, every step runs the whole
-cropped context, as nanoGPT does. Both draw from the same generator in the same order, so with
+token just drawn; with exit_threshold set, each decoded token may leave early (early_exit.py).
+Once the context reaches block_size, the window slides at every step and the cache would have to
+be rebuilt from the last block_size tokens each time (kv_cache.py says why). Such a cache is full
+from the start, so no later step could read it: those steps run the window without one, which
+is the prefill's own computation (the same logits) minus the writes. Without the cache, every
+step runs the whole cropped context, as nanoGPT does. Both draw from the same generator in the same order, so with
 the same seed they return the same tokens (tests/test_kv_cache.py).
 
 Only the last position's logits are read, so a step that runs several positions asks the model
@@ -66,9 +68,14 @@ def generate_tokens(model, idx, max_new_tokens, temperature, top_k, use_cache):
     for _ in range(max_new_tokens):
         if not use_cache:
             logits, _ = model(idx[:, -block_size:], logits_to_keep=1)   # the whole window, every step
-        elif cache is None or cache.room() == 0:                    # first step, or the window slid
+        elif (cache is None or cache.room() == 0) and idx.shape[1] >= block_size:
+            # the window slid (or a long prompt): a cache built now would be full, and the next
+            # token slides the window again, so nothing would read it: the prefill without it
+            logits, _ = model(idx[:, -block_size:], logits_to_keep=1)
+            cache = None
+        elif cache is None or cache.room() == 0:                    # first step: the prefill
             cache = KVCache(model.config.n_layer, block_size)
-            logits, _ = model(idx[:, -block_size:], cache=cache, logits_to_keep=1)   # prefill
+            logits, _ = model(idx, cache=cache, logits_to_keep=1)
         elif model.config.exit_threshold is not None:               # CALM: a confident token exits
             logits = forward_with_exits(model, idx[:, -1:], cache, model.config.exit_threshold)
         else:

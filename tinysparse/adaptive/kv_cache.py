@@ -14,8 +14,9 @@ state (CALM). A query at position i attends to the valid keys at positions <= i.
 
 The window: learned positions stop at block_size. Past it, the context is the last block_size
 tokens, so every token's position (and with it every cached key) changes when the window slides
-one step. The cache is then rebuilt from the cropped window (a prefill); exact, and as slow as no
-cache for those steps. (Cheaper rules, such as keeping half the window, sample different tokens.)
+one step. Each such step runs the cropped window whole: exact, and as slow as no cache. (A cache
+rebuilt from it would be full, and the next step slides the window again, so decode.py runs it
+without one. Cheaper rules, such as keeping half the window, sample different tokens.)
 
 Only for sampling: the cache holds raw arrays, not a graph. Calling it with gradients on is
 refused with a message naming the fix.

@@ -5,8 +5,8 @@ weights: no training) GPT.generate draws the same tokens twice,
 with the cache and without it (the whole window recomputed every step), taking turns so that a
 burst of someone else's load hits both alike (common.py); the median over --iters rounds is the
 headline. Two lengths: block_size - 1 new tokens (the window never slides, every step after the
-prefill feeds one token) and 4 x block_size (past block_size the window slides each step and the
-cache is rebuilt from it: adaptive/kv_cache.py, so those steps cost what uncached ones do).
+prefill feeds one token) and 4 x block_size (past block_size the window slides each step and runs
+whole: adaptive/kv_cache.py, so those steps cost what uncached ones do).
 The two runs must return the same tokens (checked; exit status 1 if not).
 
 Then, for the dense model (the one with a PyTorch twin, torch_twins.py), tinysparse's cached

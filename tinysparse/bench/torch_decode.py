@@ -7,7 +7,9 @@ It follows tinysparse's sampling loop (adaptive/decode.py) step for step, so the
 same tokens for the same weights: the first step runs the prompt's last block_size tokens (the
 prefill), every later step feeds only the token just chosen, and when the cache holds
 block_size positions the window slides and the cache is rebuilt from the last block_size tokens
-(adaptive/kv_cache.py says why). The choice is the argmax of the last logits: tinysparse's
+(adaptive/kv_cache.py says why). tinysparse runs such a window without a cache, since a full one
+is never read; the twin's fresh cache holds references to k and v, not copies, so the two do the
+same work. The choice is the argmax of the last logits: tinysparse's
 generate with top_k=1 keeps only the likeliest token, so its draw is that argmax too.
 
 Everything torch is imported on first use, so importing this module never imports torch.
