@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 
 import tinysparse as ts  # noqa: E402  (after the simulator switch: tinysparse may load numba)
 from checkpoint_helpers import KINDS, model_config, train_config  # noqa: E402
+import resume_helpers  # noqa: E402
 from tinysparse import optim  # noqa: E402
 from tinysparse.moe import MoE  # noqa: E402
 from tinysparse.training import data as data_module  # noqa: E402
@@ -85,6 +86,15 @@ def ckpt_runs(tmp_path_factory):
 def ckpt_run(ckpt_runs, tmp_path):
     """A fresh copy of the dense run, to damage."""
     return Path(shutil.copytree(ckpt_runs["dense"], tmp_path / "run"))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """20 steps in one go (resume_helpers' configs): the reference the interrupted and resumed
+    runs must reproduce: (summary, checkpoint), built once in each test module that uses it."""
+    out = tmp_path_factory.mktemp("straight")
+    summary = train(resume_helpers.model_config(), resume_helpers.train_config(out))
+    return summary, resume_helpers.ckpt_of(out)
 
 
 @pytest.fixture

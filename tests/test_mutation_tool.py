@@ -44,9 +44,12 @@ def test_every_mapped_module_and_test_file_exists(tool):
 
 def test_test_selection(tool):
     assert tool.select_tests(["tinysparse/training/loop.py", "tinysparse/training/evaluation.py"]) \
-        == ["tests/test_evaluation.py", "tests/test_train.py", "tests/test_train_config_applied.py",
-            "tests/test_train_divergence.py", "tests/test_train_evaluation.py",
-            "tests/test_train_interrupt.py", "tests/test_train_output.py"]
+        == ["tests/test_evaluation.py", "tests/test_train_config.py",
+            "tests/test_train_config_applied.py", "tests/test_train_divergence.py",
+            "tests/test_train_evaluation.py", "tests/test_train_interrupt.py",
+            "tests/test_train_last_good_checkpoint.py", "tests/test_train_learning.py",
+            "tests/test_train_moe_run.py", "tests/test_train_output.py",
+            "tests/test_train_progress.py", "tests/test_train_resume.py"]
     fallback = tool.select_tests(["tinysparse/nn.py"])            # no entry: all but the slow
     assert "tests/test_ops_unary.py" in fallback and not set(fallback) & tool.SLOW
     assert tool.select_tests(["tinysparse/nn.py"], ["tests/test_x.py"]) == ["tests/test_x.py"]

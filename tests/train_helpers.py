@@ -1,10 +1,10 @@
 """Shared by the training loop's tests (test_train_config_applied.py, test_train_evaluation.py,
 test_train_divergence.py, test_train_interrupt.py, test_train_output.py) and test_evaluation.py:
-the runs' configs (the 1-layer, 16-wide GPT of test_train.py on a 20 kB synthetic corpus,
-milliseconds a step: warm-up 3, cosine to step 6, 8 steps, evaluation and checkpoint every 4),
-the run's log, the gradient's global norm, and a stand-in model whose 'loss' tells which batches
-evaluation read. Not a test module: nothing here is collected. The fixture `updates` (every
-AdamW update's lr and gradient norm) is in conftest.py.
+the runs' configs (resume_helpers' 1-layer, 16-wide GPT without dropout, on a 20 kB synthetic
+corpus, milliseconds a step: warm-up 3, cosine to step 6, 8 steps, evaluation and checkpoint
+every 4), the run's log, the gradient's global norm, and a stand-in model whose 'loss' tells
+which batches evaluation read. Not a test module: nothing here is collected. The fixture
+`updates` (every AdamW update's lr and gradient norm) is in conftest.py.
 """
 import json
 import math

@@ -41,11 +41,15 @@ ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = "mutants"         # mutmut's working copy (fixed by mutmut); git-ignored
 SEP = "ǁ"                   # mutmut's separator in the mangled name of a method
 
-# The training loop's tests: every one of these files runs train(), so each exercises the loop,
-# its evaluation and its reports.
-TRAIN_TESTS = ["tests/test_train.py", "tests/test_train_config_applied.py",
-               "tests/test_train_evaluation.py", "tests/test_train_divergence.py",
-               "tests/test_train_interrupt.py", "tests/test_train_output.py"]
+# The training loop's tests: every one of these files runs train() (test_train_progress.py calls
+# the run's progress line, reporting.py, directly), so each exercises the loop, its evaluation
+# and its reports.
+TRAIN_TESTS = ["tests/test_train_resume.py", "tests/test_train_last_good_checkpoint.py",
+               "tests/test_train_config.py", "tests/test_train_learning.py",
+               "tests/test_train_moe_run.py", "tests/test_train_progress.py",
+               "tests/test_train_config_applied.py", "tests/test_train_evaluation.py",
+               "tests/test_train_divergence.py", "tests/test_train_interrupt.py",
+               "tests/test_train_output.py"]
 # The MoE layer's tests: every one of these files routes and dispatches tokens through the layer.
 MOE_TESTS = ["tests/test_moe_gradients.py", "tests/test_moe_routing.py",
              "tests/test_moe_balancing.py", "tests/test_moe_capacity.py",
@@ -64,8 +68,13 @@ TESTS = {
                                                  "tests/test_checkpoint.py",
                                                  "tests/test_checkpoint_state.py",
                                                  "tests/test_checkpoint_refusals.py"],
-    "tinysparse/training/atomic.py": ["tests/test_checkpoint.py", "tests/test_train.py"],
-    "tinysparse/training/sampling.py": ["tests/test_sampling.py", "tests/test_train.py"],
+    "tinysparse/training/atomic.py": ["tests/test_checkpoint.py", "tests/test_train_resume.py",
+                                      "tests/test_train_last_good_checkpoint.py",
+                                      "tests/test_train_learning.py",
+                                      "tests/test_train_moe_run.py"],
+    "tinysparse/training/sampling.py": ["tests/test_sampling.py", "tests/test_train_resume.py",
+                                        "tests/test_train_learning.py",
+                                        "tests/test_train_moe_run.py"],
     "tinysparse/gpt.py": ["tests/test_gpt.py", "tests/test_sampling.py", "tests/test_logits_to_keep.py",
                           "tests/test_compute.py"],
     "tinysparse/gpt_inputs.py": ["tests/test_gpt.py", "tests/test_sampling.py"],
