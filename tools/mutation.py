@@ -96,7 +96,7 @@ TESTS = {
     "tinysparse/parallel/cost.py": ["tests/test_parallel_cost.py"],
     "cuda_kernels/gelu.py": ["tests/test_cuda_gelu.py"],
     "cuda_kernels/layer_norm.py": ["tests/test_cuda_layer_norm.py"],
-    "tinysparse/bench/gpu_vs_torch.py": ["tests/test_bench.py"],
+    "tinysparse/bench/gpu_vs_torch.py": ["tests/test_bench_twins.py"],
     "tinysparse/bench/window.py": ["tests/test_bench_window.py"],
     "tinysparse/adaptive/compute.py": ["tests/test_compute.py", "tests/test_compute_map.py",
                                        "tests/test_early_exit.py"],
@@ -105,8 +105,9 @@ TESTS = {
 }
 # Whole-program tests (every chapter script, benchmarks, PyTorch parity): minutes each, and
 # every mutant would rerun them. Left out of the fallback selection.
-SLOW = {"tests/test_lessons.py", "tests/test_bench.py", "tests/test_torch_parity.py",
-        "tests/test_gpu.py"}
+SLOW = {"tests/test_lessons.py", "tests/test_bench_command.py", "tests/test_bench_twins.py",
+        "tests/test_bench_moe.py", "tests/test_bench_grouped.py", "tests/test_bench_sampling.py",
+        "tests/test_bench_targets.py", "tests/test_torch_parity.py", "tests/test_gpu.py"}
 
 
 def parse_target(text):
