@@ -2,10 +2,12 @@
 
 Once the context holds block_size tokens, each sampling step slides the window and runs all of
 it again, in tinysparse and in its PyTorch twin alike (the positions shift, so no cached key
-stays valid: adaptive/kv_cache.py). Sampling 4 x block_size tokens is mostly these forwards.
+stays valid: adaptive/kv_cache.py; tinysparse runs it without a cache, the twin with a fresh one
+that keeps references). Sampling 4 x block_size tokens is mostly these forwards.
 This file times three versions of one window forward, taking turns in blocks:
 
-    tinysparse    GPT.forward(window, cache=KVCache(...), logits_to_keep=1), as generate runs it
+    tinysparse    GPT.forward(window, logits_to_keep=1), as generate runs it past block_size
+                  (without a KV cache: adaptive/decode.py says why)
     bodies only   the same Functions' forward bodies called straight on NumPy arrays, in the same
                   order: no Tensor, no Function.apply, no Module call, no argument check
                   (window_logits_without_the_engine)
@@ -13,8 +15,7 @@ This file times three versions of one window forward, taking turns in blocks:
 
 The first two return the same bits (checked before timing), so their difference is what
 tinysparse spends around the arithmetic at this shape: the engine's layers (a Tensor, a
-Function.apply and a Module call per op), the argument checks, and the KV cache that generate's
-forward allocates and fills (the bodies keep none). The second against the third compares the
+Function.apply and a Module call per op) and the argument checks. The second against the third compares the
 arithmetic itself (the kernels, BLAS, NumPy's exp) with PyTorch's whole forward, PyTorch's own
 dispatch included: a floor for what a leaner engine could reach, not PyTorch's kernels alone.
 Imports torch on first use only.
@@ -23,7 +24,6 @@ import time
 
 import numpy as np
 
-from ..adaptive.kv_cache import KVCache
 from ..engine.attention import PackedCausalAttention
 from ..engine.function import Context
 from ..engine.functional import GELU
@@ -79,9 +79,7 @@ def window_times(model, twin, idx, blocks=12, calls=40):
 
     from .torch_decode import TorchKVCache, forward_cached
     torch_idx = torch.as_tensor(idx)
-    runs = {"tinysparse": lambda: model(idx, cache=KVCache(model.config.n_layer,
-                                                           model.config.block_size),
-                                        logits_to_keep=1)[0].data,
+    runs = {"tinysparse": lambda: model(idx, logits_to_keep=1)[0].data,
             "bodies only": lambda: window_logits_without_the_engine(model, idx),
             "pytorch": lambda: forward_cached(twin, torch_idx, TorchKVCache(len(twin.h)))}
     times = {name: [] for name in runs}
