@@ -215,8 +215,9 @@ def main(argv=None):
     # GNU OpenMP (Numba's 'omp' layer, its choice here) kills such a child with SIGTERM ("fork()
     # called from a process already using GNU OpenMP"), Numba's own workqueue layer does not
     os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
-    # likewise PyTorch's OpenMP pool (the bench tests' twins): a child forked after the parent
-    # ran torch on 2 threads hung in its first parallel op, every mutant a timeout (bench/window.py)
+    # PyTorch (the bench tests' twins) hangs a child forked after the parent ran it on 2 threads:
+    # every mutant of bench/window.py timed out. One OpenMP thread lets the mutants whose tests do
+    # not run torch go through; those whose tests do still hang, and their "timeout" is no kill
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     configure(paths, tests)
     if args.survivors:
