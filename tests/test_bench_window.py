@@ -56,13 +56,13 @@ def test_window_times_refuses_to_time_two_different_computations(monkeypatch):
     model = _model()
     twin = build_torch_twin(model).eval()
     idx = np.zeros((1, 9), dtype=np.int64)
-    times = window_times(model, twin, idx, blocks=2, calls=1)
+    times = window_times(model, twin, idx, blocks=2, calls=1, settle=0)
     assert set(times) == {"tinysparse", "bodies only", "pytorch"}
     assert all(len(v) == 2 and min(v) > 0 for v in times.values())
     monkeypatch.setattr(window, "window_logits_without_the_engine",
                         lambda m, i: np.zeros((1, 1, 23), np.float32))
     with pytest.raises(RuntimeError, match="not the same bits"):
-        window_times(model, twin, idx, blocks=1, calls=1)
+        window_times(model, twin, idx, blocks=1, calls=1, settle=0)
     assert torch is not None
 
 

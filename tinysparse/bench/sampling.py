@@ -101,17 +101,17 @@ def run_torch_sampling(args, model):
             print(f"{n_new:>10}{rate['tinysparse']:>18.0f}{rate['pytorch']:>15.0f}"
                   f"{ratio:>7.2f}x"
                   f"{_first_difference(tokens['tinysparse'], tokens['pytorch']):>13}")
-        print_window_times(model, twin, args.iters)
+        print_window_times(model, twin, args.iters, args.settle)
 
 
-def print_window_times(model, twin, iters):
+def print_window_times(model, twin, iters, settle):
     """The window that every step past block_size re-runs (window.py): tinysparse, the same
     Function bodies without the engine around them, and the twin; each block's time over the
     twin's in the same round, median and quartiles."""
     idx = np.random.default_rng(0).integers(0, model.config.vocab_size,
                                             (1, model.config.block_size))
     calls = 40
-    times = window_times(model, twin, idx, blocks=max(3, iters // 2), calls=calls)
+    times = window_times(model, twin, idx, blocks=max(3, iters // 2), calls=calls, settle=settle)
     print(f"\nthe {model.config.block_size}-token window each step past block_size re-runs, "
           f"batch 1 (blocks of {calls} forwards taking turns; / pytorch: time over PyTorch's, "
           f"lower is faster, the median of the per-block ratios)")

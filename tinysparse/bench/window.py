@@ -71,10 +71,12 @@ def window_logits_without_the_engine(model, idx):
     return MatMul.forward(Context(None), x, model.wte.weight.data.T)      # (B, 1, vocab_size)
 
 
-def window_times(model, twin, idx, blocks=12, calls=40):
+def window_times(model, twin, idx, blocks=12, calls=40, settle=0.15):
     """Seconds per window forward {'tinysparse', 'bodies only', 'pytorch'}: `blocks` lists of one
-    block's mean over `calls` forwards each, the three taking turns block by block. Raises
-    RuntimeError if the first two differ in any bit (then the comparison would mean nothing)."""
+    block's mean over `calls` forwards each, the three taking turns block by block, each block
+    after an untimed pause of `settle` seconds (common.py: the idle BLAS workers of the block
+    before keep spinning for about 0.1 s and would slow this one). Raises RuntimeError if the
+    first two differ in any bit (then the comparison would mean nothing)."""
     import torch
 
     from .torch_decode import TorchKVCache, forward_cached
@@ -89,6 +91,7 @@ def window_times(model, twin, idx, blocks=12, calls=40):
                                "bits): the window comparison would mean nothing")
         for _ in range(blocks):
             for name, run in runs.items():
+                time.sleep(settle)
                 for _ in range(3):                                          # warm the caches
                     run()
                 t0 = time.perf_counter()
