@@ -1,6 +1,7 @@
 """The KV cache (adaptive/kv_cache.py, adaptive/decode.py): cached sampling returns the tokens of
 uncached sampling, seed for seed, for every model kind that can be cached; past block_size each
-window runs without one (a cache rebuilt there would be full and never read); models that cannot be cached are refused (kv_cache=True) or fall back (None)."""
+window runs without one (a cache rebuilt there would be full and never read); models that
+cannot be cached are refused (kv_cache=True) or fall back (None)."""
 import numpy as np
 import pytest
 

@@ -27,7 +27,8 @@ from ._checks import check_int
 from .adaptive.compute_map import ansi_text, compute_map
 from .cli_parser import _NOT_FLAGS, UsageError, _flag, _given, build_parser
 from .engine.backend import DeviceError
-from .gpt import GPTConfig, check_generate_args
+from .adaptive.decode import check_generate_args
+from .gpt import GPTConfig
 from .training.checkpoint import LEGACY_NAME, load_checkpoint
 from .training.convert import convert_checkpoint
 from .training.config import PRESETS, TrainConfig

@@ -16,7 +16,7 @@ from .engine import random as ts_random
 from .engine.backend import array_module, to_device, to_numpy
 from .moe import MoE
 from .adaptive.compute import compute_per_token
-from .adaptive.decode import check_generate_args, generate_tokens  # noqa: F401  (the CLI's too)
+from .adaptive.decode import check_generate_args, generate_tokens
 from .adaptive.early_exit import exit_loss
 from .adaptive.kv_cache import cached_attention, kv_cache_obstacle
 from .adaptive.mod import mod_blocks, wrap_block
@@ -267,8 +267,8 @@ class GPT(nn.Module):
                         False (recompute the whole context every step). The tokens are the same
                         either way, seed for seed; past block_size the window slides every step
                         and runs whole, without a cache (adaptive/decode.py, kv_cache.py). True
-                        is refused for a model
-                        with an obstacle (expert-choice routing, a capacity factor).
+                        is refused for a model with an obstacle (expert-choice routing, a
+                        capacity factor).
         Each bad argument is a ValueError (TypeError for a wrong type) naming it and its range.
         """
         check_generate_args(max_new_tokens, temperature, top_k)

@@ -92,7 +92,7 @@ def _count(model):
             total += attention_flops(c.n_embd, n_keys)
             total += _ffn_flops(block.mlp, c.n_embd, B, T)
     heads = plan["heads"] if plan else 1 + getattr(model, "_exit_heads", 0)
-    rows = T if plan else min(getattr(model, "_head_rows", None) or T, T)   # the last positions it ran on
+    rows = T if plan else getattr(model, "_head_rows", None) or T   # the last positions it ran on
     total[:, T - rows:] += heads * 2 * c.n_embd * c.vocab_size  # the head, at every exit it was read
     return total, padding
 

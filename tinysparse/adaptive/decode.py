@@ -8,8 +8,8 @@ Once the context reaches block_size, the window slides at every step and the cac
 be rebuilt from the last block_size tokens each time (kv_cache.py says why). Such a cache is full
 from the start, so no later step could read it: those steps run the window without one, which
 is the prefill's own computation (the same logits) minus the writes. Without the cache, every
-step runs the whole cropped context, as nanoGPT does. Both draw from the same generator in the same order, so with
-the same seed they return the same tokens (tests/test_kv_cache.py).
+step runs the whole cropped context, as nanoGPT does. Both draw from the same generator in the
+same order, so with the same seed they return the same tokens (tests/test_kv_cache.py).
 
 Only the last position's logits are read, so a step that runs several positions asks the model
 for that row alone (logits_to_keep=1): the head skips the others, as nanoGPT's forward does at
@@ -66,14 +66,13 @@ def generate_tokens(model, idx, max_new_tokens, temperature, top_k, use_cache):
     block_size = model.config.block_size
     cache = None
     for _ in range(max_new_tokens):
-        if not use_cache:
-            logits, _ = model(idx[:, -block_size:], logits_to_keep=1)   # the whole window, every step
-        elif (cache is None or cache.room() == 0) and idx.shape[1] >= block_size:
-            # the window slid (or a long prompt): a cache built now would be full, and the next
-            # token slides the window again, so nothing would read it: the prefill without it
+        if not use_cache or (idx.shape[1] >= block_size and (cache is None or cache.room() == 0)):
+            # the whole window: without a cache by choice, or because the window slid (or the
+            # prompt fills it): a cache built now would be full, and the next token slides the
+            # window again, so nothing would read it
             logits, _ = model(idx[:, -block_size:], logits_to_keep=1)
             cache = None
-        elif cache is None or cache.room() == 0:                    # first step: the prefill
+        elif cache is None:                                         # first step: the prefill
             cache = KVCache(model.config.n_layer, block_size)
             logits, _ = model(idx, cache=cache, logits_to_keep=1)
         elif model.config.exit_threshold is not None:               # CALM: a confident token exits

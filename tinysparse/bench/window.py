@@ -15,9 +15,10 @@ This file times three versions of one window forward, taking turns in blocks:
 
 The first two return the same bits (checked before timing), so their difference is what
 tinysparse spends around the arithmetic at this shape: the engine's layers (a Tensor, a
-Function.apply and a Module call per op) and the argument checks. The second against the third compares the
-arithmetic itself (the kernels, BLAS, NumPy's exp) with PyTorch's whole forward, PyTorch's own
-dispatch included: a floor for what a leaner engine could reach, not PyTorch's kernels alone.
+Function.apply and a Module call per op) and the argument checks. The second against the third
+compares the arithmetic itself (the kernels, BLAS, NumPy's exp) with PyTorch's whole forward,
+PyTorch's own dispatch included: a floor for what a leaner engine could reach, not PyTorch's
+kernels alone.
 Imports torch on first use only.
 """
 import time
@@ -45,8 +46,8 @@ def window_logits_without_the_engine(model, idx):
     """Logits (B, 1, vocab_size) of the last position of idx (B, T), T <= block_size, computed as
     GPT.forward computes them in eval mode (dropout off), by the Functions' forward bodies alone.
     For a dense GPT with biases (no MoE, no Mixture-of-Depths) in float32 or float64, in eval
-    mode: a ValueError otherwise (float16: Function.apply computes it in float32, the bodies alone would
-    not, so the bits would differ)."""
+    mode: a ValueError otherwise (float16: Function.apply computes it in float32, the bodies
+    alone would not, so the bits would differ)."""
     c = model.config
     if c.n_expert or c.mod_capacity or not c.bias:
         raise ValueError("window_logits_without_the_engine follows the dense GPT with biases only "

@@ -5,7 +5,8 @@
 """
 from ..engine import backend
 from ..engine import random as ts_random
-from ..gpt import GPT, GPTConfig, check_generate_args
+from ..adaptive.decode import check_generate_args
+from ..gpt import GPT, GPTConfig
 from .checkpoint import load_checkpoint, load_state
 from .config import TrainConfig
 from .data import ByteTokenizer
