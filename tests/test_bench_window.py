@@ -39,7 +39,8 @@ def test_the_bodies_alone_give_the_forwards_bits(dtype, T):
 @pytest.mark.parametrize("extra", [dict(n_expert=4, top_k=2, d_expert=8), dict(mod_capacity=0.5),
                                    dict(bias=False)])
 def test_other_models_are_refused_by_name(extra):
-    with pytest.raises(ValueError, match="follows the dense GPT with biases only"):
+    with pytest.raises(ValueError, match=r"^window_logits_without_the_engine follows the dense GPT "
+                                         r"with biases only \(n_expert="):
         window_logits_without_the_engine(_model(**extra), np.zeros((1, 3), dtype=np.int64))
 
 
@@ -86,3 +87,37 @@ def test_a_model_in_training_mode_is_refused():
     with pytest.raises(ValueError, match=r"computes the eval-mode forward \(no dropout\); call "
                                          r"model.eval\(\) first"):
         window_logits_without_the_engine(model, np.zeros((1, 3), dtype=np.int64))
+
+
+def test_the_bodies_read_each_layer_norms_own_eps():
+    model = _model()
+    for i, ln in enumerate([m for b in model.h for m in (b.ln_1, b.ln_2)] + [model.ln_f]):
+        ln.eps = 0.5 + i          # far from the default 1e-5: a body that dropped it would differ
+    idx = np.random.default_rng(3).integers(0, 23, size=(1, 7))
+    with ts.no_grad():
+        want = model(idx, logits_to_keep=1)[0].data
+    assert np.array_equal(window_logits_without_the_engine(model, idx), want)
+
+
+def test_window_times_are_seconds_per_forward_of_each_version(monkeypatch):
+    pytest.importorskip("torch")
+    import time
+
+    from tinysparse.bench import torch_decode
+    from tinysparse.bench.torch_twins import build_torch_twin
+    model = _model()
+    twin = build_torch_twin(model).eval()
+    calls = {"pytorch": 0}
+    real = torch_decode.forward_cached
+
+    def counted(*args):
+        calls["pytorch"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(torch_decode, "forward_cached", counted)
+    t0 = time.perf_counter()
+    times = window_times(model, twin, np.zeros((1, 9), dtype=np.int64), blocks=3, calls=5, settle=0)
+    elapsed = time.perf_counter() - t0
+    assert calls["pytorch"] == 3 * (3 + 5)          # per block: 3 untimed warm-up forwards, 5 timed
+    total = sum(sum(v) * 5 for v in times.values())  # seconds per forward x forwards timed
+    assert 0 < total < elapsed

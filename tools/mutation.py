@@ -193,6 +193,20 @@ def summarize(statuses, patterns):
     return killed, len(chosen), others
 
 
+def keep_torch_on_one_thread():
+    """Make torch.set_num_threads(n) set 1 thread, whatever n (bench/common.py's threads() asks
+    for 2): a child that mutmut forks from a process whose torch ran 2 OpenMP threads hangs at
+    its first parallel op. Timings under mutmut mean nothing anyway. No-op without torch."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import torch
+    except ImportError:
+        return
+    set_threads = torch.set_num_threads
+    set_threads(1)
+    torch.set_num_threads = lambda n: set_threads(1)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("targets", nargs="+", help="path.py or path.py::Class.method")
@@ -215,10 +229,10 @@ def main(argv=None):
     # GNU OpenMP (Numba's 'omp' layer, its choice here) kills such a child with SIGTERM ("fork()
     # called from a process already using GNU OpenMP"), Numba's own workqueue layer does not
     os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
-    # PyTorch (the bench tests' twins) hangs a child forked after the parent ran it on 2 threads:
-    # every mutant of bench/window.py timed out. One OpenMP thread lets the mutants whose tests do
-    # not run torch go through; those whose tests do still hang, and their "timeout" is no kill
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # PyTorch (the bench tests' twins) hangs a child forked after the parent ran it on 2 threads
+    # (its OpenMP pool is not in the child): every mutant of bench/window.py timed out, and a
+    # timeout is no kill. So torch stays on one thread in this process and its children
+    keep_torch_on_one_thread()
     configure(paths, tests)
     if args.survivors:
         if not all((ROOT / MUTANTS / f"{p}.meta").is_file() for p in paths):

@@ -76,7 +76,7 @@ def window_times(model, twin, idx, blocks=12, calls=40, settle=0.15):
     """Seconds per window forward {'tinysparse', 'bodies only', 'pytorch'}: `blocks` lists of one
     block's mean over `calls` forwards each, the three taking turns block by block, each block
     after an untimed pause of `settle` seconds (common.py: the idle BLAS workers of the block
-    before keep spinning for about 0.1 s and would slow this one). Raises RuntimeError if the
+    before keep spinning for about 0.1 s and would slow this one) and 3 untimed forwards. Raises RuntimeError if the
     first two differ in any bit (then the comparison would mean nothing)."""
     import torch
 
