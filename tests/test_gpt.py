@@ -191,9 +191,11 @@ def test_bad_token_ids_are_refused(idx, error, match):
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(temperature=math.nan), ValueError, r"^temperature must be a positive finite number, got nan"),
     (dict(temperature=math.inf), ValueError, r"^temperature must be a positive finite number, got inf"),
-    (dict(temperature=0.0), ValueError, r"^temperature must be a positive finite number, got 0.0"),
+    (dict(temperature=0.0), ValueError, r"^temperature must be a positive finite number, got 0.0; "
+                                        r"try 0.8 \(1: the model's own distribution\)$"),
     (dict(temperature=-1.0), ValueError, r"^temperature must be"),
-    (dict(top_k=0), ValueError, r"^top_k must be an integer >= 1, got 0; None keeps every token"),
+    (dict(top_k=0), ValueError, r"^top_k must be an integer >= 1, got 0; None keeps every token; "
+                                r"1 is greedy decoding$"),
     (dict(top_k=-3), ValueError, r"^top_k must be an integer >= 1, got -3"),
     (dict(top_k=2.5), TypeError, r"^top_k must be an integer >= 1, got 2.5 \(float\)"),
     (dict(top_k=True), TypeError, r"^top_k must be an integer"),

@@ -231,8 +231,45 @@ def test_draw_refuses_a_distribution_that_is_not_finite():
     from tinysparse.adaptive.decode import draw, next_token_probs
     logits = np.zeros((2, 5))
     logits[1, 2] = np.nan
-    with pytest.raises(ValueError, match="not finite .*did training diverge"):
+    with pytest.raises(ValueError, match=r"^the model's next-token probabilities are not finite "
+                                         r"or all zero \(NaN or inf logits: did training "
+                                         r"diverge\?\); sample from an earlier checkpoint$"):
         draw(np.random.default_rng(0), next_token_probs(logits, 1.0, None))
+    for bad in (np.nan, np.inf):                                 # in the last entry only
+        with pytest.raises(ValueError, match="not finite"):
+            draw(np.random.default_rng(0), np.array([[0.2, 0.8, bad]]))
+
+
+@pytest.mark.parametrize("args, flag", [((-1, 1.0, None), "--max-new-tokens"),
+                                        ((1, 0.0, None), "--temperature"), ((1, 1.0, 0), "--top-k")])
+def test_generate_args_are_named_as_the_caller_names_them(args, flag):
+    from tinysparse.adaptive.decode import check_generate_args
+    names = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "top_k": "--top-k"}
+    with pytest.raises(ValueError, match=f"^{flag} must be"):
+        check_generate_args(*args, names=names)
+
+
+def test_draw_takes_the_whole_mass_of_the_last_token():
+    from tinysparse.adaptive.decode import draw
+    rng = np.random.default_rng(0)
+    assert [int(draw(rng, np.array([[0.0, 0.0, 1.0]]))[0]) for _ in range(20)] == [2] * 20
+
+
+def test_draw_normalises_each_row_by_its_sum():
+    from tinysparse.adaptive.decode import draw
+    rng = np.random.default_rng(5)
+    ones = sum(int(draw(rng, np.array([[1.0, 3.0]]))[0]) for _ in range(4000))
+    assert 0.72 < ones / 4000 < 0.78                     # weights 1:3, not probabilities
+
+
+def test_draw_never_picks_a_token_of_probability_zero_even_at_u_0():
+    from tinysparse.adaptive.decode import draw
+
+    class Zero:                                          # the smallest uniform a generator gives
+        def random(self):
+            return 0.0
+
+    np.testing.assert_array_equal(draw(Zero(), np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])), [1, 2])
 
 
 def test_draw_refuses_a_row_of_zeros():

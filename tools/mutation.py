@@ -101,7 +101,8 @@ TESTS = {
     "tinysparse/adaptive/compute.py": ["tests/test_compute.py", "tests/test_compute_map.py",
                                        "tests/test_early_exit.py"],
     "tinysparse/adaptive/decode.py": ["tests/test_sampling.py", "tests/test_kv_cache.py",
-                                      "tests/test_logits_to_keep.py", "tests/test_early_exit.py"],
+                                      "tests/test_logits_to_keep.py", "tests/test_early_exit.py",
+                                      "tests/test_gpt.py"],
 }
 # Whole-program tests (every chapter script, benchmarks, PyTorch parity): minutes each, and
 # every mutant would rerun them. Left out of the fallback selection.
