@@ -1,7 +1,8 @@
-"""The elementwise unary ops of tinysparse/engine/ops.py (neg, exp, log, sqrt, tanh, relu,
-sigmoid, as methods and as functions) and pow with a scalar exponent: forward against NumPy on
-shapes hypothesis draws, backward by ts.gradcheck (float64, every element), and the exact values
-where a formula could go wrong (relu's step, sigmoid's huge inputs).
+"""The elementwise unary ops of tinysparse/engine/ops_unary.py (exp, log, sqrt, tanh, relu,
+sigmoid, as methods and as functions) and of ops.py (neg, and pow with a scalar exponent):
+forward against NumPy on shapes hypothesis draws, backward by ts.gradcheck (float64, every
+element), and the exact values where a formula could go wrong (relu's step, sigmoid's huge
+inputs).
 """
 import numpy as np
 import pytest

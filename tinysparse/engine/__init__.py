@@ -6,7 +6,8 @@ Files, in reading order:
     tensor.py      Tensor: an array, an optional .grad, and the operators that record the graph
     function.py    Function: forward and backward on raw arrays; apply() records; no_grad()
     autograd.py    the backward engine: reverse topological order, the chain rule
-    ops.py         the primitives: arithmetic, exp/log/tanh/sigmoid/..., clone, matmul
+    ops.py         the primitives: arithmetic, matmul (and re-exported: the three below)
+    ops_unary.py   exp, log, sqrt, tanh, relu, sigmoid, cast, clone
     ops_reduce.py  sum, mean, max, min, argmax, argmin
     ops_shape.py   reshape, unsqueeze/squeeze/flatten, permute, broadcast, indexing,
                    concatenate, stack, where

@@ -25,7 +25,7 @@ from .normalization import LayerNorm, layer_norm  # noqa: F401
 from .linear import Linear, linear  # noqa: F401
 from .backend import array_module
 from .backend import to_numpy as backend_to_numpy
-from .ops import sigmoid_from_parts, sigmoid_parts
+from .ops_unary import sigmoid_from_parts, sigmoid_parts
 from .ops_reduce import sum_divided
 from .spelling import axis_argument
 from .tensor import Function, Tensor
@@ -204,7 +204,7 @@ class GELU(Function):
     # Hendrycks & Gimpel 2016, tanh form: gelu(x) = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi)(x + 0.044715 x^3)
     # Since 0.5 (1 + tanh u) = sigmoid(2u) =: s:
     #   gelu(x) = x s,   d/dx = s + x * s (1 - s) * d(2u)/dx,   d(2u)/dx = 2 sqrt(2/pi)(1 + 3 * 0.044715 x^2)
-    # s and s (1 - s) = e r^2 come from ops.sigmoid_parts (exact in both tails: gelu(-10) is
+    # s and s (1 - s) = e r^2 come from ops_unary.sigmoid_parts (exact in both tails: gelu(-10) is
     # -1.0e-37, not 0), and u is computed from x clipped to +-30, where s is already exactly 0 or 1:
     # x^3 and x^2 never overflow (gelu'(1e20) in float32 was inf * 0 = nan; it is 1).
     compiled = True   # the @njit loops of gelu_kernels.py on NumPy arrays (same bits), and on CuPy

@@ -1,21 +1,28 @@
 """Differentiable primitives. Each is a Function whose backward sits right under its forward.
 
+Here: the arithmetic operators (+, -, *, /, unary -, ** with a scalar exponent) and matrix
+multiplication. The elementwise functions (exp, log, sqrt, tanh, relu, sigmoid, cast, clone)
+live in ops_unary.py, the reductions in ops_reduce.py, the shape ops in ops_shape.py; all are
+re-exported here, so `ops.X` names every primitive.
+
 Every backward returns one gradient per positional input, in the output's (possibly broadcast)
 shape; the engine (tensor.py) sums broadcast axes away. Arrays are NumPy or CuPy: the code asks
 `array_module` for the right one and never copies data it does not have to.
 
 Every op is finite wherever its mathematics is, in float32 and float64: no intermediate squares a
-large value (Div's backward), no 0 * inf at a point where the derivative is finite (Pow with
-exponent 0), and the tails of sigmoid and tanh' are computed from exp(-|x|), which cannot
-overflow, instead of from 1 - (a number that rounded to 1).
+large value (Div's backward), and no 0 * inf at a point where the derivative is finite (Pow with
+exponent 0).
 """
 import numpy as np
 
 from .backend import array_module
 from .tensor import Function, Tensor
 
-# reshape, permute, broadcast_to, indexing, concatenate, stack, where live in ops_shape.py;
+# exp, log, sqrt, tanh, relu, sigmoid, cast, clone live in ops_unary.py (rpow below builds on Exp);
+# reshape, permute, broadcast_to, indexing, concatenate, stack, where in ops_shape.py;
 # sum, mean, max, min, argmax, argmin in ops_reduce.py
+from .ops_unary import (Cast, Clone, Exp, Log, Relu, Sigmoid, Sqrt, Tanh, clone, exp,  # noqa: F401
+                        log, relu, sigmoid, sigmoid_from_parts, sigmoid_parts, sqrt, tanh)
 from .ops_shape import (BroadcastTo, Concatenate, GetItem, Permute, Reshape, Stack,  # noqa: F401
                         Where, broadcast_to, cat, concatenate, flatten, getitem, masked_fill,
                         permute, reshape, squeeze, stack, take_along_axis, unsqueeze, where)
@@ -125,136 +132,6 @@ def rpow(base, exponent):
     return Exp.apply(Mul.apply(exponent, float(np.log(base))))
 
 
-# ---- elementwise functions -----------------------------------------------------------------------
-
-class Exp(Function):
-    @staticmethod
-    def forward(ctx, a):
-        out = array_module(a).exp(a)
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved
-        return grad * out
-
-
-class Log(Function):
-    @staticmethod
-    def forward(ctx, a):
-        ctx.save_for_backward(a)
-        return array_module(a).log(a)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (a,) = ctx.saved
-        return grad / a
-
-
-class Sqrt(Function):
-    @staticmethod
-    def forward(ctx, a):
-        out = array_module(a).sqrt(a)
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved
-        return grad / (2.0 * out)
-
-
-class Tanh(Function):
-    # tanh'(x) = 1 - tanh(x)^2 = sech(x)^2, with sech(x) = 2e/(1 + e^2), e = exp(-|x|).
-    # 1 - tanh^2 is exactly 0 once tanh rounds to 1 (|x| > 9 in float32, 19 in float64), although
-    # sech^2 is still a normal number there (tanh'(10) = 8.2e-9): hence the exp form.
-    @staticmethod
-    def forward(ctx, a):
-        ctx.save_for_backward(a)
-        return array_module(a).tanh(a)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (a,) = ctx.saved
-        xp = array_module(a)
-        e = xp.exp(-xp.abs(a))                 # in (0, 1]: cannot overflow
-        sech = 2.0 * e / (1.0 + e * e)
-        return grad * (sech * sech)
-
-
-class Relu(Function):
-    @staticmethod
-    def forward(ctx, a):
-        positive = a > 0
-        ctx.save_for_backward(positive)
-        return a * positive
-
-    @staticmethod
-    def backward(ctx, grad):
-        (positive,) = ctx.saved
-        return grad * positive
-
-
-def sigmoid_parts(a):
-    """e = exp(-|a|) and r = 1 / (1 + e), the two numbers sigmoid(a) and its slope are made of.
-
-    1/(1 + exp(-a)) overflows exp for a < -88.7 (float32); 0.5 (tanh(a/2) + 1) rounds to exactly
-    0 below about -17 in float32 (the true sigmoid(-20) is 2.06e-9). e lies in (0, 1], so nothing
-    overflows, and with it both tails are exact:
-        sigmoid(a) = r for a >= 0, e r for a < 0;    sigmoid'(a) = e r^2 on both sides,
-    never 1 - (something that rounded to 1).
-    """
-    e = array_module(a).exp(-abs(a))
-    return e, 1.0 / (1.0 + e)
-
-
-def sigmoid_from_parts(nonnegative, e, r):
-    """sigmoid = r where `nonnegative` (a >= 0), e r elsewhere: r * max(e, [a >= 0]), since
-    e <= 1 (no np.where: it is several times slower than these two passes)."""
-    s = array_module(e).maximum(e, nonnegative)
-    s *= r
-    return s
-
-
-class Sigmoid(Function):
-    @staticmethod
-    def forward(ctx, a):
-        e, r = sigmoid_parts(a)
-        ctx.save_for_backward(e)
-        return sigmoid_from_parts(a >= 0, e, r)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (e,) = ctx.saved
-        r = 1.0 / (1.0 + e)
-        return grad * (e * r * r)             # sigmoid' = e / (1 + e)^2
-
-
-class Cast(Function):
-    computes_half_in_float32 = False  # a cast is exact in any dtype (it is how float16 is left)
-
-    @staticmethod
-    def forward(ctx, a, dtype):
-        ctx.dtype = a.dtype
-        return a.astype(dtype, copy=False)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.astype(ctx.dtype, copy=False)
-
-
-class Clone(Function):
-    """A copy of the data (PyTorch's clone): the gradient passes through unchanged."""
-    @staticmethod
-    def forward(ctx, a):
-        return a.copy()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
-
-
 # ---- matrix multiplication -----------------------------------------------------------------------
 
 class MatMul(Function):
@@ -305,33 +182,3 @@ class MatMul(Function):
 
 def matmul(a, b):
     return MatMul.apply(a, b)
-
-
-# ---- functional spellings of the Tensor methods --------------------------------------------------
-
-def exp(a):
-    return Exp.apply(a)
-
-
-def log(a):
-    return Log.apply(a)
-
-
-def sqrt(a):
-    return Sqrt.apply(a)
-
-
-def tanh(a):
-    return Tanh.apply(a)
-
-
-def relu(a):
-    return Relu.apply(a)
-
-
-def sigmoid(a):
-    return Sigmoid.apply(a)
-
-
-def clone(a):
-    return Clone.apply(a)

@@ -89,7 +89,7 @@ def free(cls, convention, backward_other=lambda ctx, grad, grads: 0):
     return register(cls, Formula(lambda arrays, out, options, ctx: ZERO, bwd, convention))
 
 
-# ---- arithmetic and elementwise functions (engine/ops.py) ------------------------------------------
+# ---- arithmetic and elementwise functions (engine/ops.py, engine/ops_unary.py) ---------------------
 
 elementwise(ops.Add, 1, (0, 0), "a+b: 1 per element; backward passes the gradient on (0)")
 elementwise(ops.Sub, 1, (0, 1), "a-b: 1 per element; backward 1 to negate b's gradient")
