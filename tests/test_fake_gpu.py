@@ -1,4 +1,4 @@
-"""The GPU path on the CPU, through the strict CuPy stand-in (tests/fake_cupy.py, fixture fake_gpu).
+"""The GPU path on the CPU, through the strict CuPy stand-in (tests/fake_cupy/, fixture fake_gpu).
 
 What is covered here: device placement (every array created, indexed or stored where its
 tensor lives), the host synchronisations of a training step counted against their budgets,
