@@ -5,7 +5,7 @@ tensor lives), the host synchronisations of a training step counted against thei
 dense and MoE training, resume bit for bit with dropout, sampling, and the dispatch backends
 that take CuPy arrays. The NumPy reference dispatch runs on the stand-in's arrays; the 'cuda'
 backend's zero-copy path (cuda_kernels/ on CuPy arrays) needs a real GPU: tests/test_gpu.py
-and `make gpu-check` run it there, tests/test_cuda_kernels.py runs its kernels on NumPy arrays
+and `make gpu-check` run it there, tests/test_cuda_kernels_*.py run its kernels on NumPy arrays
 under Numba's simulator.
 """
 import math
