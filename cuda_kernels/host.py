@@ -54,7 +54,8 @@ SIMULATED = bool(_numba_config.ENABLE_CUDASIM)
 # dX and dW, and the plan's scan): rarely, a wrong sum or plan, gone on a rerun (the likely cause
 # of a one-off GradcheckError in test_moe_gradcheck_through_cuda, whose margins are otherwise
 # five orders of magnitude wide). test_simulated_shared_memory_survives_thread_switches in
-# tests/test_cuda_kernels.py forces the preemption: numba's version fails it nearly every launch.
+# tests/test_cuda_kernels_launch.py forces the preemption: numba's version fails it nearly every
+# launch.
 #
 # The fix: the same emulation with the get-or-create under a lock, so every thread of a block gets
 # the same array. The key is read from the caller's frame (sys._getframe), the same (file, line)

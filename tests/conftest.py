@@ -113,7 +113,7 @@ def updates(monkeypatch):
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    """The strict CuPy stand-in (tests/fake_cupy.py) installed as `cupy` and `cupyx`, and taken by
+    """The strict CuPy stand-in (tests/fake_cupy/) installed as `cupy` and `cupyx`, and taken by
     tinysparse.engine.backend for a GPU: device 'cuda' runs on NumPy, every host synchronisation
     counted in fake_gpu.LEDGER (reset here). Yields the stand-in module."""
     import fake_cupy

@@ -1,11 +1,11 @@
-"""The GPU path on the CPU, through the strict CuPy stand-in (tests/fake_cupy.py, fixture fake_gpu).
+"""The GPU path on the CPU, through the strict CuPy stand-in (tests/fake_cupy/, fixture fake_gpu).
 
 What is covered here: device placement (every array created, indexed or stored where its
 tensor lives), the host synchronisations of a training step counted against their budgets,
 dense and MoE training, resume bit for bit with dropout, sampling, and the dispatch backends
 that take CuPy arrays. The NumPy reference dispatch runs on the stand-in's arrays; the 'cuda'
 backend's zero-copy path (cuda_kernels/ on CuPy arrays) needs a real GPU: tests/test_gpu.py
-and `make gpu-check` run it there, tests/test_cuda_kernels.py runs its kernels on NumPy arrays
+and `make gpu-check` run it there, tests/test_cuda_kernels_*.py run its kernels on NumPy arrays
 under Numba's simulator.
 """
 import math

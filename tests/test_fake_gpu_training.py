@@ -1,4 +1,4 @@
-"""Training on the GPU path through the strict CuPy stand-in (fixture fake_gpu, tests/fake_cupy.py):
+"""Training on the GPU path through the strict CuPy stand-in (fixture fake_gpu, tests/fake_cupy/):
 the host synchronisations of a step against their budgets, resume bit for bit with dropout,
 sampling, the checkpoint's rng.cupy slot, and gpu-check's lent-GPU stages.
 

@@ -7,7 +7,7 @@ import tinysparse as ts
 from tinysparse import functional as F
 from tinysparse.moe import Experts, capacity, combine, gather_rows, get_backend
 
-# every CPU backend passes the same suite (cuda runs it under the simulator: test_cuda_kernels.py)
+# every CPU backend passes the same suite (cuda runs it under the simulator: test_cuda_kernels_*.py)
 BACKENDS = ["numpy", "numba"]
 
 

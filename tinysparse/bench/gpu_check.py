@@ -13,8 +13,9 @@ bit for bit with an unbroken run.
 
 Three stages; each one reports PASS or FAIL with its reason, and a failure does not stop the next:
 
-  1. tests   pytest tests/test_gpu.py tests/test_cuda_kernels.py with the simulator OFF: every
-             kernel on the device, on CuPy arrays (zero-copy) and on NumPy arrays (copied)
+  1. tests   pytest tests/test_gpu.py and tests/test_cuda_kernels_*.py (DEVICE_TESTS) with the
+             simulator OFF: every kernel on the device, on CuPy arrays (zero-copy) and on NumPy
+             arrays (copied)
   2. timing  the MoE layer forward + backward on CuPy arrays, median milliseconds: dispatch
              'numpy' (the reference on CuPy: fancy indexing and cuBLAS matmuls) against the Numba
              kernels with the naive and the tiled grouped matmul; outputs compared as well
@@ -92,9 +93,17 @@ def _tail(text, n=3):
 
 # ---- 1. tests ------------------------------------------------------------------------------------
 
+# stage 1's files: test_gpu.py (must skip nothing), the CUDA kernels' tests (tests/cuda_helpers.py)
+# and gpu-check's own (its one line without a GPU, the training flags it passes)
+DEVICE_TESTS = ["tests/test_gpu.py", "tests/test_cuda_kernels_plan.py",
+                "tests/test_cuda_kernels_combine.py", "tests/test_cuda_kernels_matmul.py",
+                "tests/test_cuda_kernels_launch.py", "tests/test_cuda_kernels_moe_layer.py",
+                "tests/test_gpu_check.py"]
+
+
 def stage_tests(timeout):
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "--tb=short", "-p", "no:cacheprovider",
-           "tests/test_gpu.py", "tests/test_cuda_kernels.py"]
+           *DEVICE_TESTS]
     r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
     if os.environ.get("GPU_CHECK_LOG"):         # the whole pytest output (tools/gpu_lease.sh sets it)
         with open(os.environ["GPU_CHECK_LOG"], "w") as f:
@@ -103,7 +112,7 @@ def stage_tests(timeout):
     if r.returncode != 0:
         failed = [ln for ln in r.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))]
         return False, f"{summary}; {' | '.join(failed[:3]) or _tail(r.stdout + r.stderr)}"
-    # test_cuda_kernels.py skips its simulator-only test on a device; test_gpu.py must skip nothing
+    # test_cuda_kernels_*.py skip their simulator-only tests on a device; test_gpu.py skips nothing
     skipped = [ln for ln in r.stdout.splitlines() if ln.startswith("SKIPPED") and "test_gpu.py" in ln]
     if skipped:
         return False, f"{summary}; device tests were skipped: {skipped[0][:200]}"

@@ -1,7 +1,7 @@
 """The checks to run when a GPU is lent: `make gpu-check ARGS=--full` (gpu_check.py calls these).
 
 Each function is one stage: it returns (ok, detail) and prints nothing, so gpu_check can put it
-in its table. What they check, on the device, that the CPU (with tests/fake_cupy.py, the strict
+in its table. What they check, on the device, that the CPU (with tests/fake_cupy/, the strict
 CuPy stand-in) can only model:
 
   versions      Python, NumPy, CuPy (which wheel), Numba, numba-cuda, the driver's and the
