@@ -69,6 +69,14 @@ def test_stand_in_keeps_numpy_semantics_for_what_it_computes(fake_gpu):
     assert isinstance(np.float32(2) * a, cp.ndarray)                  # a NumPy scalar is fine
 
 
+def test_stand_in_names_the_module_of_its_arguments_without_a_wait(fake_gpu):
+    cp = fake_gpu
+    a = cp.arange(3)
+    assert cp.get_array_module(a) is cp and cp.get_array_module(np.ones(2), a) is cp
+    assert cp.get_array_module(np.ones(2)) is np and cp.get_array_module() is np
+    assert fake_gpu.LEDGER.syncs == []
+
+
 # ---- device placement --------------------------------------------------------------------------
 
 def test_tensor_of_a_cupy_array_as_the_first_call(fake_gpu):

@@ -1,5 +1,6 @@
 """The stand-in's module functions (cupy.zeros, cupy.where, ...) and the dtype names it shares
 with NumPy: NumPy's, on device arrays only; those whose result's size is data count a sync."""
+import builtins
 import sys
 
 import numpy as _np
@@ -119,7 +120,8 @@ def result_type(*arrays_and_dtypes):
 
 
 def get_array_module(*args):
-    return sys.modules[__package__] if any(isinstance(a, ndarray) for a in args) else _np
+    # Python's any: this module's own `any` is the stand-in's np.any (a device reduction and a sync)
+    return sys.modules[__package__] if builtins.any(isinstance(a, ndarray) for a in args) else _np
 
 
 _SHARED = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
