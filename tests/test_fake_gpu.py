@@ -101,6 +101,11 @@ def test_gpt_built_on_the_gpu_has_every_parameter_there(fake_gpu, monkeypatch):
     np.testing.assert_allclose(logits.numpy(), cpu(idx)[0].numpy(), rtol=1e-4, atol=1e-5)
     loss.backward()
     assert all(isinstance(p.grad, fake_gpu.ndarray) for p in gpu.parameters())
+    # ids and targets already on the device are checked there, never copied to the host
+    on_device = fake_gpu.asarray(idx)
+    logits_d, loss_d = gpu(on_device, on_device)
+    np.testing.assert_array_equal(logits_d.numpy(), logits.numpy())
+    assert loss_d.item() == loss.item()
 
 
 @pytest.mark.parametrize("index", [[2, 0, 2], np.array([1, 1, 3]), (np.array([0, 2]), [1, 1]),

@@ -250,3 +250,37 @@ def test_config_refuses_top_k_above_n_expert():
     with pytest.raises(ValueError, match=r"GPTConfig.top_k=5 is invalid: top_k must be an "
                                          r"integer in \[1, n_expert=4\]"):
         GPTConfig(n_embd=8, n_head=2, n_expert=4, top_k=5)
+
+
+@pytest.mark.parametrize("idx, match", [
+    (np.zeros((1, 2, 3), dtype=np.int64),
+     r"^GPT idx must be a 2-D array \(B, T\) of token ids, got shape \(1, 2, 3\)$"),  # no batch-axis hint
+    (np.zeros((2, 0), dtype=np.int64), r"^GPT idx has shape \(2, 0\): no tokens; a sequence needs "
+                                       r"at least one$"),
+])
+def test_bad_token_ids_get_the_whole_message_and_only_their_own_fix(idx, match):
+    with pytest.raises(ValueError, match=match):
+        _small_gpt()(idx)
+
+
+def test_ids_and_targets_may_be_lists_or_tensors():
+    model = _small_gpt()
+    ids, targets = [[1, 2, 3], [4, 5, 6]], [[2, 3, 4], [5, 6, 7]]
+    want_logits, want_loss = model(np.array(ids), np.array(targets))
+    for i, t in ((ids, targets), (ts.Tensor(np.array(ids)), ts.Tensor(np.array(targets)))):
+        logits, loss = model(i, t)
+        np.testing.assert_array_equal(logits.data, want_logits.data)
+        assert loss.item() == want_loss.item()
+
+
+def test_ignore_index_must_be_an_integer_that_is_no_token():
+    model = _small_gpt()
+    idx, targets = np.array([[1, 2, 3, 4]]), np.array([[2, 3, 4, 5]])
+    with pytest.raises(TypeError, match=r"^GPT ignore_index must be an integer, got 1.5 \(float\)"):
+        model(idx, targets, ignore_index=1.5)
+    with pytest.raises(ValueError, match=r"^GPT ignore_index=0 is a real token id \(vocab_size 11\)"):
+        model(idx, targets, ignore_index=0)
+    # vocab_size is the first id that is no token: accepted, and the targets equal to it left out
+    _, loss = model(idx, np.array([[2, 3, 11, 5]]), ignore_index=11)
+    _, want = model(idx, np.array([[2, 3, -1, 5]]), ignore_index=-1)
+    assert loss.item() == want.item()
