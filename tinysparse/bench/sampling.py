@@ -12,7 +12,8 @@ The two runs must return the same tokens (checked; exit status 1 if not).
 Then, for the dense model (the one with a PyTorch twin, torch_twins.py), tinysparse's cached
 sampling against the twin decoding with its own KV cache (torch_decode.py), taking turns the same
 way, and the window that every step past block_size re-runs, timed three ways (window.py):
-where the time of the long run goes. Both decode greedily so their tokens can be compared:
+where the time of the long run goes; then one block of that window op by op against PyTorch's
+ops (window_ops.py). Both decode greedily so their tokens can be compared:
 tinysparse's generate with top_k=1 (only the likeliest token survives, so the draw is the argmax;
 generate has no argmax switch), the twin with argmax. Both float32 and untrained, so logits are
 close to uniform and a near-tie may pick different tokens: the column says where they first part,
@@ -30,6 +31,7 @@ from .profile import profile_calls
 from .torch_decode import torch_greedy_generate
 from .torch_twins import build_torch_twin
 from .window import window_times
+from .window_ops import block_ops, op_times
 
 MODELS = {"dense": {}, "moe": dict(n_expert=16, top_k=2, d_expert=256),
           # the preset tiny-adaptive's mechanism (training/config.py), untrained
@@ -102,6 +104,7 @@ def run_torch_sampling(args, model):
                   f"{ratio:>7.2f}x"
                   f"{_first_difference(tokens['tinysparse'], tokens['pytorch']):>13}")
         print_window_times(model, twin, args.iters, args.settle)
+        print_block_ops(model, twin, args.iters, args.settle)
 
 
 def print_window_times(model, twin, iters, settle):
@@ -120,6 +123,24 @@ def print_window_times(model, twin, iters, settle):
         ratio, q25, q75 = paired_ratio(seconds, times["pytorch"])
         print(f"{name:<14}{np.median(seconds) * 1e3:>8.3f}{ratio:>10.2f}x"
               f"{q25:>8.2f}-{q75:.2f}x")
+
+
+def print_block_ops(model, twin, iters, settle):
+    """One block of that window op by op (window_ops.py): tinysparse's Function body against
+    PyTorch's op on the same input, µs per call, time over PyTorch's (median of per-block ratios)."""
+    ops = block_ops(model, twin, model.config.block_size)
+    times = op_times(ops, blocks=max(3, iters // 5), calls=100, settle=min(settle, 0.05))
+    print(f"\none block of that window op by op, each side on the same input (bodies only: no "
+          f"engine; / pytorch: time over PyTorch's op)")
+    print(f"{'op':<14}{'tinysparse us':>14}{'pytorch us':>12}{'/ pytorch':>11}")
+    total = {"tinysparse": 0.0, "pytorch": 0.0}
+    for name, sides in times.items():
+        ratio = paired_ratio(sides["tinysparse"], sides["pytorch"])[0]
+        us = {side: float(np.median(s)) * 1e6 for side, s in sides.items()}
+        total = {side: total[side] + us[side] for side in total}
+        print(f"{name:<14}{us['tinysparse']:>14.1f}{us['pytorch']:>12.1f}{ratio:>10.2f}x")
+    print(f"{'sum':<14}{total['tinysparse']:>14.1f}{total['pytorch']:>12.1f}"
+          f"{total['tinysparse'] / total['pytorch']:>10.2f}x")
 
 
 def _config(args, **extra):

@@ -34,11 +34,14 @@ from ..engine.ops import MatMul
 from ..engine.tensor import no_grad
 
 
-def _layer_norm(x, module):
+def layer_norm_body(x, module):
+    """nn.LayerNorm module's output for array x (..., C), by LayerNorm's forward body alone."""
     return LayerNorm.forward(Context(None), x, module.weight.data, module.bias.data, module.eps)
 
 
-def _linear(x, module):
+def linear_body(x, module):
+    """nn.Linear module's output (..., d_out) for array x (..., d_in), by Linear's forward body
+    alone (a module with a bias)."""
     return Linear.forward(Context(None), x, module.weight.data, module.bias.data)
 
 
@@ -63,12 +66,12 @@ def window_logits_without_the_engine(model, idx):
     B, T = idx.shape
     x = model.wte.weight.data[idx] + model.wpe.weight.data[:T]            # (B, T, C)
     for block in model.h:
-        qkv = _linear(_layer_norm(x, block.ln_1), block.attn.c_attn)      # (B, T, 3C)
+        qkv = linear_body(layer_norm_body(x, block.ln_1), block.attn.c_attn)      # (B, T, 3C)
         y = PackedCausalAttention.forward(Context(None), qkv, block.attn.n_head)   # (B, T, C)
-        x = x + _linear(y, block.attn.c_proj)
-        h = GELU.forward(Context(None), _linear(_layer_norm(x, block.ln_2), block.mlp.c_fc))
-        x = x + _linear(h, block.mlp.c_proj)
-    x = _layer_norm(x[:, T - 1:], model.ln_f)                             # (B, 1, C)
+        x = x + linear_body(y, block.attn.c_proj)
+        h = GELU.forward(Context(None), linear_body(layer_norm_body(x, block.ln_2), block.mlp.c_fc))
+        x = x + linear_body(h, block.mlp.c_proj)
+    x = layer_norm_body(x[:, T - 1:], model.ln_f)                             # (B, 1, C)
     return MatMul.forward(Context(None), x, model.wte.weight.data.T)      # (B, 1, vocab_size)
 
 

@@ -1,0 +1,78 @@
+"""bench/window_ops.py: one block of the sampling window op by op, tinysparse's Function bodies
+against PyTorch's ops on the same inputs (no speed is asserted)."""
+import argparse
+
+import numpy as np
+import pytest
+
+import tinysparse as ts
+from tinysparse.bench import add_bench_arguments, run_bench
+from tinysparse.gpt import GPT, GPTConfig
+
+torch = pytest.importorskip("torch")
+
+from tinysparse.bench.torch_twins import build_torch_twin  # noqa: E402
+from tinysparse.bench.window_ops import block_ops, op_times  # noqa: E402
+
+OPS = ["layer norm", "qkv linear", "attention", "out linear", "fc linear", "gelu", "proj linear",
+       "residual add"]
+
+
+def _model_and_twin():
+    ts.manual_seed(1)
+    model = GPT(GPTConfig(vocab_size=23, n_layer=2, n_head=2, n_embd=12, block_size=9)).eval()
+    rng = np.random.default_rng(2)
+    for p in model.parameters():        # every weight and bias away from its init (biases start 0)
+        p.data = (p.data + 0.3 * rng.standard_normal(p.shape)).astype(np.float32)
+    return model, build_torch_twin(model).eval()
+
+
+def test_each_pair_computes_the_same_values_on_the_window_shape():
+    model, twin = _model_and_twin()
+    ops = block_ops(model, twin, 7)
+    assert [name for name, _, _ in ops] == OPS
+    with torch.no_grad():
+        for name, ours, theirs in ops:
+            a, b = ours(), theirs().numpy()
+            assert a.shape == b.shape == ((1, 7, 36) if name == "qkv linear" else
+                                          (1, 7, 48) if name in ("fc linear", "gelu") else
+                                          (1, 7, 12)), name
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_a_pair_that_computes_different_values_is_refused_by_name():
+    model, twin = _model_and_twin()
+    twin.h[0].mlp.c_fc.bias.data += 1.0                 # the twin's fc no longer matches
+    with pytest.raises(RuntimeError, match="^fc linear: tinysparse and PyTorch do not compute the "
+                                           "same values"):
+        block_ops(model, twin, 5)
+
+
+def test_op_times_are_seconds_per_call_for_both_sides_of_every_op():
+    calls = {"ours": 0, "theirs": 0}
+
+    def count(side):
+        def run():
+            calls[side] += 1
+        return run
+
+    ops = [("a", count("ours"), count("theirs")), ("b", count("ours"), count("theirs"))]
+    times = op_times(ops, blocks=3, calls=4, settle=0)
+    assert list(times) == ["a", "b"]
+    assert all(len(t[side]) == 3 and min(t[side]) > 0 for t in times.values()
+               for side in ("tinysparse", "pytorch"))
+    assert calls == {"ours": 2 * 3 * (3 + 4), "theirs": 2 * 3 * (3 + 4)}   # 3 warm-up calls a block
+
+
+def test_the_decode_suite_prints_the_block_op_by_op(capsys):
+    args = add_bench_arguments(argparse.ArgumentParser()).parse_args(
+        ["--n-layer", "1", "--n-embd", "16", "--block-size", "8", "--iters", "2", "--settle", "0",
+         "--suite", "decode"])
+    assert run_bench(args) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("one block of that window op by op"):].splitlines()
+    assert table[1].split() == ["op", "tinysparse", "us", "pytorch", "us", "/", "pytorch"]
+    rows = table[2:2 + len(OPS) + 1]
+    assert [r[:14].strip() for r in rows] == OPS + ["sum"]
+    us = np.array([[float(v) for v in r[14:].split()[:2]] for r in rows])
+    np.testing.assert_allclose(us[-1], us[:-1].sum(axis=0), atol=0.5)   # the sum row sums the ops
