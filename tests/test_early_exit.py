@@ -48,6 +48,19 @@ def test_the_exit_loss_is_the_weighted_sum_of_every_layers_cross_entropy():
     assert np.isclose(model(idx, y)[1].item(), ces[-1], rtol=1e-12)   # eval: the last layer only
 
 
+def test_the_exit_loss_leaves_the_ignored_targets_out_of_every_layers_term():
+    model = _model(dtype=np.float64, sharpen=1.0).train()
+    idx = np.random.default_rng(1).integers(0, 23, size=(2, 6))
+    y = np.roll(idx, -1, axis=1)
+    y[:, -1] = -1                                    # nanoGPT's padding after the last token
+    _, loss = model(idx, y, ignore_index=-1)
+    y[:, -1] = -100                                  # what an ignored target holds does not matter
+    _, again = model(idx, y, ignore_index=-100)
+    assert loss.item() == again.item()
+    _, shorter = model(idx[:, :5], y[:, :5])         # causal: the first 5 positions alone
+    assert np.isclose(loss.item(), shorter.item(), rtol=1e-12)
+
+
 def test_the_exit_loss_gradchecks():
     ts.manual_seed(1)
     model = GPT(GPTConfig(vocab_size=7, n_layer=2, n_head=1, n_embd=5, block_size=4,

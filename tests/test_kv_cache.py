@@ -122,6 +122,14 @@ def test_cache_misuse_is_refused_with_the_fix():
             model(np.zeros((1, 1), dtype=np.int64), cache=cache)
         with pytest.raises(ValueError, match="KVCache has 3 layers, the model 2"):
             model(np.zeros((1, 1), dtype=np.int64), cache=KVCache(3, 9))
+        # a cache longer than the model's block_size has room the position table has not
+        longer = KVCache(model.config.n_layer, 12)
+        model(np.zeros((1, 6), dtype=np.int64), cache=longer)
+        model(np.zeros((1, 3), dtype=np.int64), cache=longer)           # positions 6..8: the last fit
+        with pytest.raises(ValueError, match=r"^positions 9..9 are outside the model's block_size 9; "
+                                             r"start a new cache from the last block_size tokens$"):
+            model(np.zeros((1, 1), dtype=np.int64), cache=longer)
+        assert longer.length == 9                                        # the refused token left no trace
     qkv = ts.Tensor(np.ones((1, 2, 6)), requires_grad=True)
     with pytest.raises(ValueError, match=r"for sampling: run the model under ts.no_grad\(\)"):
         cached_attention(qkv, 2, KVCache(1, 4).layers[0], 0)
