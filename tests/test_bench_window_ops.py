@@ -42,26 +42,37 @@ def test_each_pair_computes_the_same_values_on_the_window_shape():
 
 def test_a_pair_that_computes_different_values_is_refused_by_name():
     model, twin = _model_and_twin()
-    twin.h[0].mlp.c_fc.bias.data += 1.0                 # the twin's fc no longer matches
+    twin.h[0].mlp.c_fc.weight.data *= 1.001             # 0.1% off: more than float32 rounding
     with pytest.raises(RuntimeError, match="^fc linear: tinysparse and PyTorch do not compute the "
                                            "same values"):
         block_ops(model, twin, 5)
 
 
 def test_op_times_are_seconds_per_call_for_both_sides_of_every_op():
-    calls = {"ours": 0, "theirs": 0}
+    import time
+    calls, turns = {"ours": 0, "theirs": 0}, []
 
-    def count(side):
+    def count(op, side):
         def run():
+            time.sleep(0.001)                            # a call that takes a known least time
             calls[side] += 1
+            if not turns or turns[-1] != (op, side):
+                turns.append((op, side))
         return run
 
-    ops = [("a", count("ours"), count("theirs")), ("b", count("ours"), count("theirs"))]
+    ops = [(op, count(op, "ours"), count(op, "theirs")) for op in ("a", "b")]
+    t0 = time.perf_counter()
     times = op_times(ops, blocks=3, calls=4, settle=0)
+    elapsed = time.perf_counter() - t0
     assert list(times) == ["a", "b"]
-    assert all(len(t[side]) == 3 and min(t[side]) > 0 for t in times.values()
+    assert all(len(t[side]) == 3 and min(t[side]) >= 0.001 for t in times.values()
                for side in ("tinysparse", "pytorch"))
     assert calls == {"ours": 2 * 3 * (3 + 4), "theirs": 2 * 3 * (3 + 4)}   # 3 warm-up calls a block
+    assert sum(sum(t[side]) * 4 for t in times.values() for side in t) < elapsed   # per call
+    # block 0 starts with tinysparse, block 1 with pytorch, block 2 with tinysparse, for each op
+    first = [("a", "ours"), ("a", "theirs"), ("b", "ours"), ("b", "theirs")]
+    second = [("a", "theirs"), ("a", "ours"), ("b", "theirs"), ("b", "ours")]
+    assert turns == first + second + first
 
 
 def test_the_decode_suite_prints_the_block_op_by_op(capsys):
