@@ -40,6 +40,8 @@ def test_paired_ratio_is_the_median_of_the_per_round_ratios():
     assert (median, q25, q75) == pytest.approx((1.1, 1.1, 1.2))
     assert np.median(slow) / np.median(fast) == pytest.approx(2.0)     # not what it returns
     assert paired_ratio([3.0], [2.0]) == pytest.approx((1.5, 1.5, 1.5))
+    # the quartiles are NumPy's 25th and 75th percentiles (linear): 2 and 4 of ratios 1..5
+    assert paired_ratio([5, 1, 4, 2, 3], [1] * 5) == (3.0, 2.0, 4.0)
 
 
 SLOW, FAST = [11.0, 22.0, 40.0, 110.0, 240.0], [10.0, 20.0, 10.0, 100.0, 200.0]   # as above

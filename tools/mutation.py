@@ -102,6 +102,7 @@ TESTS = {
     "cuda_kernels/gelu.py": ["tests/test_cuda_gelu.py"],
     "cuda_kernels/layer_norm.py": ["tests/test_cuda_layer_norm.py"],
     "tinysparse/bench/gpu_vs_torch.py": ["tests/test_bench_twins.py"],
+    "tinysparse/bench/common.py": ["tests/test_bench_targets.py", "tests/test_bench_window.py"],
     "tinysparse/bench/window.py": ["tests/test_bench_window.py"],
     "tinysparse/bench/window_ops.py": ["tests/test_bench_window_ops.py"],
     "tinysparse/adaptive/compute.py": ["tests/test_compute.py", "tests/test_compute_map.py",
