@@ -44,7 +44,8 @@ def test_every_mapped_module_and_test_file_exists(tool):
 
 def test_test_selection(tool):
     assert tool.select_tests(["tinysparse/training/loop.py", "tinysparse/training/evaluation.py"]) \
-        == ["tests/test_evaluation.py", "tests/test_train_config.py",
+        == ["tests/test_evaluation.py", "tests/test_fake_gpu_training.py",
+            "tests/test_ledger_cli.py", "tests/test_train_config.py",
             "tests/test_train_config_applied.py", "tests/test_train_divergence.py",
             "tests/test_train_evaluation.py", "tests/test_train_interrupt.py",
             "tests/test_train_last_good_checkpoint.py", "tests/test_train_learning.py",

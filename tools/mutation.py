@@ -58,7 +58,10 @@ MOE_TESTS = ["tests/test_moe_gradients.py", "tests/test_moe_routing.py",
 # Module -> the test files that exercise it. A mutant runs only those of these tests that call
 # its function, so an entry only narrows the first, instrumented run.
 TESTS = {
-    "tinysparse/training/loop.py": TRAIN_TESTS,
+    # the GPU path's host reads, the device stream's resume and the sampler on the device (the
+    # strict CuPy stand-in); log.jsonl's cumulative train_flops (the ledger's tests)
+    "tinysparse/training/loop.py": TRAIN_TESTS + ["tests/test_fake_gpu_training.py",
+                                                  "tests/test_ledger_cli.py"],
     "tinysparse/training/evaluation.py": TRAIN_TESTS + ["tests/test_evaluation.py"],
     "tinysparse/training/reporting.py": TRAIN_TESTS,
     "tinysparse/training/checkpoint.py": ["tests/test_checkpoint.py",
