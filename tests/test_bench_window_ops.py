@@ -40,6 +40,18 @@ def test_each_pair_computes_the_same_values_on_the_window_shape():
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+def test_the_ops_read_what_they_read_in_the_blocks_forward():
+    model, twin = _model_and_twin()
+    run = {name: ours for name, ours, _ in block_ops(model, twin, 7)}
+    x = run["residual add"]() - run["out linear"]()      # the block's input, to float32 rounding
+    with ts.no_grad():
+        want = model.h[0](ts.Tensor(x)).data             # (1, 7, 12): the engine's block
+    # the second residual add: the stream after attention plus the MLP's output, whose layer norm
+    # reads that stream (not the block's input)
+    np.testing.assert_allclose(run["residual add"]() + run["proj linear"](), want,
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_a_pair_that_computes_different_values_is_refused_by_name():
     model, twin = _model_and_twin()
     twin.h[0].mlp.c_fc.weight.data *= 1.001             # 0.1% off: more than float32 rounding

@@ -9,7 +9,8 @@ torch_decode.py) on the same values. A row's two ops compute the same thing (che
 rounding before any timing; a RuntimeError otherwise), so a row's ratio compares kernels:
 OpenBLAS against PyTorch's BLAS for the matmuls, NumPy's exp (one thread) against PyTorch's for
 GELU and the softmax, the compiled row loops against PyTorch's layer norm. Python's cost per call
-is in both columns (a NumPy call and a torch call each cost microseconds).
+is in both columns (a NumPy call and a torch call each cost microseconds). Each op has one row:
+a block runs the layer norm and the residual add twice, so the rows' sum is not a block's time.
 Imports torch on first use only.
 """
 import time
@@ -24,7 +25,10 @@ from .window import layer_norm_body, linear_body
 
 def block_ops(model, twin, T):
     """[(op, tinysparse_run, pytorch_run)] for block 0 of a dense float32 model and its twin, on a
-    (1, T, C) input each (the input of each op is the output of the op before, as in a forward).
+    (1, T, C) input x. Each op reads what it reads in the block's forward: fc linear the second
+    layer norm of x + out linear's output, the residual add x + out linear's output, so residual
+    add + proj linear is the block's output. The block's second layer norm and second residual
+    add (same shapes, same work as the first) have no row.
     Raises RuntimeError where a pair does not agree to float32 rounding (rtol 1e-4, atol 1e-5)."""
     import torch
     from torch.nn import functional as F
@@ -35,12 +39,13 @@ def block_ops(model, twin, T):
     h1 = layer_norm_body(x, block.ln_1)
     qkv = linear_body(h1, block.attn.c_attn)                                           # (1, T, 3C)
     y = PackedCausalAttention.forward(Context(None), qkv, n_head)                  # (1, T, C)
-    h2 = layer_norm_body(x, block.ln_2)
+    a = linear_body(y, block.attn.c_proj)                                              # (1, T, C)
+    h2 = layer_norm_body(x + a, block.ln_2)                   # ln_2 reads the stream after attention
     u = linear_body(h2, block.mlp.c_fc)                                                # (1, T, 4C)
     g = GELU.forward(Context(None), u)
     mask = torch.ones(T, T, dtype=torch.bool).tril()        # the twin's mask for a whole window
-    t = {name: torch.from_numpy(a) for name, a in
-         dict(x=x, h1=h1, qkv=qkv, y=y, h2=h2, u=u, g=g).items()}
+    t = {name: torch.from_numpy(arr) for name, arr in
+         dict(x=x, h1=h1, qkv=qkv, y=y, a=a, h2=h2, u=u, g=g).items()}
 
     def torch_attention():
         q, k, v = t["qkv"].view(1, T, 3, n_head, C // n_head).permute(2, 0, 3, 1, 4)  # (1, nh, T, hd)
@@ -56,7 +61,7 @@ def block_ops(model, twin, T):
            ("gelu", lambda: GELU.forward(Context(None), u),
             lambda: F.gelu(t["u"], approximate="tanh")),
            ("proj linear", lambda: linear_body(g, block.mlp.c_proj), lambda: tblock.mlp.c_proj(t["g"])),
-           ("residual add", lambda: x + y, lambda: t["x"] + t["y"])]
+           ("residual add", lambda: x + a, lambda: t["x"] + t["a"])]
     with torch.no_grad():
         for name, ours, theirs in ops:
             if not np.allclose(ours(), theirs().numpy(), rtol=1e-4, atol=1e-5):
