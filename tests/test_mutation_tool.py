@@ -1,6 +1,7 @@
 """tools/mutation.py (`make mutation`): its target syntax, its test map, its score, and that the
 normal suite never collects mutmut's copy of the tests."""
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -78,6 +79,26 @@ def test_survivors_are_retested_only_with_the_last_runs_test_files(tool, tmp_pat
                                          r'\(then \["tests/test_a.py"\], now \["tests/test_a.py", '
                                          r'"tests/test_b.py"\]\).*run without --survivors$'):
         tool.check_same_tests(["tests/test_a.py", "tests/test_b.py"])
+
+def test_torch_stays_on_one_thread_whatever_a_test_asks(tool, monkeypatch):
+    """A child forked after torch ran 2 OpenMP threads hangs: under the tool, the bench tests'
+    threads(2) must leave torch on 1. A user's OMP_NUM_THREADS is kept."""
+    torch = pytest.importorskip("torch")
+    real, before = torch.set_num_threads, torch.get_num_threads()
+    monkeypatch.setattr(torch, "set_num_threads", real)       # the tool's patch is undone after
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    try:
+        tool.keep_torch_on_one_thread()
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        assert torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == "3"
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        tool.keep_torch_on_one_thread()
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+    finally:
+        real(before)
+
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib")
 def test_pytest_never_collects_the_mutants_folder():
