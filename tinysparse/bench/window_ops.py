@@ -9,8 +9,12 @@ torch_decode.py) on the same values. A row's two ops compute the same thing (che
 rounding before any timing; a RuntimeError otherwise), so a row's ratio compares kernels:
 OpenBLAS against PyTorch's BLAS for the matmuls, NumPy's exp (one thread) against PyTorch's for
 GELU and the softmax, the compiled row loops against PyTorch's layer norm. Python's cost per call
-is in both columns (a NumPy call and a torch call each cost microseconds). Each op has one row:
-a block runs the layer norm and the residual add twice, so the rows' sum is not a block's time.
+is in both columns (a NumPy call and a torch call each cost microseconds). Same values, not quite
+the same work: a tinysparse body also writes what its backward would read (layer norm's
+normalised rows, GELU's clipped input and exp, attention's P), under no_grad too, as it does when
+sampling; PyTorch's ops under no_grad keep nothing (its attention may still form P). Each op has
+one row: a block runs the layer norm and the residual add twice, so the rows' sum is not a
+block's time.
 Imports torch on first use only.
 """
 import time
