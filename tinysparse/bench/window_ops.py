@@ -74,10 +74,12 @@ def block_ops(model, twin, T):
     return ops
 
 
-def op_times(ops, blocks=6, calls=200, settle=0.05):
+def op_times(ops, blocks=6, calls=200, settle=0.15):
     """{op: {'tinysparse': [...], 'pytorch': [...]}} seconds per call: `blocks` means over `calls`
     calls each (after a pause of `settle` seconds and 3 untimed calls), the two taking turns and
-    the first of the two alternating from block to block."""
+    the first of the two alternating from block to block. The default pause is window_times'
+    (0.15 s): after 0.05 s the other side's BLAS workers still spun, and PyTorch's ops came out
+    2-3x slower than alone."""
     import torch
 
     times = {name: {"tinysparse": [], "pytorch": []} for name, _, _ in ops}
