@@ -131,8 +131,9 @@ def print_block_ops(model, twin, iters, settle):
     ops = block_ops(model, twin, model.config.block_size)
     times = op_times(ops, blocks=max(3, iters // 5), calls=100, settle=settle)
     print(f"\none block of that window op by op, each side on the same input (bodies only: no "
-          f"engine; / pytorch: time over PyTorch's op; layer norm and residual add run twice in a "
-          f"block, once here)")
+          f"engine; us: each side's median; / pytorch: the median of the per-block ratios, the sum "
+          f"row's the ratio of the sums; layer norm and residual add run twice in a block, once "
+          f"here)")
     print(f"{'op':<14}{'tinysparse us':>14}{'pytorch us':>12}{'/ pytorch':>11}")
     total = {"tinysparse": 0.0, "pytorch": 0.0}
     for name, sides in times.items():
