@@ -108,6 +108,21 @@ def test_gpt_built_on_the_gpu_has_every_parameter_there(fake_gpu, monkeypatch):
     assert loss_d.item() == loss.item()
 
 
+@pytest.mark.parametrize("op", ["exp", "log", "sqrt", "tanh", "sigmoid"])
+def test_unary_ops_run_on_the_device_with_the_hosts_values(fake_gpu, op):
+    x_np = np.array([0.25, 1.0, 2.5, 7.0])
+    grads = []
+    for data in (x_np, fake_gpu.asarray(x_np)):                     # the host, then the device
+        x = ts.Tensor(data, requires_grad=True)
+        y = getattr(x, op)()
+        assert isinstance(y.data, type(data))
+        y.sum().backward()
+        assert isinstance(x.grad, type(data))
+        grads.append((y.numpy(), ts.Tensor(x.grad).numpy()))
+    np.testing.assert_array_equal(grads[0][0], grads[1][0])
+    np.testing.assert_array_equal(grads[0][1], grads[1][1])
+
+
 @pytest.mark.parametrize("index", [[2, 0, 2], np.array([1, 1, 3]), (np.array([0, 2]), [1, 1]),
                                    np.array([True, False, True, False])])
 def test_list_and_numpy_indices_on_a_cuda_tensor_backward(fake_gpu, index):

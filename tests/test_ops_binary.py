@@ -4,6 +4,8 @@ array on either side (the reflected ones, @ included); and the comparisons, whic
 tensors outside the graph. Forward against NumPy, backward by ts.gradcheck (float64, every
 element).
 """
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -113,3 +115,22 @@ def test_comparisons_return_boolean_tensors_outside_the_graph(op, reference):
 def test_tensors_hash_by_identity():
     a, b = Tensor(np.ones(2)), Tensor(np.ones(2))
     assert len({a, b, a}) == 2
+
+
+@pytest.mark.parametrize("exponent", [np.array([2.0, 3.0]), Tensor(np.array([2.0]))])
+def test_pow_takes_a_scalar_exponent_only_and_names_the_way_round(exponent):
+    x = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    with pytest.raises(TypeError, match=r"^pow takes a scalar exponent; for a tensor exponent use "
+                                        r"exp\(b \* log\(a\)\)$"):
+        x ** exponent
+
+
+def test_a_scalar_base_must_be_positive_and_1_is():
+    x = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    np.testing.assert_allclose((1 ** x).data, [1.0, 1.0])             # the smallest base allowed > 0
+    np.testing.assert_allclose((0.5 ** x).data, [0.5, 0.25])
+    for base in (0, -2.0, [2.0]):
+        with pytest.raises(TypeError, match=rf"^scalar \*\* Tensor needs a positive scalar base, "
+                                            rf"got {re.escape(repr(base))}: write exp\(t \* "
+                                            rf"log\(base\)\) for anything else$"):
+            base ** x

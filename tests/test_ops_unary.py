@@ -50,9 +50,16 @@ def test_unary_ops(name, shape, seed):
 
 
 def test_relu_gradient_is_exactly_the_step():
-    x = Tensor(np.array([-2.0, -0.1, 0.1, 3.0]), requires_grad=True)
+    # at 0 (either sign) the step is 0, PyTorch's convention: only x > 0 passes a gradient
+    x = Tensor(np.array([-2.0, -0.1, -0.0, 0.0, 0.1, 3.0]), requires_grad=True)
     x.relu().sum().backward()
-    np.testing.assert_array_equal(x.grad, [0, 0, 1, 1])
+    np.testing.assert_array_equal(x.grad, [0, 0, 0, 0, 1, 1])
+
+
+def test_a_cast_to_the_dtype_it_has_copies_nothing():
+    x = Tensor(np.arange(4.0, dtype=np.float32), requires_grad=True)
+    assert np.shares_memory(x.float().data, x.data)          # as PyTorch's .float() of a float
+    assert not np.shares_memory(x.double().data, x.data)
 
 
 def test_sigmoid_is_stable_for_huge_inputs():
