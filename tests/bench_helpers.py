@@ -1,8 +1,8 @@
 """Shared by the benchmark's tests (test_bench_command.py, test_bench_twins.py, test_bench_moe.py,
-test_bench_grouped.py, test_bench_sampling.py, test_bench_targets.py): `bench(*flags)` runs
-`python -m tinysparse bench` in this process with TINY's flags first (a 1-layer, 16-wide model,
-2 timed steps: a second or two a suite) and the test's after them. Not a test module: nothing
-here is collected.
+test_bench_grouped.py, test_bench_sampling.py, test_bench_targets.py, test_bench_window.py,
+test_bench_window_ops.py): `bench(*flags)` runs `python -m tinysparse bench` in this process
+with TINY's flags first (a 1-layer, 16-wide model, 2 timed steps: a second or two a suite) and
+the test's after them. Not a test module: nothing here is collected.
 """
 import argparse
 

@@ -1,15 +1,13 @@
 """bench/window.py: the sampling window without the engine computes the model's own bits, and the
 sampling suite prints the three-way table (no speed is asserted)."""
-import argparse
-
 import numpy as np
 import pytest
 
 import tinysparse as ts
 from tinysparse.adaptive import KVCache
-from tinysparse.bench import add_bench_arguments, run_bench
 from tinysparse.bench.window import window_logits_without_the_engine, window_times
 from tinysparse.gpt import GPT, GPTConfig
+from bench_helpers import bench
 
 SMALL = dict(vocab_size=23, n_layer=2, n_head=2, n_embd=12, block_size=9)
 
@@ -69,10 +67,7 @@ def test_window_times_refuses_to_time_two_different_computations(monkeypatch):
 
 def test_the_sampling_suite_prints_the_window_table(capsys):
     pytest.importorskip("torch")
-    args = add_bench_arguments(argparse.ArgumentParser()).parse_args(
-        ["--n-layer", "1", "--n-embd", "16", "--block-size", "8", "--iters", "2", "--settle", "0",
-         "--suite", "decode"])
-    assert run_bench(args) == 0
+    assert bench("--suite", "decode") == 0                      # bench_helpers.TINY: block size 8
     out = capsys.readouterr().out
     table = out[out.index("the 8-token window each step past block_size re-runs"):].splitlines()
     assert table[1].split() == ["forward", "ms", "/", "pytorch", "quartiles"]

@@ -1,13 +1,11 @@
 """bench/window_ops.py: one block of the sampling window op by op, tinysparse's Function bodies
 against PyTorch's ops on the same inputs (no speed is asserted)."""
-import argparse
-
 import numpy as np
 import pytest
 
 import tinysparse as ts
-from tinysparse.bench import add_bench_arguments, run_bench
 from tinysparse.gpt import GPT, GPTConfig
+from bench_helpers import bench
 
 torch = pytest.importorskip("torch")
 
@@ -88,10 +86,7 @@ def test_op_times_are_seconds_per_call_for_both_sides_of_every_op():
 
 
 def test_the_decode_suite_prints_the_block_op_by_op(capsys):
-    args = add_bench_arguments(argparse.ArgumentParser()).parse_args(
-        ["--n-layer", "1", "--n-embd", "16", "--block-size", "8", "--iters", "2", "--settle", "0",
-         "--suite", "decode"])
-    assert run_bench(args) == 0
+    assert bench("--suite", "decode") == 0                      # bench_helpers.TINY: block size 8
     out = capsys.readouterr().out
     table = out[out.index("one block of that window op by op"):].splitlines()
     assert table[1].split() == ["op", "tinysparse", "us", "pytorch", "us", "/", "pytorch"]

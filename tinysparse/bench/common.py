@@ -133,6 +133,20 @@ def time_calls(calls, warmup, iters):
     return times
 
 
+def seconds_per_call(run, calls, settle, warmup=3):
+    """Mean seconds of one run() over `calls` calls in a row: after an untimed pause of `settle`
+    seconds (the idle BLAS workers of whatever ran before keep spinning for about 0.1 s and would
+    slow these calls) and `warmup` untimed calls (caches, pages). One block of a comparison whose
+    sides take turns block by block (window.py, window_ops.py)."""
+    time.sleep(settle)
+    for _ in range(warmup):
+        run()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        run()
+    return (time.perf_counter() - t0) / calls
+
+
 def build_model(config):
     """A tinysparse GPT with seed-0 weights, built without disturbing the caller's generator."""
     saved = ts_random.get_state()

@@ -21,8 +21,6 @@ PyTorch's own dispatch included: a floor for what a leaner engine could reach, n
 kernels alone.
 Imports torch on first use only.
 """
-import time
-
 import numpy as np
 
 from ..engine.attention import PackedCausalAttention
@@ -32,6 +30,7 @@ from ..engine.linear import Linear
 from ..engine.normalization import LayerNorm
 from ..engine.ops import MatMul
 from ..engine.tensor import no_grad
+from .common import seconds_per_call
 
 
 def layer_norm_body(x, module):
@@ -78,9 +77,9 @@ def window_logits_without_the_engine(model, idx):
 def window_times(model, twin, idx, blocks=12, calls=40, settle=0.15):
     """Seconds per window forward {'tinysparse', 'bodies only', 'pytorch'}: `blocks` lists of one
     block's mean over `calls` forwards each, the three taking turns block by block, each block
-    after an untimed pause of `settle` seconds (common.py: the idle BLAS workers of the block
-    before keep spinning for about 0.1 s and would slow this one) and 3 untimed forwards. Raises RuntimeError if the
-    first two differ in any bit (then the comparison would mean nothing)."""
+    after an untimed pause of `settle` seconds and 3 untimed forwards (common.seconds_per_call).
+    Raises RuntimeError if the first two differ in any bit (then the comparison would mean
+    nothing)."""
     import torch
 
     from .torch_decode import TorchKVCache, forward_cached
@@ -95,11 +94,5 @@ def window_times(model, twin, idx, blocks=12, calls=40, settle=0.15):
                                "bits): the window comparison would mean nothing")
         for _ in range(blocks):
             for name, run in runs.items():
-                time.sleep(settle)
-                for _ in range(3):                                          # warm the caches
-                    run()
-                t0 = time.perf_counter()
-                for _ in range(calls):
-                    run()
-                times[name].append((time.perf_counter() - t0) / calls)
+                times[name].append(seconds_per_call(run, calls, settle))
     return times

@@ -17,13 +17,12 @@ one row: a block runs the layer norm and the residual add twice, so the rows' su
 block's time.
 Imports torch on first use only.
 """
-import time
-
 import numpy as np
 
 from ..engine.attention import PackedCausalAttention
 from ..engine.function import Context
 from ..engine.functional import GELU
+from .common import seconds_per_call
 from .window import layer_norm_body, linear_body
 
 
@@ -57,14 +56,17 @@ def block_ops(model, twin, T):
         return out.transpose(1, 2).reshape(1, T, C)                                 # (1, T, C)
 
     ops = [("layer norm", lambda: layer_norm_body(x, block.ln_1), lambda: tblock.ln_1(t["x"])),
-           ("qkv linear", lambda: linear_body(h1, block.attn.c_attn), lambda: tblock.attn.c_attn(t["h1"])),
+           ("qkv linear", lambda: linear_body(h1, block.attn.c_attn),
+            lambda: tblock.attn.c_attn(t["h1"])),
            ("attention", lambda: PackedCausalAttention.forward(Context(None), qkv, n_head),
             torch_attention),
-           ("out linear", lambda: linear_body(y, block.attn.c_proj), lambda: tblock.attn.c_proj(t["y"])),
+           ("out linear", lambda: linear_body(y, block.attn.c_proj),
+            lambda: tblock.attn.c_proj(t["y"])),
            ("fc linear", lambda: linear_body(h2, block.mlp.c_fc), lambda: tblock.mlp.c_fc(t["h2"])),
            ("gelu", lambda: GELU.forward(Context(None), u),
             lambda: F.gelu(t["u"], approximate="tanh")),
-           ("proj linear", lambda: linear_body(g, block.mlp.c_proj), lambda: tblock.mlp.c_proj(t["g"])),
+           ("proj linear", lambda: linear_body(g, block.mlp.c_proj),
+            lambda: tblock.mlp.c_proj(t["g"])),
            ("residual add", lambda: x + a, lambda: t["x"] + t["a"])]
     with torch.no_grad():
         for name, ours, theirs in ops:
@@ -88,11 +90,5 @@ def op_times(ops, blocks=6, calls=200, settle=0.15):
             for name, ours, theirs in ops:
                 turns = [("tinysparse", ours), ("pytorch", theirs)]
                 for side, run in turns if b % 2 == 0 else turns[::-1]:     # who goes first alternates
-                    time.sleep(settle)
-                    for _ in range(3):
-                        run()
-                    t0 = time.perf_counter()
-                    for _ in range(calls):
-                        run()
-                    times[name][side].append((time.perf_counter() - t0) / calls)
+                    times[name][side].append(seconds_per_call(run, calls, settle))
     return times
