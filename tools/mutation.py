@@ -55,6 +55,11 @@ MOE_TESTS = ["tests/test_moe_gradients.py", "tests/test_moe_routing.py",
              "tests/test_moe_balancing.py", "tests/test_moe_capacity.py",
              "tests/test_moe_settings.py", "tests/test_moe_gpt.py", "tests/test_moe_empty_batch.py"]
 
+# Every primitive's gradcheck, dtype rules and numerics (engine/ops.py and ops_unary.py).
+PRIMITIVE_TESTS = ["tests/test_engine_grads.py", "tests/test_dtypes.py",
+                   "tests/test_numerics_examples.py", "tests/test_numerics_float16.py",
+                   "tests/test_numerics_properties.py"]
+
 # Module -> the test files that exercise it. A mutant runs only those of these tests that call
 # its function, so an entry only narrows the first, instrumented run.
 TESTS = {
@@ -87,15 +92,10 @@ TESTS = {
     "tinysparse/gpt_inputs.py": ["tests/test_gpt.py", "tests/test_sampling.py",
                                  "tests/test_fake_gpu.py"],
     "tinysparse/engine/linear.py": ["tests/test_linear.py", "tests/test_layers.py"],
-    # the primitives: their own tests, gradchecks, dtype rules and numerics
+    # the primitives: their own tests, and PRIMITIVE_TESTS (gradchecks, dtype rules, numerics)
     "tinysparse/engine/ops.py": ["tests/test_ops_binary.py", "tests/test_ops_matmul.py",
-                                 "tests/test_engine_grads.py", "tests/test_dtypes.py",
-                                 "tests/test_numerics_examples.py", "tests/test_numerics_float16.py",
-                                 "tests/test_numerics_properties.py"],
-    "tinysparse/engine/ops_unary.py": ["tests/test_ops_unary.py", "tests/test_engine_grads.py",
-                                       "tests/test_dtypes.py", "tests/test_numerics_examples.py",
-                                       "tests/test_numerics_float16.py",
-                                       "tests/test_numerics_properties.py",
+                                 *PRIMITIVE_TESTS],
+    "tinysparse/engine/ops_unary.py": ["tests/test_ops_unary.py", *PRIMITIVE_TESTS,
                                        "tests/test_fake_gpu.py", "tests/test_gpu_glue.py"],
     "tinysparse/layers.py": ["tests/test_layers.py", "tests/test_nn.py", "tests/test_optim.py",
                              "tests/test_gpt.py", "tests/test_fake_gpu.py"],
