@@ -119,6 +119,7 @@ TESTS = {
                                    "tests/test_gelu_kernels.py", "tests/test_profile.py"],
     "tinysparse/bench/window.py": ["tests/test_bench_window.py"],
     "tinysparse/bench/window_ops.py": ["tests/test_bench_window_ops.py"],
+    "tinysparse/bench/scaling.py": ["tests/test_bench_scaling.py"],
     "tinysparse/adaptive/compute.py": ["tests/test_compute.py", "tests/test_compute_map.py",
                                        "tests/test_early_exit.py"],
     "tinysparse/adaptive/decode.py": ["tests/test_sampling.py", "tests/test_kv_cache.py",

@@ -2,7 +2,8 @@
 
 Suites, one file each:
 
-    dense.py        step: the dense GPT's training step vs PyTorch's
+    dense.py        step: the dense GPT's training step vs PyTorch's, and (scaling.py) the
+                    same on 1 thread and on --threads: which parts gain from the threads
     moe.py          moe: MoE training steps (tinysparse vs a PyTorch loop over experts) and dense
     layer.py        layer: one MoE layer forward+backward per dispatch backend vs a dense FFN
     grouped.py      gmm: the grouped matmul (forward, dX, dW) per strategy vs one dense matmul

@@ -7,6 +7,10 @@ scaled_dot_product_attention, tied head), started from tinysparse's very weights
 batch. Both run float32 on the same number of threads (torch.set_num_threads and threadpoolctl for
 NumPy's BLAS), alternating one step each (common.py says why).
 
+After the table, with --threads above 1, the same steps on 1 thread and on --threads, taking
+turns (scaling.py: the ratio to PyTorch grows with the threads, since NumPy threads only its
+matmuls; --profile adds the split per Function).
+
 MFU: the training FLOPs of a step (PaLM appendix B: 6N + 12 L T C per token) divided by the step
 time, over a float32 matmul peak measured here, now, on the same threads.
 """
@@ -20,6 +24,7 @@ from .common import (LOSS_TOLERANCE, array_code, build_model, fixed_batch, impor
                      paired_ratio, step, threads, time_alternating, twin_step)
 from .targets import record as record_target
 from .profile import profile_steps
+from .scaling import print_thread_scaling, profile_thread_scaling, time_thread_scaling
 from .torch_twins import LR, WEIGHT_DECAY
 
 
@@ -96,4 +101,12 @@ def run_dense_bench(args):
                          model.num_parameters())
         if args.profile:
             profile_steps(model, steps["tinysparse"].args[1], idx, targets, steps=args.iters)
+    if args.threads > 1:     # why the ratio depends on the thread count (bench/scaling.py)
+        names = ["tinysparse"] + (["pytorch"] if torch else [])
+        timed = time_thread_scaling({name: steps[name] for name in names}, args.threads, 1,
+                                    max(1, args.iters // 2), args.settle, torch)
+        print_thread_scaling(timed, names, args.threads)
+        if args.profile:
+            profile_thread_scaling(model, steps["tinysparse"].args[1], idx, targets,
+                                   args.iters, args.threads)
     return status
