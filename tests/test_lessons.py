@@ -109,6 +109,39 @@ def test_rounding_in_the_last_digit_is_not_a_difference():
     assert transcripts.differences(rerun, QUICK) == []
 
 
+@pytest.mark.parametrize("old, new", [("1.7e-07", "2.8e-07"), ("7.45e-08", "0.00e+00"),
+                                      ("1.67e-16", "2.78e-16")])
+def test_two_rounding_sized_numbers_are_not_a_difference(old, new):
+    """Below 1e-5 on both sides a number sizes a rounding difference: another CPU's BLAS and SIMD
+    move it (1.7e-07 on one 2-core machine, 2.8e-07 on an AVX-512 one, for the same check)."""
+    line = f"  [ok] numba agrees with numpy to {old} (relative)"
+    assert transcripts.differences([line.replace(old, new)], [line]) == []
+
+
+@pytest.mark.parametrize("old, new", [("1.7e-07", "2.0e-05"), ("9.0e-06", "1.1e-05"),
+                                      ("1.7e-07", "3.0e-04")])
+def test_a_rounding_sized_number_that_grows_past_it_is_caught(old, new):
+    line = f"  [ok] numba agrees with numpy to {old} (relative)"
+    assert transcripts.differences([line.replace(old, new)], [line])
+
+
+HEAT = "   2 H5 @  ·  ·   - = .  ·  ·"          # a heat map row: shades ' .:-=+*#%@', · masked
+
+
+@pytest.mark.parametrize("new", ["   2 H5 @  ·  ·   - = :  ·  ·", "   2 H5 %  ·  ·   = = .  ·  ·",
+                                 "   2 H5 @  ·  ·   - = .  ·  ·  "])
+def test_a_heat_map_cell_one_shade_off_is_not_a_difference(new):
+    assert transcripts.differences([new], [HEAT]) == []
+
+
+@pytest.mark.parametrize("new", ["   2 H5 @  ·  ·   - = -  ·  ·", "   2 H6 @  ·  ·   - = :  ·  ·",
+                                 "   2 H5 @  ·  ·   - = :  ·  ··",
+                                 "   2 H5 @  ·  .   - = .  ·  ·"])
+def test_two_shades_off_or_another_change_is_caught(new):
+    """Two shades apart, a label changed beside a shade, a masked cell shown: all differences."""
+    assert transcripts.differences([new], [HEAT]), f"{new!r} went unnoticed"
+
+
 def test_a_missing_or_extra_line_is_caught():
     assert transcripts.differences(QUICK[:-1], QUICK)
     assert transcripts.differences(QUICK + ["  one more line"], QUICK)
