@@ -6,7 +6,7 @@ import pytest
 
 from tinysparse import optim
 from tinysparse.bench.common import build_model, fixed_batch, step
-from tinysparse.bench.profile import _clocked, _engine_own, _function_rows, profile_steps
+from tinysparse.bench.profile import clocked, engine_own, function_rows, profile_steps
 from tinysparse.engine.function import Function
 from tinysparse.engine.tensor import Tensor
 from tinysparse.gpt import GPTConfig
@@ -40,11 +40,11 @@ class _Outer(Function):
 
 def test_a_nested_phase_counts_once_in_the_outermost_function():
     x = Tensor(np.ones(3), requires_grad=True)
-    total, seconds = _clocked(lambda: _Outer.apply(x).sum().backward(), steps=1)
-    rows = _function_rows(seconds)
+    total, seconds = clocked(lambda: _Outer.apply(x).sum().backward(), steps=1)
+    rows = function_rows(seconds)
     assert "_Inner.forward" not in rows and "_Inner.backward" not in rows
     assert rows["_Outer.forward"] >= 0.03 and rows["_Outer.backward"] >= 0.03   # inner's time in it
-    assert sum(rows.values()) + _engine_own(seconds) <= total + 1e-3
+    assert sum(rows.values()) + engine_own(seconds) <= total + 1e-3
 
 
 def test_the_timers_are_taken_out_afterwards():
@@ -53,7 +53,7 @@ def test_the_timers_are_taken_out_afterwards():
     opt = optim.AdamW(model.parameters(), lr=1e-3)
     opt_step = type(opt).step
     idx, targets = fixed_batch(CONFIG, 2)
-    _clocked(lambda: step(model, opt, idx, targets), steps=1, optimizer=opt)
+    clocked(lambda: step(model, opt, idx, targets), steps=1, optimizer=opt)
     assert (vars(_Outer)["forward"], vars(Function)["apply"], vars(Tensor)["backward"]) == before
     assert type(opt).step is opt_step
 
@@ -80,7 +80,7 @@ def test_on_a_gpu_every_timed_call_waits_for_the_device_before_and_after(capsys)
     run, so a row holds its kernels' time; the header says the profile was synchronised."""
     calls = []
     x = Tensor(np.ones(3), requires_grad=True)
-    _clocked(lambda: _Outer.apply(x).sum().backward(), steps=1, sync=lambda: calls.append(1))
+    clocked(lambda: _Outer.apply(x).sum().backward(), steps=1, sync=lambda: calls.append(1))
     # apply and forward of _Outer and of sum (4), Tensor.backward and two backward phases (3):
     # each outermost of its kind, each bracketed; and the run itself (2)
     assert len(calls) == 2 * 7 + 2

@@ -9,8 +9,8 @@ training loop does) on fixed batches, then samples tokens with the KV cache; the
 every loss, every parameter after the last step, the optimizer's moments and the tokens.
 Run it on two checkouts (the one before a change and the one after) with the same thread
 setting and compare the lines: an optimisation that claims to be bit-identical must leave
-every hash unchanged. (OpenBLAS's bits depend on its thread count and on the CPU's kernels, AVX2 or AVX-512: compare like
-with like, on one machine.)
+every hash unchanged. (OpenBLAS's bits depend on its thread count and on the CPU's kernels,
+AVX2 or AVX-512: compare like with like, on one machine.)
 """
 import argparse
 import hashlib

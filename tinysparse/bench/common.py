@@ -83,20 +83,23 @@ def matmul_gflops(m, k, n, min_seconds=0.25):
     return 2.0 * m * k * n / best / 1e9
 
 
-def time_alternating(steps, warmup, iters, settle):
+def time_alternating(steps, warmup, iters, settle, setting=None):
     """{name: step()} -> {name: (milliseconds, losses)}: the steps take turns, one each per round,
     so a burst of someone else's load hits them all alike; `settle` seconds (untimed) before each
     step let the previous one's idle BLAS threads stop spinning. The first `warmup` rounds are
-    not timed (their losses are kept: the first loss checks that twins compute the same)."""
+    not timed (their losses are kept: the first loss checks that twins compute the same).
+    `setting`, {name: a function returning a context manager} (say threads(1, torch)), puts a
+    step's own setting in place around its pause and its timed call, outside the timer."""
     runs = {name: ([], []) for name in steps}
     gc.collect()
     for i in range(warmup + iters):
         for name, step in steps.items():
-            if len(steps) > 1:
-                time.sleep(settle)
-            t0 = time.perf_counter()
-            loss = float(step().item())    # inside the timing: on a GPU the read waits for the step
-            elapsed = (time.perf_counter() - t0) * 1e3
+            with (setting[name]() if setting else contextlib.nullcontext()):
+                if len(steps) > 1:
+                    time.sleep(settle)
+                t0 = time.perf_counter()
+                loss = float(step().item())    # inside the timing: on a GPU the read waits for it
+                elapsed = (time.perf_counter() - t0) * 1e3
             runs[name][1].append(loss)
             if i >= warmup:
                 runs[name][0].append(elapsed)

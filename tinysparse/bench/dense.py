@@ -8,8 +8,8 @@ batch. Both run float32 on the same number of threads (torch.set_num_threads and
 NumPy's BLAS), alternating one step each (common.py says why).
 
 After the table, with --threads above 1, the same steps on 1 thread and on --threads, taking
-turns (scaling.py: the ratio to PyTorch grows with the threads, since NumPy threads only its
-matmuls; --profile adds the split per Function).
+turns (scaling.py: NumPy threads only its matmuls, PyTorch its elementwise kernels too, so the
+ratio to PyTorch can grow with the threads; --profile adds the split per Function).
 
 MFU: the training FLOPs of a step (PaLM appendix B: 6N + 12 L T C per token) divided by the step
 time, over a float32 matmul peak measured here, now, on the same threads.
@@ -101,12 +101,15 @@ def run_dense_bench(args):
                          model.num_parameters())
         if args.profile:
             profile_steps(model, steps["tinysparse"].args[1], idx, targets, steps=args.iters)
-    if args.threads > 1:     # why the ratio depends on the thread count (bench/scaling.py)
-        names = ["tinysparse"] + (["pytorch"] if torch else [])
-        timed = time_thread_scaling({name: steps[name] for name in names}, args.threads, 1,
-                                    max(1, args.iters // 2), args.settle, torch)
-        print_thread_scaling(timed, names, args.threads)
-        if args.profile:
-            profile_thread_scaling(model, steps["tinysparse"].args[1], idx, targets,
-                                   args.iters, args.threads)
+    if args.threads == 1:
+        print("\nthread scaling: not measured (--threads 1: no other thread count to compare)")
+        return status
+    # why the ratio can depend on the thread count (bench/scaling.py)
+    names = ["tinysparse"] + (["pytorch"] if torch else [])
+    timed = time_thread_scaling({name: steps[name] for name in names}, args.threads, args.warmup,
+                                args.iters, args.settle, torch)
+    print_thread_scaling(timed, names, args.threads)
+    if args.profile:
+        profile_thread_scaling(model, steps["tinysparse"].args[1], idx, targets, args.iters,
+                               args.threads)
     return status

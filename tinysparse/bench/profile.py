@@ -85,7 +85,7 @@ def _timers(clock, optimizer=None):
             setattr(owner, name, raw)
 
 
-def _clocked(run, steps, optimizer=None, sync=None):
+def clocked(run, steps, optimizer=None, sync=None):
     """(seconds of `steps` calls of run(), {bucket: seconds}) with the timers installed; `sync`
     (backend.synchronize on a GPU) is called around every timed call and before each clock read."""
     with _timers(_Clock(sync), optimizer) as clock:
@@ -98,12 +98,12 @@ def _clocked(run, steps, optimizer=None, sync=None):
     return total, dict(clock.seconds)
 
 
-def _function_rows(seconds):
+def function_rows(seconds):
     """{'Class.forward' | 'Class.backward': seconds} of the Function phases alone."""
     return {name: t for name, t in seconds.items() if name.endswith((".forward", ".backward"))}
 
 
-def _engine_own(seconds):
+def engine_own(seconds):
     """The engine's own seconds: apply and Tensor.backward, less the phases they called (a phase
     called from model code directly, such as the KV cache's attention, is not the engine's)."""
     return (seconds.get("engine: apply", 0.0) + seconds.get("engine: backward walk", 0.0)
@@ -122,35 +122,42 @@ def _print_rows(rows, extra, total, steps, top, unit):
         line(name, t)
 
 
+def step_rows(total, seconds, opt):
+    """A training step's profile, every second in exactly one row: ({'Class.phase': seconds} of
+    the Functions, [(bucket, seconds)] of the engine's own, the optimizer's (opt's class named)
+    and the rest, the model code). `total` and `seconds` as clocked() returns them."""
+    rows = function_rows(seconds)
+    engine = engine_own(seconds)
+    optimizer = seconds.get("optimizer", 0.0)
+    rest = total - engine - sum(rows.values()) - optimizer
+    return rows, [("engine (tensor.py backward/apply)", max(0.0, engine)),
+                  (f"optimizer ({type(opt).__name__} step, zero_grad)", optimizer),
+                  ("model code (nn/gpt Python, the rest)", max(0.0, rest))]
+
+
 def profile_steps(model, opt, idx, targets, steps, top=15, label="tinysparse", sync=None):
     """Run `steps` training steps with the timers in; print the time per Function forward and
     backward, the engine's own (graph recording in apply, the backward walk), the optimizer's
     and the rest (model code: nn modules, gpt, the MoE's routing plan). On a GPU pass
     sync=backend.synchronize: each timed call then waits for its kernels, so its row holds
     their device time (and the step loses the overlap of host and device: it runs slower)."""
-    total, seconds = _clocked(lambda: step(model, opt, idx, targets), steps, opt, sync)
-    rows = _function_rows(seconds)
+    total, seconds = clocked(lambda: step(model, opt, idx, targets), steps, opt, sync)
+    rows, buckets = step_rows(total, seconds, opt)
     fwd = sum(t for name, t in rows.items() if name.endswith("forward"))
     bwd = sum(t for name, t in rows.items() if name.endswith("backward"))
-    engine = _engine_own(seconds)
-    optimizer = seconds.get("optimizer", 0.0)
-    rest = total - engine - fwd - bwd - optimizer
     print(f"\nprofile: {steps} {label} steps, timed per Function (perf_counter around each "
           f"forward and backward), {total / steps * 1e3:.1f} ms/step"
           + ("; the device synchronised around each, so slower than unprofiled" if sync else ""))
     print(f"  Functions: forward {fwd / total:.0%}, backward {bwd / total:.0%} of the step")
-    _print_rows(rows, [("engine (tensor.py backward/apply)", max(0.0, engine)),
-                       (f"optimizer ({type(opt).__name__} step, zero_grad)", optimizer),
-                       ("model code (nn/gpt Python, the rest)", max(0.0, rest))], total, steps,
-                top, "ms/step")
+    _print_rows(rows, buckets, total, steps, top, "ms/step")
 
 
 def profile_calls(run, steps, what, per, top=12):
     """Run `steps` calls of run() (a sampling run, say) with the timers in; print the time per
     Function, the engine's graph bookkeeping, and the rest (model and sampling-loop Python)."""
-    total, seconds = _clocked(run, steps)
-    rows = _function_rows(seconds)
-    engine = _engine_own(seconds)
+    total, seconds = clocked(run, steps)
+    rows = function_rows(seconds)
+    engine = engine_own(seconds)
     rest = total - sum(rows.values()) - max(0.0, engine)
     print(f"\nprofile: {steps} {what}, timed per Function, {total / steps * 1e3:.1f} ms per call "
           f"({per})")
